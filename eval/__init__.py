@@ -1,0 +1,1 @@
+"""Metrics (pure functions, no task imports) and the table builder."""

@@ -1,0 +1,441 @@
+"""DAVIS-2017 semi-supervised scoring: region similarity J, boundary F-measure and their statistics.
+
+Re-implements the semi-supervised mode of the official davis2017-evaluation package from its definitions
+(PROTOCOLS.md section 2.1 and the appendix "DAVIS-2017 J and F"; source key ``davis``):
+
+- object ids come from the first annotated frame (``max`` label, void 255 counted as background);
+- every object is scored on its own, on all annotated frames except the first and the last;
+- J = |P and G| / |P or G|, 1 when the union is empty;
+- F = boundary F-measure: boundaries by the ``seg2bmap`` rule, matched within a disk of radius
+  ceil(0.008 * image diagonal) (cv2 dilation with a skimage disk), with the tool's empty-boundary conventions;
+- per object: mean, recall (fraction of frames > 0.5) and decay (first minus last of 4 overlapping bins);
+- global numbers are means over objects (not sequences); J&F-Mean = (J-Mean + F-Mean) / 2.
+
+Deliberate differences from the official tool, all on inputs it mishandles:
+- sequences annotated only in their first frame (test-dev style) are skipped and reported, not a crash;
+- result CSVs are always recomputed (the official script silently reuses existing ones);
+- label errors raise ValueError naming the file instead of ``sys.exit``;
+- decay bin edges use int64 (the official uint8 cast wraps for sequences longer than 256 frames).
+
+Also a small CLI writing the official CSVs::
+
+    python -m eval.davis --davis ROOT --results DIR [--sequences a,b] [--set val]
+
+The layout readers here (``read_sequence_names``, ``annotation_paths``, ``read_label_png``) are the single
+place that knows the DAVIS annotation layout; ``tasks/davis.py`` uses them too.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from PIL import Image
+from skimage.morphology import disk
+
+VOID_LABEL = 255
+#: column order of the official ``global_results-<set>.csv``
+GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+#: column order of the official ``per-sequence_results-<set>.csv`` (one row per object, "<seq>_<id>")
+PER_OBJECT_COLUMNS = ("Sequence", "J-Mean", "F-Mean")
+#: the official evaluation_method.py writes its CSVs with this float format
+CSV_FLOAT_FORMAT = "%.3f"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Per-frame metrics (pure)
+# ----------------------------------------------------------------------------------------------------------
+def region_similarity(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """J (Jaccard) of binary masks ``[..., H, W]``; 1 where the union is empty (davis:metrics.py)."""
+    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape:
+        raise ValueError(f"region_similarity: gt shape {gt.shape} and prediction shape {pred.shape} differ")
+    inter = np.count_nonzero(gt & pred, axis=(-2, -1))
+    union = np.count_nonzero(gt | pred, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        j = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+    return j.astype(np.float64)
+
+
+def seg2bmap(mask: np.ndarray) -> np.ndarray:
+    """One-pixel boundary map of a binary mask, by the ``seg2bmap`` rule of the DAVIS tool.
+
+    A pixel is a boundary pixel when it differs from its east, south or south-east neighbour, where only
+    neighbours inside the image count: the last row compares with east only, the last column with south
+    only, and the bottom-right pixel is never a boundary. Replicating the last row and column gives
+    exactly that rule, so a mask covering the whole image has no boundary.
+    """
+    seg = np.asarray(mask, dtype=bool)
+    if seg.ndim != 2:
+        raise ValueError(f"seg2bmap expects a 2-D mask, got shape {seg.shape}")
+    padded = np.pad(seg, ((0, 1), (0, 1)), mode="edge")
+    east, south, south_east = padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
+    return (seg ^ east) | (seg ^ south) | (seg ^ south_east)
+
+
+def boundary_radius(shape: Sequence[int], bound_th: float = 0.008) -> int:
+    """Matching tolerance in pixels: ``bound_th`` itself if >= 1, else ceil(bound_th * image diagonal)."""
+    if bound_th >= 1:
+        return int(bound_th)
+    return int(math.ceil(bound_th * float(np.linalg.norm(shape[-2:]))))
+
+
+def boundary_f_measure(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008) -> float:
+    """Boundary F-measure of two binary ``[H, W]`` masks (davis:metrics.py ``f_measure``, no void mask)."""
+    gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
+    if gt.shape != pred.shape or gt.ndim != 2:
+        raise ValueError(f"boundary_f_measure: expected two [H, W] masks of one shape, got {gt.shape} and {pred.shape}")
+    kernel = disk(boundary_radius(gt.shape, bound_th)).astype(np.uint8)
+    gt_b, pred_b = seg2bmap(gt), seg2bmap(pred)
+    n_gt, n_pred = int(gt_b.sum()), int(pred_b.sum())
+    # Empty-boundary conventions of the official tool.
+    if n_pred == 0 and n_gt == 0:
+        precision, recall = 1.0, 1.0
+    elif n_pred == 0:
+        precision, recall = 1.0, 0.0
+    elif n_gt == 0:
+        precision, recall = 0.0, 1.0
+    else:
+        gt_dil = cv2.dilate(gt_b.astype(np.uint8), kernel).astype(bool)
+        pred_dil = cv2.dilate(pred_b.astype(np.uint8), kernel).astype(bool)
+        precision = np.count_nonzero(pred_b & gt_dil) / n_pred
+        recall = np.count_nonzero(gt_b & pred_dil) / n_gt
+    if precision + recall == 0:
+        return 0.0
+    return 2.0 * precision * recall / (precision + recall)
+
+
+def db_statistics(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, recall, decay) of one object's per-frame J or F values (davis:utils.py ``db_statistics``).
+
+    mean = nanmean; recall = fraction of frames with value > 0.5 (NaN counts as a miss); decay = nanmean of
+    the first of 4 bins minus nanmean of the last, with edges round(linspace(1, N, 5)) - 1 and each bin
+    including its right edge (neighbouring bins share a frame).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"db_statistics expects a non-empty 1-D array of per-frame values, got shape {v.shape}")
+    mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+    recall = float(np.mean(v > 0.5))
+    edges = (np.round(np.linspace(1, v.size, 5) + 1e-10) - 1).astype(np.int64)
+    bins = [v[edges[i]: edges[i + 1] + 1] for i in range(4)]
+    with np.errstate(invalid="ignore"):
+        first = np.nanmean(bins[0]) if np.isfinite(bins[0]).any() else np.nan
+        last = np.nanmean(bins[3]) if np.isfinite(bins[3]).any() else np.nan
+    return mean, recall, float(first - last)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sequence and dataset scores (pure)
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class ObjectScores:
+    """Per-frame J and F of one object over the scored frames of its sequence."""
+
+    name: str          # "<sequence>_<object id>", as in the official per-sequence CSV
+    J: np.ndarray
+    F: np.ndarray
+
+    @property
+    def j_stats(self) -> tuple[float, float, float]:
+        return db_statistics(self.J)
+
+    @property
+    def f_stats(self) -> tuple[float, float, float]:
+        return db_statistics(self.F)
+
+
+def object_count(first_annotation: np.ndarray) -> int:
+    """Number of objects of a sequence: the largest id in its first annotation (void counts as background)."""
+    first = np.where(np.asarray(first_annotation) == VOID_LABEL, 0, first_annotation)
+    return int(first.max()) if first.size else 0
+
+
+def score_frames(
+    sequence: str, gt_labels: np.ndarray, pred_labels: np.ndarray, n_objects: int, bound_th: float = 0.008
+) -> list[ObjectScores]:
+    """J and F of objects 1..n_objects on already-selected frames ``[N, H, W]`` of GT and prediction labels.
+
+    GT void (255) is background. Prediction ids above ``n_objects`` are an error (the official tool exits);
+    objects missing from the prediction score as empty masks.
+    """
+    gt = np.where(np.asarray(gt_labels) == VOID_LABEL, 0, gt_labels)
+    pred = np.asarray(pred_labels)
+    if gt.shape != pred.shape:
+        raise ValueError(f"{sequence}: GT frames {gt.shape} and predicted frames {pred.shape} differ in shape")
+    if pred.size and int(pred.max()) > n_objects:
+        raise ValueError(
+            f"{sequence}: the prediction contains label {int(pred.max())} but the first annotation has only "
+            f"{n_objects} object(s); expected labels 0..{n_objects}"
+        )
+    scores = []
+    for obj in range(1, n_objects + 1):
+        gt_obj, pred_obj = gt == obj, pred == obj
+        j = region_similarity(gt_obj, pred_obj)
+        f = np.array([boundary_f_measure(g, p, bound_th) for g, p in zip(gt_obj, pred_obj)], dtype=np.float64)
+        scores.append(ObjectScores(f"{sequence}_{obj}", j, f))
+    return scores
+
+
+def score_sequence(sequence: str, gt_labels: np.ndarray, pred_labels: np.ndarray,
+                   bound_th: float = 0.008) -> list[ObjectScores]:
+    """Semi-supervised scoring of one fully annotated sequence ``[T, H, W]``: frames 1..T-2 are scored."""
+    gt_labels, pred_labels = np.asarray(gt_labels), np.asarray(pred_labels)
+    if gt_labels.ndim != 3 or gt_labels.shape[0] < 3:
+        raise ValueError(f"{sequence}: expected GT labels [T, H, W] with T >= 3 (first and last are not scored), "
+                         f"got shape {gt_labels.shape}")
+    n_objects = object_count(gt_labels[0])
+    return score_frames(sequence, gt_labels[1:-1], pred_labels[1:-1], n_objects, bound_th)
+
+
+@dataclass
+class DavisScores:
+    """Scores of a results folder: per-object frame scores plus the sequences left out and why."""
+
+    objects: list[ObjectScores] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # sequence -> reason
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.objects)
+
+    def global_metrics(self) -> dict[str, float]:
+        """The official global numbers (means over objects). Raises ValueError when no object was scored."""
+        if not self.objects:
+            raise ValueError("no DAVIS object was scored" + self._skipped_note())
+        j = np.array([o.j_stats for o in self.objects])
+        f = np.array([o.f_stats for o in self.objects])
+        j_mean, j_recall, j_decay = j.mean(axis=0)
+        f_mean, f_recall, f_decay = f.mean(axis=0)
+        values = ((j_mean + f_mean) / 2, j_mean, j_recall, j_decay, f_mean, f_recall, f_decay)
+        return {name: float(v) for name, v in zip(GLOBAL_COLUMNS, values)}
+
+    def per_object_rows(self) -> list[tuple[str, float, float]]:
+        return [(o.name, o.j_stats[0], o.f_stats[0]) for o in self.objects]
+
+    def _skipped_note(self) -> str:
+        if not self.skipped:
+            return ""
+        return "; skipped: " + ", ".join(f"{s} ({r})" for s, r in self.skipped.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DAVIS layout (the one place that knows it)
+# ----------------------------------------------------------------------------------------------------------
+def read_sequence_names(davis_root: Path, split: str) -> list[str]:
+    """Sequence names listed in ``ImageSets/2017/<split>.txt``."""
+    path = Path(davis_root) / "ImageSets" / "2017" / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"DAVIS split file not found: {path} (expected ImageSets/2017/<split>.txt "
+                                f"under the DAVIS root)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"DAVIS split file {path} lists no sequence")
+    return names
+
+
+def select_sequences(davis_root: Path, split: str, sequences: Iterable[str] | None) -> list[str]:
+    """The split's sequences, or the given subset of them in the given order (unknown names are an error)."""
+    names = read_sequence_names(davis_root, split)
+    if not sequences:
+        return names
+    subset = list(sequences)
+    unknown = [s for s in subset if s not in names]
+    if unknown:
+        raise ValueError(f"sequences {unknown} are not in the DAVIS split '{split}' "
+                         f"({Path(davis_root) / 'ImageSets' / '2017' / f'{split}.txt'}: {', '.join(names)})")
+    return subset
+
+
+def annotation_paths(davis_root: Path, sequence: str, resolution: str = "480p") -> list[Path]:
+    """Sorted annotation PNGs of a sequence (``Annotations/<resolution>/<seq>/*.png``)."""
+    folder = Path(davis_root) / "Annotations" / resolution / sequence
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DAVIS annotation folder not found: {folder}")
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no annotation PNG in {folder}")
+    return paths
+
+
+def image_paths(davis_root: Path, sequence: str, resolution: str = "480p") -> list[Path]:
+    """Sorted frames of a sequence (``JPEGImages/<resolution>/<seq>/*.jpg``)."""
+    folder = Path(davis_root) / "JPEGImages" / resolution / sequence
+    if not folder.is_dir():
+        raise FileNotFoundError(f"DAVIS frame folder not found: {folder}")
+    paths = sorted(folder.glob("*.jpg"))
+    if not paths:
+        raise FileNotFoundError(f"no JPEG frame in {folder}")
+    return paths
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Object ids of an indexed (palette or 8-bit grey) PNG as uint8 ``[H, W]``; palette indices, not colours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label PNG not found: {path}")
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ValueError(f"{path}: expected an indexed (palette 'P' or grey 'L') PNG of object ids, "
+                                 f"got mode {im.mode!r}")
+            return np.array(im, dtype=np.uint8)
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read label PNG {path}: {err}") from err
+
+
+def scoring_status(n_annotations: int, n_frames: int) -> str | None:
+    """None if a sequence with these counts of annotations and frames can be scored, else why it is skipped."""
+    if n_annotations == 1 and n_frames > 1:
+        return "first-frame annotation only (test-dev style): propagated, not scored"
+    if n_annotations < 3:
+        return f"{n_annotations} annotated frame(s): nothing left after dropping the first and last"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Results folder evaluation (I/O) and the official CSVs
+# ----------------------------------------------------------------------------------------------------------
+def evaluate_results(
+    davis_root: Path | str,
+    results_dir: Path | str,
+    sequences: Iterable[str] | None = None,
+    split: str = "val",
+    max_frames: int | None = None,
+    progress: bool = True,
+    resolution: str = "480p",
+) -> DavisScores:
+    """Score ``<results_dir>/<seq>/<frame>.png`` against ``<davis_root>/Annotations/<resolution>/<seq>/<frame>.png``.
+
+    ``max_frames`` (debug runs that propagated only the first N frames) scores frames 1..N-2 of each sequence;
+    leave it None for real evaluations.
+    """
+    from tqdm import tqdm
+
+    davis_root, results_dir = Path(davis_root), Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder not found: {results_dir}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames={max_frames} is not valid; expected None or an integer >= 1")
+    scores = DavisScores()
+    for seq in tqdm(select_sequences(davis_root, split, sequences), desc="DAVIS J&F", disable=not progress):
+        gt_paths = annotation_paths(davis_root, seq, resolution)
+        n_frames = len(image_paths(davis_root, seq, resolution))
+        if 1 < len(gt_paths) < n_frames:
+            raise ValueError(f"{gt_paths[0].parent}: {len(gt_paths)} annotations for "
+                             f"{n_frames} frames; expected every frame annotated, or only the first (test-dev)")
+        if max_frames is not None:
+            gt_paths, n_frames = gt_paths[:max_frames], min(n_frames, max_frames)
+        reason = scoring_status(len(gt_paths), n_frames)
+        if reason is None:
+            n_objects = object_count(read_label_png(gt_paths[0]))
+            if n_objects == 0:
+                reason = f"no object in the first annotation {gt_paths[0]}"
+        if reason is not None:
+            scores.skipped[seq] = reason
+            continue
+        scored = gt_paths[1:-1]
+        gt = np.stack([read_label_png(p) for p in scored])
+        pred = []
+        for p in scored:
+            res_path = results_dir / seq / p.name
+            labels = read_label_png(res_path)
+            if labels.shape != gt.shape[1:]:
+                raise ValueError(f"{res_path}: prediction size {labels.shape[::-1]} (W, H) differs from the "
+                                 f"annotation size {gt.shape[1:][::-1]} of {p}")
+            if int(labels.max()) > n_objects:
+                raise ValueError(f"{res_path}: label {int(labels.max())} exceeds the {n_objects} object(s) of the "
+                                 f"first annotation {gt_paths[0]}")
+            pred.append(labels)
+        scores.objects.extend(score_frames(seq, gt, np.stack(pred), n_objects))
+    return scores
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    # eval/ may not import tasks/ (where the runner's helpers live), hence this local temp-file + os.replace.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_official_csvs(scores: DavisScores, out_dir: Path | str, split: str = "val") -> tuple[Path, Path]:
+    """Write ``global_results-<split>.csv`` and ``per-sequence_results-<split>.csv`` (official columns and
+    float format), replacing any existing ones atomically. Returns both paths."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    glob_path = out_dir / f"global_results-{split}.csv"
+    seq_path = out_dir / f"per-sequence_results-{split}.csv"
+    table_g = pd.DataFrame([scores.global_metrics()], columns=list(GLOBAL_COLUMNS))
+    table_s = pd.DataFrame(scores.per_object_rows(), columns=list(PER_OBJECT_COLUMNS))
+    _atomic_write_text(glob_path, table_g.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
+    _atomic_write_text(seq_path, table_s.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
+    return glob_path, seq_path
+
+
+def evaluate_and_write(davis_root: Path | str, results_dir: Path | str, sequences: Iterable[str] | None = None,
+                       split: str = "val", max_frames: int | None = None, progress: bool = True,
+                       resolution: str = "480p", allow_empty: bool = False) -> tuple[DavisScores, dict[str, float]]:
+    """Score a results folder, write the official CSVs into it, return the scores and the global metrics.
+
+    Existing CSVs are never reused (the official script reads them instead of scoring): they are deleted
+    first, so a failed evaluation leaves no old numbers beside the predictions. When nothing could be scored
+    the metrics are empty if ``allow_empty``, else ValueError."""
+    results_dir = Path(results_dir)
+    csvs = (results_dir / f"global_results-{split}.csv", results_dir / f"per-sequence_results-{split}.csv")
+    stale = [p for p in csvs if p.exists()]
+    if stale:
+        print(f"eval.davis: recomputing; removed the existing {', '.join(p.name for p in stale)}", file=sys.stderr)
+        for p in stale:
+            p.unlink()
+    scores = evaluate_results(davis_root, results_dir, sequences, split, max_frames, progress, resolution)
+    if scores.n_objects == 0 and allow_empty:
+        return scores, {}
+    metrics = scores.global_metrics()  # raises ValueError naming the skipped sequences when nothing was scored
+    write_official_csvs(scores, results_dir, split)
+    return scores, metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.davis",
+        description="DAVIS-2017 semi-supervised J&F of a results folder <results>/<seq>/<frame>.png "
+                    "(writes global_results-<set>.csv and per-sequence_results-<set>.csv into it).")
+    parser.add_argument("--davis", required=True, type=Path,
+                        help="DAVIS root (holds JPEGImages/, Annotations/, ImageSets/)")
+    parser.add_argument("--results", required=True, type=Path, help="folder with one sub-folder of PNGs per sequence")
+    parser.add_argument("--sequences", default=None, help="comma-separated subset of the split (default: all)")
+    parser.add_argument("--set", default="val", dest="split", help="split file ImageSets/2017/<set>.txt (default val)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="debug only: score just the first N frames of each sequence (for truncated runs)")
+    args = parser.parse_args(argv)
+    sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
+    try:
+        scores, metrics = evaluate_and_write(args.davis, args.results, sequences, args.split, args.max_frames)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"eval.davis: error: {err}", file=sys.stderr)
+        return 1
+    for seq, reason in scores.skipped.items():
+        print(f"skipped {seq}: {reason}")
+    print(f"{scores.n_objects} object(s) scored")
+    print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"wrote {args.results / f'global_results-{args.split}.csv'} and "
+          f"{args.results / f'per-sequence_results-{args.split}.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

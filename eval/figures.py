@@ -1,0 +1,99 @@
+"""The perturbation-sweep plot (the paper's Fig. 3) from a results tree.
+
+    python -m eval.figures RESULTS_DIR [--task davis] [--metric J&F-Mean] [--out fig3.png]
+
+For every (backbone, weights, settings[, dataset, head]) that has a level-0 run (the baseline) and SRT runs at
+other levels (``srt.method=shift``), it plots the relative improvement of the metric over level 0, in percent,
+against the perturbation level: one line per backbone. The paper's Fig. 3 shows this for DAVIS J&F with
+ViT-S/16 and ViT-B/16 (levels 1-5 or so; its values are only drawn, not printed, so they are not overlaid).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from .tables import load_results, rel_gain, write_atomic
+
+LOWER_IS_BETTER = {"RMSE", "RMSE_log", "AbsRel", "SqRel"}
+
+
+def sweep_curves(results: pd.DataFrame, task: str, metric: str) -> dict[str, pd.Series]:
+    """label -> relative improvement (%) indexed by level, for groups with a baseline and >= 1 other level."""
+    runs = results[(results["task"] == task) & (results["metric"] == metric) & results["method"].isin(("baseline", "+SRT"))]
+    curves = {}
+    group_keys = ["backbone", "weights", "settings", "dataset", "head"]
+    for key, group in runs.groupby(group_keys, sort=True):
+        by_level = group.set_index("level")["value"].sort_index()
+        if 0 not in by_level.index or len(by_level) < 2:
+            continue
+        base = by_level.loc[0]
+        gains = pd.Series({lv: rel_gain(v, base, metric in LOWER_IS_BETTER) for lv, v in by_level.items()})
+        backbone, weights, settings, dataset, head = key
+        label = " ".join(p for p in (backbone, f"({weights})" if weights != "pretrained" else "", dataset, head) if p)
+        curves[label + (f" [{settings}]" if settings else "")] = gains
+    return curves
+
+
+def plot_sweep(curves: dict[str, pd.Series], title: str) -> bytes:
+    """A PNG of the curves (matplotlib's object API: no display backend needed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.8), dpi=150)
+    ax = fig.add_subplot()
+    for label, gains in curves.items():
+        ax.plot(gains.index, gains.values, marker="o", label=textwrap.fill(label, 48))
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    ax.set_xlabel("perturbation level (px)")
+    ax.set_ylabel("relative improvement over level 0 (%)")
+    ax.set_title(title, fontsize=9)
+    levels = sorted({lv for g in curves.values() for lv in g.index})
+    ax.set_xticks(levels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def make_sweep_figure(root: str | os.PathLike, out: str | os.PathLike, task: str = "davis",
+                      metric: str = "J&F-Mean") -> Optional[Path]:
+    """Write the sweep PNG; None (nothing written) when no backbone has a baseline and another level."""
+    results, _ = load_results(root)
+    curves = sweep_curves(results, task, metric)
+    if not curves:
+        return None
+    write_atomic(out, plot_sweep(curves, f"{task}: {metric} vs perturbation level (cf. paper Fig. 3)"))
+    return Path(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Relative improvement over level 0 vs perturbation level (paper Fig. 3).")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--task", default="davis")
+    parser.add_argument("--metric", default="J&F-Mean")
+    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: RESULTS/fig3_<task>.png)")
+    args = parser.parse_args(argv)
+    out = args.out or args.results / f"fig3_{args.task}.png"
+    try:
+        written = make_sweep_figure(args.results, out, args.task, args.metric)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if written is None:
+        print(f"no sweep to plot: no {args.task} runs with {args.metric} at level 0 and another level under "
+              f"{args.results}", file=sys.stderr)
+    else:
+        print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""Comparison tables from a results tree: the paper's Tables 1-4 with our numbers beside the paper's.
+
+    python -m eval.tables RESULTS_DIR [--format md|tex|csv] [--out FILE] [--table N]
+
+Reads every ``metrics.json`` under RESULTS_DIR (written by run.py), labels each run by its config and
+lays the numbers out like the paper:
+
+- Table 1 (davis): rows backbone x method, columns J&F-Mean, J-Mean, J-Recall, F-Mean, F-Recall;
+- Table 2 (depth): rows backbone x head x method (baseline, +OE, +SRT), columns RMSE ... a3;
+- Table 3 (saliency): rows backbone x method, columns maxF / IoU / Acc per dataset (ECSSD, DUTS-TE, DUT-OMRON);
+- Table 4 (retrieval, discovery): ROxford mAP (Medium, Hard) and VOC07 CorLoc across perturbation levels;
+- one plain table per other task (no paper numbers).
+
+Method labels come from each run's config: ``srt.method=shift`` at level 0 is "baseline", at level > 0 "+SRT"
+(with ``task.output_ensemble`` "+OE"), ``srt.method=jitter`` is "naive ensemble". Rows also carry the weights
+kind (pretrained, file, random), the level (L) and the settings that differ from the defaults (the run's
+``variant``); paper numbers (eval/paper_results.yaml) are joined only to rows with pretrained weights and
+default settings. Cells read "ours / paper", "-" where missing; "rel. gain" is the relative change over the
+same row's baseline (level 0), signed so that positive is better (lower-is-better metrics such as RMSE are
+flipped). In CSV the numbers are separate columns.
+
+A metrics.json that cannot be read is named on stderr and skipped; it never stops the table. This module
+reads JSON/YAML and does arithmetic only; it imports nothing from tasks/ (the arrows point the other way).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+
+PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
+DASH = "-"
+METHOD_ORDER = ("baseline", "+OE", "+SRT", "naive ensemble", "distilled")
+WEIGHTS_ORDER = ("pretrained", "file", "random")
+HEAD_ORDER = ("", "linear", "dpt")
+#: the paper's backbones first, in its order; others follow alphabetically
+BACKBONE_ORDER = ("dino_vits16", "dino_vitb16", "dino_vits8", "dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14")
+KEYS = ("task", "dataset", "head", "backbone", "weights", "method", "level", "settings")
+RANDOM_NOTE = ("random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that "
+               "the pipeline runs.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading results
+
+
+def method_label(srt: dict, task: dict) -> str:
+    """The table label of a run's method (see the module docstring)."""
+    if srt.get("method", "shift") == "jitter":
+        return "naive ensemble"
+    if int(srt.get("level", 0)) == 0:
+        return "baseline"
+    return "+OE" if task.get("output_ensemble") else "+SRT"
+
+
+def weights_kind(record: dict) -> str:
+    """pretrained | file | random, from the backbone's weights string (else from the config)."""
+    text = str(record.get("backbone", {}).get("weights", "")).split(" ")[0]
+    if text in WEIGHTS_ORDER:
+        return text
+    pretrained = record["config"].get("backbone", {}).get("pretrained", True)
+    return "pretrained" if pretrained is True else "random" if pretrained in (False, None) else "file"
+
+
+def settings_label(variant: Any) -> str:
+    if not isinstance(variant, dict) or not variant:
+        return ""
+    return ", ".join(f"{k}={_compact(v)}" for k, v in sorted(variant.items()))
+
+
+def _compact(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
+
+
+def rows_of_record(path: Path, record: Any) -> list[dict[str, Any]]:
+    """One row per metric of a metrics.json record; ValueError naming the file if it is not valid."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    cfg, metrics = record.get("config"), record.get("metrics")
+    if not isinstance(cfg, dict) or not isinstance(metrics, dict):
+        raise ValueError(f"{path}: missing 'config' or 'metrics' object")
+    try:
+        task, backbone, srt = cfg["task"], cfg["backbone"], cfg["srt"]
+        base = {
+            "task": str(task["name"]),
+            "dataset": task.get("dataset") or "",
+            "head": task.get("head") or "",
+            "backbone": str(backbone["name"]),
+            "weights": weights_kind(record),
+            "method": method_label(srt, task),
+            "level": int(srt.get("level", 0)),
+            "settings": settings_label(record.get("variant")),
+            "finished": str(record.get("finished", "")),
+            "path": str(path),
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: config lacks task/backbone/srt fields ({type(e).__name__}: {e})") from e
+    rows = []
+    for name, value in metrics.items():
+        if value is None:                 # NaN is written as null
+            value = math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: metric {name!r} is {value!r}, not a number")
+        rows.append({**base, "metric": str(name), "value": float(value)})
+    return rows
+
+
+def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """All metrics under ``root`` as a long frame (one row per run and metric) and the skipped files.
+
+    When several runs give the same cell (same task, dataset, head, backbone, weights, method, level,
+    settings, metric), the most recently finished one is kept and the others are listed as skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"results directory {root} does not exist")
+    rows, skipped = [], []
+    for path in sorted(root.rglob("metrics.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            rows += rows_of_record(path, record)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            reason = str(e) if isinstance(e, ValueError) and str(path) in str(e) else f"{path}: {e}"
+            skipped.append((str(path), reason))
+    frame = pd.DataFrame(rows, columns=[*KEYS, "metric", "value", "finished", "path"])
+    if not frame.empty:
+        frame = frame.sort_values(["finished", "path"], kind="stable")
+        dup = frame.duplicated([*KEYS, "metric"], keep="last")
+        for path in sorted(set(frame.loc[dup, "path"]) - set(frame.loc[~dup, "path"])):
+            skipped.append((path, f"{path}: superseded by a more recent run with the same config"))
+        frame = frame[~dup].reset_index(drop=True)
+    return frame, skipped
+
+
+def load_paper(path: str | os.PathLike = PAPER_FILE) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """The paper's numbers as a long frame (weights "pretrained", default settings) and notes per table."""
+    import yaml  # PyYAML comes with omegaconf
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    rows, notes = [], {}
+    for r in data["records"]:
+        if r.get("note"):
+            notes.setdefault(int(r["table"]), []).append(str(r["note"]))
+        for metric, value in r["metrics"].items():
+            rows.append({"table": int(r["table"]), "task": r["task"], "dataset": r.get("dataset") or "",
+                         "head": r.get("head") or "", "backbone": r["backbone"], "weights": "pretrained",
+                         "method": r["method"], "level": int(r["level"]), "settings": "",
+                         "metric": str(metric), "value": float(value)})
+    return pd.DataFrame(rows), notes
+
+
+# ----------------------------------------------------------------------------------------------
+# Table layouts
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str
+    dataset: str = ""
+    lower_is_better: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.metric}" if self.dataset else self.metric
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A paper table: rows backbone x method, one column per (dataset, metric)."""
+
+    number: int
+    title: str
+    task: str
+    columns: tuple[Column, ...]
+    gains: tuple[Column, ...]
+    decimals: int
+    by_head: bool = False
+
+
+def _cols(metrics: Iterable[str], dataset: str = "", lower: Iterable[str] = ()) -> tuple[Column, ...]:
+    return tuple(Column(m, dataset, m in set(lower)) for m in metrics)
+
+
+DEPTH_METRICS = ("RMSE", "RMSE_log", "AbsRel", "SqRel", "a1", "a2", "a3")
+DEPTH_LOWER = ("RMSE", "RMSE_log", "AbsRel", "SqRel")
+SALIENCY_DATASETS = ("ECSSD", "DUTS-TE", "DUT-OMRON")
+
+TABLES = (
+    TableSpec(1, "DAVIS-2017 video object segmentation (label propagation)", "davis",
+              _cols(("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall")), _cols(("J&F-Mean",)), 3),
+    TableSpec(2, "NYU-v2 monocular depth (DINOv2 heads)", "depth", _cols(DEPTH_METRICS, lower=DEPTH_LOWER),
+              _cols(("RMSE", "RMSE_log"), lower=DEPTH_LOWER), 3, by_head=True),
+    TableSpec(3, "Unsupervised salient region segmentation (TokenCut, no post-processing)", "saliency",
+              tuple(c for d in SALIENCY_DATASETS for c in _cols(("maxF", "IoU", "Acc"), d)),
+              tuple(Column("maxF", d) for d in SALIENCY_DATASETS), 1),
+)
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    task: str
+    metric: str
+    label: str
+    lower_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A table across perturbation levels: one row per (task metric, backbone), one column per level."""
+
+    number: int
+    title: str
+    rows: tuple[SweepRow, ...]
+    decimals: int
+
+
+TABLE4 = SweepSpec(4, "Image retrieval (ROxford5k, mAP) and object discovery (VOC07, CorLoc) across perturbation levels",
+                   (SweepRow("retrieval", "mAP_M", "ROxford mAP Medium"), SweepRow("retrieval", "mAP_H", "ROxford mAP Hard"),
+                    SweepRow("discovery", "CorLoc", "VOC07 CorLoc")), 1)
+
+
+@dataclass
+class Table:
+    """A built table: ``values`` holds the numbers (CSV), ``cells`` the display strings (Markdown, LaTeX)."""
+
+    number: Optional[int]
+    title: str
+    values: pd.DataFrame
+    cells: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def heading(self) -> str:
+        return f"Table {self.number}: {self.title}" if self.number is not None else self.title
+
+
+def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
+    return (order.index(value), "") if value in order else (len(order), str(value))
+
+
+def _row_sort_key(row: dict[str, Any]) -> tuple:
+    return (_order(row["backbone"], BACKBONE_ORDER), _order(row["weights"], WEIGHTS_ORDER),
+            _order(row.get("head", ""), HEAD_ORDER),
+            row["settings"], _order(row["method"], METHOD_ORDER), row["level"])
+
+
+def _lookup(frame: pd.DataFrame, keys: tuple[str, ...]) -> dict[tuple, float]:
+    if frame.empty:
+        return {}
+    return {tuple(r[:-1]): r[-1] for r in frame[[*keys, "value"]].itertuples(index=False, name=None)}
+
+
+def rel_gain(value: float, base: float, lower_is_better: bool = False) -> float:
+    """Relative change over the baseline in percent, positive = better."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (value, base)) or base == 0:
+        return math.nan
+    change = (value - base) / abs(base) * 100
+    return (-change if lower_is_better else change) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _num(v: float, decimals: int) -> str:
+    return DASH if v is None or math.isnan(v) else f"{v:.{decimals}f}"
+
+
+def _gain_text(v: float) -> str:
+    return DASH if v is None or math.isnan(v) else f"{v:+.1f}%"
+
+
+def _pair(ours: str, paper: str) -> str:
+    return DASH if ours == DASH and paper == DASH else f"{ours} / {paper}"
+
+
+def _finish(rows: list[dict], id_cols: list[str], value_cols: list[str], cell_cols: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The numeric frame (value_cols) and the display frame (each cell column c read from key "c cell")."""
+    values = pd.DataFrame([{**{k: r[k] for k in id_cols}, **{k: r[k] for k in value_cols}} for r in rows],
+                          columns=[*id_cols, *value_cols])
+    cells = pd.DataFrame([{**{k: r[k] for k in id_cols}, **{k: r[k + " cell"] for k in cell_cols}} for r in rows],
+                         columns=[*id_cols, *cell_cols])
+    if "settings" in cells and not (cells["settings"] != "").any():  # shown only when some row has a variant
+        values, cells = values.drop(columns="settings"), cells.drop(columns="settings")
+    cells = cells.replace("", DASH).rename(columns={"level": "L"})
+    values = values.rename(columns={"level": "L"})
+    return values, cells
+
+
+def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes: list[str] = ()) -> Table:
+    ours = ours[ours["task"] == spec.task]
+    paper = paper[paper["table"] == spec.number] if not paper.empty else paper
+    row_keys = ("backbone", "weights", *(("head",) if spec.by_head else ()), "method", "level", "settings")
+    cell_keys = (*row_keys, "dataset", "metric")
+    ours_at, paper_at = _lookup(ours, cell_keys), _lookup(paper, cell_keys)
+    row_ids = {tuple(r) for f in (ours, paper) if not f.empty for r in f[list(row_keys)].itertuples(index=False)}
+    rows = sorted((dict(zip(row_keys, r)) for r in row_ids), key=_row_sort_key)
+
+    value_cols, cell_cols = [], []
+    for c in spec.columns:
+        value_cols += [c.label, f"{c.label} (paper)"]
+        cell_cols.append(c.label)
+    for g in spec.gains:
+        value_cols += [f"rel. gain {g.label} %", f"rel. gain {g.label} % (paper)"]
+        cell_cols.append(f"rel. gain {g.label}")
+    for row in rows:
+        rid = tuple(row[k] for k in row_keys)
+        base = dict(row, method="baseline", level=0)
+        bid = tuple(base[k] for k in row_keys)
+        for c in spec.columns:
+            o, p = ours_at.get((*rid, c.dataset, c.metric), math.nan), paper_at.get((*rid, c.dataset, c.metric), math.nan)
+            row[c.label], row[f"{c.label} (paper)"] = o, p
+            row[c.label + " cell"] = _pair(_num(o, spec.decimals), _num(p, spec.decimals))
+        for g in spec.gains:
+            is_base = row["method"] == "baseline"
+            og = math.nan if is_base else rel_gain(ours_at.get((*rid, g.dataset, g.metric), math.nan),
+                                                   ours_at.get((*bid, g.dataset, g.metric), math.nan), g.lower_is_better)
+            pg = math.nan if is_base else rel_gain(paper_at.get((*rid, g.dataset, g.metric), math.nan),
+                                                   paper_at.get((*bid, g.dataset, g.metric), math.nan), g.lower_is_better)
+            row[f"rel. gain {g.label} %"], row[f"rel. gain {g.label} % (paper)"] = og, pg
+            row[f"rel. gain {g.label} cell"] = _pair(_gain_text(og), _gain_text(pg))
+    values, cells = _finish(rows, list(row_keys), value_cols, cell_cols)
+    return Table(spec.number, spec.title, values, cells, _notes(notes, rows))
+
+
+def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes: list[str] = ()) -> Table:
+    """Table 4 layout: levels as columns; only srt.method=shift runs (baseline and +SRT)."""
+    shift = ("baseline", "+SRT")
+    ours = ours[ours["method"].isin(shift)]
+    paper = paper[(paper["table"] == spec.number) & paper["method"].isin(shift)] if not paper.empty else paper
+    keys = ("task", "metric", "backbone", "weights", "settings")
+    ours_at, paper_at = _lookup(ours, (*keys, "level")), _lookup(paper, (*keys, "level"))
+    wanted = {(r.task, r.metric): r for r in spec.rows}
+    row_ids = {tuple(r) for f in (ours, paper) if not f.empty for r in f[list(keys)].itertuples(index=False)
+               if (r[0], r[1]) in wanted}
+    levels = sorted({k[-1] for k in (*ours_at, *paper_at) if (k[0], k[1]) in wanted})
+    order = list(wanted)
+    rows = sorted((dict(zip(keys, r)) for r in row_ids),
+                  key=lambda r: (order.index((r["task"], r["metric"])), *_row_sort_key({**r, "method": "", "level": 0})))
+    value_cols, cell_cols = [], []
+    for lv in levels:
+        value_cols += [f"L{lv}", f"L{lv} (paper)"]
+        cell_cols.append(f"L{lv}")
+    value_cols += ["max rel. gain %", "max rel. gain % (paper)"]
+    cell_cols.append("max rel. gain")
+    for row in rows:
+        spec_row = wanted[(row["task"], row["metric"])]
+        row["row"] = spec_row.label
+        rid = tuple(row[k] for k in keys)
+        for lv in levels:
+            o, p = ours_at.get((*rid, lv), math.nan), paper_at.get((*rid, lv), math.nan)
+            row[f"L{lv}"], row[f"L{lv} (paper)"] = o, p
+            row[f"L{lv} cell"] = _pair(_num(o, spec.decimals), _num(p, spec.decimals))
+        for src, at in (("", ours_at), (" (paper)", paper_at)):
+            gains = [rel_gain(at[(*rid, lv)], at.get((*rid, 0), math.nan), spec_row.lower_is_better)
+                     for lv in levels if lv > 0 and (*rid, lv) in at]
+            gains = [g for g in gains if not math.isnan(g)]
+            row[f"max rel. gain %{src}"] = max(gains) if gains else math.nan
+        row["max rel. gain cell"] = _pair(_gain_text(row["max rel. gain %"]), _gain_text(row["max rel. gain % (paper)"]))
+    values, cells = _finish(rows, ["row", "backbone", "weights", "settings"], value_cols, cell_cols)
+    return Table(spec.number, spec.title, values, cells, _notes(notes, rows))
+
+
+def displayed(ours: pd.DataFrame) -> pd.Series:
+    """Which result rows the paper tables show."""
+    in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
+    in_sweep = {(r.task, r.metric) for r in TABLE4.rows}
+    pairs = list(zip(ours["task"], ours["metric"]))
+    return pd.Series([p in in_tables or (p in in_sweep and m in ("baseline", "+SRT"))
+                      for p, m in zip(pairs, ours["method"])], index=ours.index, dtype=bool)
+
+
+def build_other_table(task: str, ours: pd.DataFrame, title: Optional[str] = None) -> Table:
+    """Tasks without a paper table: rows as in the paper tables, one column per metric, ours only."""
+    ours = ours[ours["task"] == task]
+    row_keys = ("dataset", "head", "backbone", "weights", "method", "level", "settings")
+    metrics = list(dict.fromkeys(ours["metric"]))
+    at = _lookup(ours, (*row_keys, "metric"))
+    row_ids = {tuple(r) for r in ours[list(row_keys)].itertuples(index=False)}
+    rows = sorted((dict(zip(row_keys, r)) for r in row_ids), key=lambda r: (r["dataset"], *_row_sort_key(r)))
+    for row in rows:
+        for m in metrics:
+            v = at.get((*(row[k] for k in row_keys), m), math.nan)
+            row[m], row[m + " cell"] = v, (DASH if math.isnan(v) else f"{v:.4g}")
+    id_cols = [k for k in row_keys if k not in ("dataset", "head") or (ours[k] != "").any()]
+    values, cells = _finish(rows, id_cols, metrics, metrics)
+    return Table(None, title or f"{task} (no paper table; ours only)", values, cells, _notes([], rows, paper=False))
+
+
+def _notes(paper_notes: Iterable[str], rows: list[dict], paper: bool = True) -> list[str]:
+    notes = ["Cells: ours / paper; '-' = missing. rel. gain: relative change over the same row's baseline "
+             "(level 0), positive = better."] if paper else []
+    notes += list(paper_notes)
+    if any(r["weights"] == "random" for r in rows):
+        notes.append(RANDOM_NOTE)
+    return notes
+
+
+def build_tables(root: str | os.PathLike, paper_file: str | os.PathLike = PAPER_FILE,
+                 only: Optional[int] = None) -> tuple[list[Table], list[tuple[str, str]]]:
+    """Every table (paper tables always, with dashes where we have no runs; one per other task we have)."""
+    ours, skipped = load_results(root)
+    paper, notes = load_paper(paper_file)
+    tables = [build_table(s, ours, paper, notes.get(s.number, [])) for s in TABLES]
+    tables.append(build_sweep_table(TABLE4, ours, paper, notes.get(TABLE4.number, [])))
+    # nothing disappears: results no paper table shows (other tasks, extra metrics, other methods) get
+    # their own tables
+    rest = ours[~displayed(ours)]
+    known = {s.task for s in TABLES} | {r.task for r in TABLE4.rows}
+    for task in sorted(set(rest["task"])):
+        title = (f"{task}: results not in the paper's tables (ours only)" if task in known
+                 else f"{task} (no paper table; ours only)")
+        tables.append(build_other_table(task, rest, title))
+    if only is not None:
+        tables = [t for t in tables if t.number == only]
+    return tables, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+
+
+def to_markdown(table: Table) -> str:
+    cells = table.cells
+    lines = [f"### {table.heading}", ""]
+    lines.append("| " + " | ".join(map(str, cells.columns)) + " |")
+    lines.append("|" + "|".join("---" for _ in cells.columns) + "|")
+    for r in cells.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in r) + " |")
+    if cells.empty:
+        lines.append("| " + " | ".join(DASH for _ in cells.columns) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}"}
+
+
+def _tex(text: Any) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    cells = table.cells
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
+             " & ".join(_tex(c) for c in cells.columns) + r" \\", r"\midrule"]
+    for r in cells.itertuples(index=False):
+        lines.append(" & ".join(_tex(v) for v in r) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex(table.heading + ". " + " ".join(table.notes)) + "}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    return f"# {table.heading}\n" + table.values.to_csv(index=False, float_format="%.6g")
+
+
+RENDERERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
+
+
+def render(tables: list[Table], fmt: str) -> str:
+    if fmt not in RENDERERS:
+        raise ValueError(f"format {fmt!r} is not valid; expected one of {', '.join(RENDERERS)}")
+    return "\n".join(RENDERERS[fmt](t) for t in tables)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Temp file + rename, as tasks.results.atomic_write_bytes (eval does not import tasks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Paper-style comparison tables from a results tree.")
+    parser.add_argument("results", type=Path, help="results directory (searched recursively for metrics.json)")
+    parser.add_argument("--format", choices=sorted(RENDERERS), default="md")
+    parser.add_argument("--out", type=Path, help="write here instead of stdout")
+    parser.add_argument("--table", type=int, choices=(1, 2, 3, 4), help="only this paper table")
+    parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="paper numbers (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        tables, skipped = build_tables(args.results, args.paper, args.table)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for _, reason in skipped:
+        print(f"warning: skipped {reason}", file=sys.stderr)
+    text = render(tables, args.format)
+    if args.out:
+        write_atomic(args.out, text.encode("utf-8"))
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

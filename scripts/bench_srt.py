@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Benchmark of the SRT core: cost of the aggregation on top of the forward passes, and peak memory.
+
+For ViT-S/16 (random weights; timing only) at 224x224 and 480x832 and L in {1, 3}, each configuration
+runs in its own subprocess and reports, measured in that one process:
+
+- ``ratio``: SRT wall time / (passes x one forward pass at the same batch size). 1.00 means the
+  aggregation is free; the forward passes themselves are the floor.
+- ``vs naive``: SRT wall time / the naive route's (upsample every pass to full resolution, unshift,
+  accumulate, pool: the official EnsembledExtractor, ``srt.reference.naive_srt``).
+- ``extra MB``: peak resident memory above the plain forward of one chunk (the accumulators' cost).
+
+Times are the minimum of ``--repeats`` runs (this machine is shared and noisy: read the ratios).
+Targets (224x224): pooled <= 1.05, dense stride p/2 <= 1.15, dense stride 1 <= 1.5.
+
+    python scripts/bench_srt.py [--sizes 224x224,480x832] [--levels 1,3] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+TARGETS = {"pooled": 1.05, "dense s=p/2": 1.15, "dense s=1": 1.5}
+
+
+def worker(size: str, level: int, variant: str, repeats: int, batch_size: int) -> dict:
+    import resource
+
+    import torch
+
+    import srt
+    from srt.reference import naive_srt
+
+    torch.manual_seed(0)
+    H, W = map(int, size.split("x"))
+    bb = srt.load_backbone("dino_vits16", pretrained=False, outputs=("tokens",))
+    p = bb.patch_size
+    stride = {"pooled": p, "dense s=p/2": p // 2, "dense s=1": 1}[variant]
+    images = torch.randn(1, 3, H, W)
+    sr = srt.StochasticResonance(bb, level=level, batch_size=batch_size)
+    chunk = torch.randn(batch_size, 3, H, W)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad():
+        forward = best(lambda: bb(chunk)) / batch_size  # one pass, at the chunk's batch size
+        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run = (lambda: sr(images)) if stride == p else (lambda: sr.dense(images, stride=stride))
+        ours = best(run)
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        naive = best(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size))
+    passes = sr.passes
+    return dict(size=size, level=level, variant=variant, passes=passes, forward_s=forward, srt_s=ours,
+                naive_s=naive, ratio=ours / (passes * forward), vs_naive=ours / naive,
+                extra_mb=(peak_rss - base_rss) / 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="224x224,480x832")
+    ap.add_argument("--levels", default="1,3")
+    ap.add_argument("--variants", default=",".join(TARGETS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--worker", nargs=3, metavar=("SIZE", "LEVEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        size, level, variant = args.worker
+        print(json.dumps(worker(size, int(level), variant, args.repeats, args.batch_size)))
+        return
+
+    rows = []
+    print("| size | L | passes | output | ratio to passes x forward | target | vs naive route | extra peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        for level in map(int, args.levels.split(",")):
+            for variant in args.variants.split(","):
+                cmd = [sys.executable, __file__, "--worker", size, str(level), variant,
+                       "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode:
+                    print(f"| {size} | {level} | - | {variant} | failed: {out.stderr.strip().splitlines()[-1]} | | | |")
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(r)
+                target = f"<= {TARGETS[variant]}" if size == "224x224" else ""
+                print(f"| {size} | {level} | {r['passes']} | {variant} | {r['ratio']:.3f} | {target} | "
+                      f"{r['vs_naive']:.3f} | {r['extra_mb']:.0f} |", flush=True)
+    misses = [r for r in rows if r["size"] == "224x224" and r["ratio"] > TARGETS[r["variant"]]]
+    print(f"\nforward pass ({args.batch_size} images/chunk), seconds per image: "
+          + ", ".join(sorted({f"{r['size']}: {r['forward_s']:.3f}" for r in rows})))
+    print("targets met" if not misses else f"targets missed: {[(r['size'], r['level'], r['variant']) for r in misses]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Frozen ViTs behind one interface: a normalised image batch -> a dict of named token grids.
+
+``load_backbone(name)`` maps a registry name to a timm model, its normalisation and patch size, loads
+weights (timm / Hugging Face cache, or a local checkpoint file such as the official DINO ``.pth``) and
+returns a :class:`Backbone`. The backbone accepts any H, W that are multiples of the patch size
+(position embeddings are interpolated) and returns only the outputs asked for:
+
+- grid outputs ``[B, C, H/p, W/p]``: ``tokens`` (last block after the final norm: what DINO's
+  ``get_intermediate_layers(n=1)`` returns), ``keys`` / ``queries`` / ``values`` (the last attention's
+  projections, heads concatenated, as TokenCut uses), ``block{k}`` (patch tokens after block k,
+  0-based, negative counts from the end) and ``block{k}_norm`` (the same after the final norm);
+- global outputs ``[B, C]``: ``cls`` (final-norm CLS token), ``block{k}_cls``, ``block{k}_norm_cls``.
+
+The backbone also exposes its forward pass in two halves (``embed``/``run``) so that SRT can ensemble
+the tokens after any block and feed them through the remaining blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import timm
+import torch
+import torch.nn as nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+_DINO_URL = "https://dl.fbaipublicfiles.com/dino/{0}/{0}.pth"
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{0}/{1}.pth"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: str                  # timm architecture.tag; the tag names the pretrained weights
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    family: str = "vit"             # vit: timm VisionTransformer (CLS token); sam: VisionTransformerSAM (no CLS)
+    official_url: str | None = None  # where the original authors publish the checkpoint
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "dino_vits16": BackboneSpec("vit_small_patch16_224.dino", 16, IMAGENET_MEAN, IMAGENET_STD,
+                                official_url=_DINO_URL.format("dino_deitsmall16_pretrain")),
+    "dino_vitb16": BackboneSpec("vit_base_patch16_224.dino", 16, IMAGENET_MEAN, IMAGENET_STD,
+                                official_url=_DINO_URL.format("dino_vitbase16_pretrain")),
+    "dino_vits8": BackboneSpec("vit_small_patch8_224.dino", 8, IMAGENET_MEAN, IMAGENET_STD,
+                               official_url=_DINO_URL.format("dino_deitsmall8_pretrain")),
+    "dino_vitb8": BackboneSpec("vit_base_patch8_224.dino", 8, IMAGENET_MEAN, IMAGENET_STD,
+                               official_url=_DINO_URL.format("dino_vitbase8_pretrain")),
+    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                  official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_pretrain")),
+    "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                  official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_pretrain")),
+    "dinov2_vitl14": BackboneSpec("vit_large_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                  official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_pretrain")),
+    "dinov2_vits14_reg": BackboneSpec("vit_small_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                      official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_reg4_pretrain")),
+    "dinov2_vitb14_reg": BackboneSpec("vit_base_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                      official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_reg4_pretrain")),
+    "dinov2_vitl14_reg": BackboneSpec("vit_large_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
+                                      official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_reg4_pretrain")),
+    "clip_vitb16": BackboneSpec("vit_base_patch16_clip_224.openai", 16, CLIP_MEAN, CLIP_STD),
+    "mae_vitb16": BackboneSpec("vit_base_patch16_224.mae", 16, IMAGENET_MEAN, IMAGENET_STD),
+    # the supervised ViT-B/16 of the official visualisation notebook (PROTOCOLS.md 1.2)
+    "sup_vitb16": BackboneSpec("vit_base_patch16_224.augreg_in1k", 16, HALF, HALF),
+    "sam_vitb16": BackboneSpec("samvit_base_patch16.sa1b", 16, IMAGENET_MEAN, IMAGENET_STD, family="sam"),
+}
+
+FACETS = ("keys", "queries", "values")
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights were asked for but cannot be found locally or downloaded."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Output names
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str        # as the user asked for it
+    block: int       # 0-based, non-negative
+    kind: str        # "grid" | "global"
+    source: str      # "x" (block output) | "keys" | "queries" | "values" (last attention) | "neck" (SAM)
+    norm: bool       # apply the final norm
+
+    @property
+    def is_grid(self) -> bool:
+        return self.kind == "grid"
+
+
+_BLOCK_RE = re.compile(r"^block(-?\d+)(_norm)?(_cls)?$")
+
+
+def parse_output(name: str, depth: int, family: str) -> OutputSpec:
+    """Meaning of an output name for a model with ``depth`` blocks; ValueError lists the valid names."""
+    last = depth - 1
+    has_cls = family == "vit"
+    if name == "tokens":
+        return OutputSpec(name, last, "grid", "neck" if family == "sam" else "x", family == "vit")
+    if name == "cls" and has_cls:
+        return OutputSpec(name, last, "global", "x", True)
+    if name in FACETS:
+        return OutputSpec(name, last, "grid", name, False)
+    m = _BLOCK_RE.match(name)
+    if m and (has_cls or not (m.group(2) or m.group(3))):  # SAM has neither CLS nor a final norm
+        k = int(m.group(1))
+        if not -depth <= k < depth:
+            raise ValueError(f"output {name!r}: block index {k} is out of range for a model with {depth} blocks "
+                             f"(valid: 0..{last} or -{depth}..-1)")
+        return OutputSpec(name, k % depth, "global" if m.group(3) else "grid", "x", bool(m.group(2)))
+    valid = ["tokens", *(["cls"] if has_cls else []), *FACETS, "block{k}",
+             *(["block{k}_norm", "block{k}_cls", "block{k}_norm_cls"] if has_cls else [])]
+    raise ValueError(f"unknown output {name!r}; valid outputs: {', '.join(valid)} (k = block index, 0..{last})")
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbone
+
+
+class Backbone(nn.Module):
+    """A frozen timm ViT returning named token grids; see the module docstring for the outputs.
+
+    Attributes: ``name``, ``patch_size``, ``embed_dim``, ``depth``, ``mean``, ``std``, ``weights``
+    (where the weights came from), ``stride`` (pixels per grid cell, = patch size), ``passes`` (1).
+    """
+
+    passes = 1
+
+    def __init__(self, model: nn.Module, name: str, spec: BackboneSpec, outputs: Iterable[str], weights: str):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.spec = spec
+        self.family = spec.family
+        self.patch_size = spec.patch_size
+        self.stride = spec.patch_size
+        self.mean = spec.mean
+        self.std = spec.std
+        self.weights = weights
+        self.depth = len(model.blocks)
+        self.embed_dim = int(model.embed_dim) if self.family == "vit" else int(model.neck[0].out_channels)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0)) if self.family == "vit" else 0
+        self.set_outputs(outputs)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """Frozen: always in eval mode (no dropout, no drop-path), whatever a caller asks."""
+        return super().train(False)
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def set_outputs(self, outputs: Iterable[str]) -> None:
+        outputs = tuple(outputs)
+        if not outputs:
+            raise ValueError("outputs must name at least one output, e.g. ('tokens',)")
+        self.output_specs = {n: parse_output(n, self.depth, self.family) for n in outputs}
+        self.outputs = outputs
+
+    def is_grid(self, name: str) -> bool:
+        return self.output_specs[name].is_grid
+
+    # -- input checks ----------------------------------------------------------------------------
+
+    def check_images(self, images: torch.Tensor) -> tuple[int, int]:
+        """Raise a ValueError unless ``images`` is [B,3,H,W] with H, W multiples of the patch size; return (h, w)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
+        if images.shape[1] != 3:
+            raise ValueError(f"images must have 3 channels (RGB, normalised); got {images.shape[1]} in shape {tuple(images.shape)}")
+        H, W = images.shape[-2:]
+        p = self.patch_size
+        if H % p or W % p:
+            raise ValueError(
+                f"image size {H}x{W} is not a multiple of the patch size {p} of {self.name}; "
+                f"resize or pad to e.g. {H - H % p or p}x{W - W % p or p}"
+            )
+        return H // p, W // p
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        hw = self.check_images(images)
+        out = self.run(self.embed(images), hw, self.output_specs.values())
+        return {name: out[name] for name in self.outputs}
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch + position embedding: the state before block 0 ([B,N,C] for ViT, [B,h,w,C] for SAM)."""
+        m = self.model
+        x = m.patch_embed(images)
+        if self.family == "sam":
+            from timm.layers import resample_abs_pos_embed_nhwc
+
+            if m.pos_embed is not None:
+                x = x + resample_abs_pos_embed_nhwc(m.pos_embed, x.shape[1:3])
+        else:
+            x = m._pos_embed(x)
+        return m.norm_pre(m.patch_drop(x) if hasattr(m, "patch_drop") else x)
+
+    def run(
+        self,
+        state: torch.Tensor,
+        hw: tuple[int, int],
+        specs: Iterable[OutputSpec],
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run blocks ``start..stop`` (inclusive; default: up to the last block any spec needs) on ``state``.
+
+        Returns the outputs of the given specs whose block lies in that range, and, when ``stop`` is
+        given, the state after block ``stop`` under the key ``"_state"``.
+        """
+        specs = [s for s in specs if s.block >= start and (stop is None or s.block <= stop)]
+        end = stop if stop is not None else max((s.block for s in specs), default=start - 1)
+        out: dict[str, torch.Tensor] = {}
+        for i in range(start, end + 1):
+            block = self.model.blocks[i]
+            here = [s for s in specs if s.block == i]
+            facets = {s.source for s in here if s.source in FACETS}
+            if facets:
+                out.update(self._facets(block, state, hw, {s.name: s.source for s in here if s.source in FACETS}))
+            state = block(state)
+            for s in here:
+                if s.source not in FACETS:
+                    out[s.name] = self._extract(state, hw, s)
+        if stop is not None:
+            out["_state"] = state
+        return out
+
+    # -- state <-> grids (used by SRT at any layer) ----------------------------------------------
+
+    def split_state(self, state: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(prefix tokens [B,n,C] or None, patch grid [B,C,h,w])."""
+        if self.family == "sam":
+            return None, state.permute(0, 3, 1, 2)
+        n = self.num_prefix_tokens
+        grid = state[:, n:].transpose(1, 2).reshape(state.shape[0], -1, *hw)
+        return (state[:, :n] if n else None), grid
+
+    def join_state(self, prefix: torch.Tensor | None, grid: torch.Tensor) -> torch.Tensor:
+        if self.family == "sam":
+            return grid.permute(0, 2, 3, 1).contiguous()
+        tokens = grid.flatten(2).transpose(1, 2)
+        return torch.cat([prefix, tokens], dim=1) if prefix is not None else tokens
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _extract(self, state: torch.Tensor, hw: tuple[int, int], spec: OutputSpec) -> torch.Tensor:
+        if self.family == "sam":
+            x = state.permute(0, 3, 1, 2)
+            return self.model.neck(x) if spec.source == "neck" else x
+        x = self.model.norm(state) if spec.norm else state
+        if spec.kind == "global":
+            return x[:, 0]
+        return self.split_state(x, hw)[1]
+
+    def _facets(self, block: nn.Module, state: torch.Tensor, hw: tuple[int, int], wanted: Mapping[str, str]):
+        """Queries/keys/values of ``block``'s attention on ``state``, heads concatenated, prefix dropped."""
+        x = block.norm1(state)
+        if self.family == "sam":
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+        q, k, v = block.attn.qkv(x).chunk(3, dim=-1)  # qkv's last dim is laid out [3, heads, head_dim]
+        by_facet = {"queries": q, "keys": k, "values": v}
+        out = {}
+        for name, facet in wanted.items():
+            t = by_facet[facet][:, self.num_prefix_tokens:]
+            out[name] = t.transpose(1, 2).reshape(t.shape[0], -1, *hw)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"name={self.name}, patch_size={self.patch_size}, outputs={self.outputs}, weights={self.weights!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, without unpickling arbitrary objects (safetensors or weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report which file and why, whatever torch raised
+        raise ValueError(f"cannot read checkpoint {path} as tensors (torch.load weights_only=True): {e}") from e
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    return dict(obj)
+
+
+def _unwrap_state_dict(obj: Mapping[str, Any], checkpoint_key: str | None, path: Path) -> dict[str, torch.Tensor]:
+    """Find the model's tensors inside a checkpoint (DINO full checkpoints keep them under 'teacher')."""
+    if checkpoint_key is not None:
+        if checkpoint_key not in obj:
+            raise ValueError(f"checkpoint {path} has no key {checkpoint_key!r}; top-level keys: {sorted(obj)[:20]}")
+        obj = obj[checkpoint_key]
+    else:
+        for key in ("teacher", "model", "state_dict", "model_ema"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in ("module.", "backbone.", "encoder."):  # DDP and DINO's MultiCropWrapper
+        if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):
+            sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+    if not sd:
+        raise ValueError(f"checkpoint {path} contains no tensors under key {checkpoint_key!r}")
+    return sd
+
+
+def _load_file_into(model: nn.Module, spec: BackboneSpec, path: Path, checkpoint_key: str | None) -> None:
+    sd = _unwrap_state_dict(read_checkpoint(path), checkpoint_key, path)
+    if spec.family == "sam":
+        from timm.models.vision_transformer_sam import checkpoint_filter_fn
+    else:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    sd = checkpoint_filter_fn(sd, model)  # official DINOv2 / OpenAI CLIP / SAM names -> timm, pos-embed resize
+    own = model.state_dict()
+    # projection heads (DINO's head.*, classifier heads) are not part of the feature extractor
+    extra = [k for k in sd if k not in own]
+    unexpected = [k for k in extra if not k.startswith(("head", "fc_norm"))]
+    missing = [k for k in own if k not in sd]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match {spec.timm_name}: "
+            f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+    bad = [k for k in own if sd[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(f"checkpoint {path}: shape mismatch for {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
+    model.load_state_dict({k: sd[k] for k in own}, strict=True)
+
+
+def _hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(repo_id: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=str(_hub_cache_dir()))
+        if isinstance(found, str) and Path(found).is_file():
+            return Path(found)
+    return None
+
+
+def _weights_unavailable(name: str, spec: BackboneSpec, repo_id: str) -> WeightsUnavailableError:
+    official = f" The original checkpoint ({spec.official_url}) works as such a file too." if spec.official_url else ""
+    return WeightsUnavailableError(
+        f"pretrained weights for backbone {name!r} (Hugging Face repo {repo_id}) are not in the local cache "
+        f"{_hub_cache_dir()} and the hub is unreachable (offline). Either copy the cached repo there from a machine "
+        f"with network (python -c \"import timm; timm.create_model('{spec.timm_name}', pretrained=True)\"), "
+        f"or download the checkpoint file and pass its path: load_backbone({name!r}, pretrained='/path/to/file') "
+        f"or backbone.pretrained=/path/to/file in the runner.{official} "
+        "Random weights are never substituted."
+    )
+
+
+def load_backbone(
+    name: str,
+    pretrained: bool | str | os.PathLike = True,
+    outputs: Iterable[str] = ("tokens", "cls"),
+    checkpoint_key: str | None = None,
+    init_seed: int = 0,
+    **model_kwargs: Any,
+) -> Backbone:
+    """A frozen, eval-mode backbone by registry name.
+
+    Args:
+        name: a key of :data:`BACKBONES`.
+        pretrained: ``True`` loads the timm weights (from the Hugging Face cache, or downloaded when the hub
+            is reachable); ``False`` initialises randomly (seeded by ``init_seed``); a path loads a local
+            checkpoint (``.pth``/``.bin`` read with ``weights_only=True``, or ``.safetensors``), including
+            official DINO/DINOv2/SAM files and timm/HF files.
+        outputs: the output names to return (see the module docstring).
+        checkpoint_key: key of the state dict inside the checkpoint; by default ``teacher``, ``model``,
+            ``state_dict`` are tried, then the top level.
+        **model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2, embed_dim=64, num_heads=2``).
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    kwargs = dict(num_classes=0, **model_kwargs)
+    if spec.family == "vit":
+        kwargs.setdefault("dynamic_img_size", True)
+
+    def create(**extra: Any) -> nn.Module:
+        return timm.create_model(spec.timm_name, **kwargs, **extra)
+
+    if pretrained is False or pretrained is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = create(pretrained=False)
+        weights = f"random (init_seed={init_seed})"
+    elif pretrained is True:
+        repo_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id or spec.timm_name
+        cached = _cached_hub_file(repo_id)
+        if cached is not None:
+            model = create(pretrained=True, pretrained_cfg_overlay=dict(file=str(cached)))
+            weights = f"pretrained {repo_id} (cache {cached.name}, sha256 {_sha256(cached)[:16]})"
+        elif _hub_reachable():
+            model = create(pretrained=True)
+            weights = f"pretrained {repo_id} (downloaded)"
+        else:
+            raise _weights_unavailable(name, spec, repo_id)
+    else:
+        path = Path(pretrained).expanduser()
+        model = create(pretrained=False)
+        _load_file_into(model, spec, path, checkpoint_key)
+        weights = f"file {path} (sha256 {_sha256(path)[:16]})"
+    return Backbone(model, name, spec, outputs, weights)

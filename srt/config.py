@@ -1,0 +1,103 @@
+"""Typed settings of the SRT wrapper and the backbone, shared by the library and the Hydra runner.
+
+One place holds every name, default and valid value; ``validate()`` raises a ValueError that names
+the setting and lists what is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+METHODS = ("shift", "jitter")
+SAMPLINGS = ("random", "stratified")
+FILLS = ("zero", "reflect", "replicate")
+BORDERS = ("official", "normalized")
+AGGREGATES = ("mean", "median")
+OUTPUTS = ("pooled", "dense")
+
+
+def _check_choice(setting: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{setting}={value!r} is not valid; expected one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class SRTConfig:
+    """How features are ensembled. ``level=0`` is the plain single forward pass (the baseline)."""
+
+    method: str = "shift"            # shift: SRT; jitter: the paper's naive colour-jitter ensemble baseline
+    level: int = 3                   # L: integer shifts |dy|,|dx| <= L, (2L+1)^2 of them
+    samples: Optional[int] = None    # use n of the grid shifts instead of all of them
+    sampling: str = "random"         # how the n are drawn: random (seeded, no replacement) | stratified
+    fill: str = "zero"               # padding of shifted images: zero (official, in normalised space) | reflect | replicate
+    border: str = "official"         # official: divide by the number of passes | normalized: by the passes covering a location
+    aggregate: str = "mean"          # mean | median (median buffers all passes; bounded by median_budget_gb)
+    dispersion: bool = False         # also return per-location variance ("<name>_var") and its channel mean ("<name>_dispersion")
+    output: str = "pooled"           # pooled: token grid (the drop-in replacement) | dense: finer grid at `stride`
+    stride: Optional[int] = None     # dense output stride in pixels (divides the patch size); default patch_size // 2
+    batch_size: int = 32             # (image, shift) pairs per forward chunk; memory does not grow with the shifts
+    seed: int = 0                    # seeds the shift subset and the jitter baseline
+    official_parity: bool = False    # add the extra unshifted pass the official code runs (50 passes at L=3)
+    at_block: Optional[int] = None   # ensemble after this block and run the remaining blocks on the result
+    autocast: bool = False           # bfloat16 autocast for the forward passes (CUDA only)
+    median_budget_gb: float = 4.0    # memory allowed for the median's buffer of all passes
+    jitter_passes: Optional[int] = None  # method=jitter: passes (default: as many as SRT at this level)
+    jitter_strength: float = 0.4     # method=jitter: brightness/contrast/saturation jitter amplitude
+
+    def validate(self, patch_size: Optional[int] = None) -> "SRTConfig":
+        _check_choice("srt.method", self.method, METHODS)
+        _check_choice("srt.sampling", self.sampling, SAMPLINGS)
+        _check_choice("srt.fill", self.fill, FILLS)
+        _check_choice("srt.border", self.border, BORDERS)
+        _check_choice("srt.aggregate", self.aggregate, AGGREGATES)
+        _check_choice("srt.output", self.output, OUTPUTS)
+        if self.level < 0:
+            raise ValueError(f"srt.level={self.level} is not valid; expected an integer >= 0")
+        if patch_size is not None and self.level >= patch_size:
+            raise ValueError(
+                f"srt.level={self.level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size}"
+            )
+        if self.samples is not None and self.samples < 1:
+            raise ValueError(f"srt.samples={self.samples} is not valid; expected null or an integer >= 1")
+        if self.samples is not None and self.samples > (2 * self.level + 1) ** 2:
+            raise ValueError(
+                f"srt.samples={self.samples} is not valid at srt.level={self.level}; "
+                f"expected at most {(2 * self.level + 1) ** 2} (the number of grid shifts)"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"srt.batch_size={self.batch_size} is not valid; expected an integer >= 1")
+        if self.stride is not None:
+            if self.stride < 1 or (patch_size is not None and patch_size % self.stride):
+                valid = [s for s in range(1, (patch_size or 0) + 1) if patch_size and patch_size % s == 0]
+                raise ValueError(
+                    f"srt.stride={self.stride} is not valid; expected a divisor of the patch size"
+                    + (f" {patch_size}: {valid}" if valid else "")
+                )
+        if self.median_budget_gb <= 0:
+            raise ValueError(f"srt.median_budget_gb={self.median_budget_gb} is not valid; expected > 0")
+        if self.jitter_passes is not None and self.jitter_passes < 1:
+            raise ValueError(f"srt.jitter_passes={self.jitter_passes} is not valid; expected null or >= 1")
+        if not 0 <= self.jitter_strength < 1:
+            raise ValueError(f"srt.jitter_strength={self.jitter_strength} is not valid; expected 0 <= value < 1")
+        return self
+
+
+@dataclass
+class BackboneConfig:
+    """Which ViT and which weights. ``pretrained``: true (timm / hub cache), false (random init) or a file path."""
+
+    name: str = "dino_vits16"
+    pretrained: Any = True
+    checkpoint_key: Optional[str] = None   # key of the state dict inside a checkpoint file (DINO: teacher); auto if null
+    init_seed: int = 0                     # seed of the random initialisation when pretrained=false
+    model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. depth=2 for tiny test models
+
+    def validate(self) -> "BackboneConfig":
+        from .backbones import BACKBONES  # local import: the registry lives with the models
+
+        _check_choice("backbone.name", self.name, tuple(BACKBONES))
+        if not isinstance(self.pretrained, (bool, str)):
+            raise ValueError(
+                f"backbone.pretrained={self.pretrained!r} is not valid; expected true, false or a checkpoint file path"
+            )
+        return self

@@ -1,0 +1,138 @@
+"""Perturbation sets and exact integer translation.
+
+A shift ``(dy, dx)`` moves image content down by ``dy`` and right by ``dx`` pixels (the convention of
+torchvision's ``affine(translate=[dx, dy])`` used by the official code, PROTOCOLS.md 1.2). Pixels that
+enter from outside are filled: ``zero`` (official: zero in normalised space, i.e. the mean colour),
+``reflect`` or ``replicate``. No resampling: every shift is an exact integer translation.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import FILLS, SAMPLINGS, _check_choice
+
+
+@dataclass(frozen=True)
+class ShiftSet:
+    """An ordered set of integer shifts, one per forward pass.
+
+    ``shifts`` is an int64 tensor [T, 2] of (dy, dx). ``level`` is the bound L on |dy| and |dx|.
+    """
+
+    shifts: torch.Tensor
+    level: int
+    description: str
+
+    def __len__(self) -> int:
+        return int(self.shifts.shape[0])
+
+    def __iter__(self):
+        return iter((int(dy), int(dx)) for dy, dx in self.shifts.tolist())
+
+    @property
+    def max_abs(self) -> int:
+        return int(self.shifts.abs().max()) if len(self) else 0
+
+
+def grid_shifts(level: int) -> torch.Tensor:
+    """All (2L+1)^2 integer shifts with |dy|, |dx| <= L, row-major (dy outer)."""
+    r = torch.arange(-level, level + 1)
+    dy, dx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
+
+
+def _stratified_indices(level: int, n: int, seed: int) -> np.ndarray:
+    """n distinct grid cells spread evenly: a scrambled Halton sequence snapped to the nearest free cell."""
+    from scipy.stats import qmc
+
+    side = 2 * level + 1
+    points = qmc.Halton(d=2, scramble=True, seed=seed).random(n) * side  # in [0, side)^2
+    centres = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2) + 0.5
+    free = np.ones(side * side, dtype=bool)
+    chosen = []
+    for p in points:
+        d = ((centres - p) ** 2).sum(1)
+        d[~free] = np.inf
+        k = int(np.argmin(d))
+        free[k] = False
+        chosen.append(k)
+    return np.array(chosen)
+
+
+def make_shifts(
+    level: int,
+    samples: int | None = None,
+    sampling: str = "random",
+    seed: int = 0,
+    official_parity: bool = False,
+    patch_size: int | None = None,
+) -> ShiftSet:
+    """The shift set of one SRT setting.
+
+    - default: the exhaustive grid |dy|,|dx| <= L, (2L+1)^2 shifts (L=3: 49, as in the paper);
+    - ``samples=n``: n of those, ``sampling="random"`` (seeded, without replacement) or
+      ``"stratified"`` (low-discrepancy, evenly spread over the grid);
+    - ``official_parity``: prepend the extra unshifted pass the official code runs, so the original
+      image is counted twice (50 passes at L=3; PROTOCOLS.md 1.2).
+    """
+    if level < 0:
+        raise ValueError(f"srt.level={level} is not valid; expected an integer >= 0")
+    if patch_size is not None:
+        if level >= patch_size:
+            raise ValueError(
+                f"srt.level={level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size} "
+                "(a shift of a whole token or more is no longer sub-token)"
+            )
+        if level > patch_size / 2:
+            warnings.warn(
+                f"srt.level={level} exceeds half the patch size ({patch_size}/2): the paper bounds shifts by p/2; "
+                "larger shifts revisit the same token offsets and lose more of the border",
+                stacklevel=2,
+            )
+    _check_choice("srt.sampling", sampling, SAMPLINGS)
+    grid = grid_shifts(level)
+    description = f"grid L={level}"
+    if samples is not None:
+        if not 1 <= samples <= len(grid):
+            raise ValueError(
+                f"srt.samples={samples} is not valid at srt.level={level}; expected 1 <= samples <= {len(grid)}"
+            )
+        if sampling == "random":
+            gen = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(len(grid), generator=gen)[:samples]
+        else:
+            idx = torch.from_numpy(_stratified_indices(level, samples, seed))
+        grid = grid[idx]
+        description = f"{sampling} {samples} of grid L={level} (seed {seed})"
+    if official_parity:
+        grid = torch.cat([torch.zeros(1, 2, dtype=grid.dtype), grid])
+        description += " + unshifted (official parity)"
+    return ShiftSet(grid, level, description)
+
+
+def pad_for_shifts(images: torch.Tensor, margin: int, fill: str) -> torch.Tensor:
+    """Pad all four sides by ``margin`` once, so that every shift is a slice of the result."""
+    _check_choice("srt.fill", fill, FILLS)
+    if margin == 0:
+        return images
+    mode = "constant" if fill == "zero" else fill
+    if fill == "reflect" and margin >= min(images.shape[-2:]):
+        raise ValueError(f"srt.fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}")
+    return F.pad(images, (margin, margin, margin, margin), mode=mode)
+
+
+def shift_padded(padded: torch.Tensor, margin: int, dy: int, dx: int, size: tuple[int, int]) -> torch.Tensor:
+    """The image shifted by (dy, dx), cut from its padded copy: out[y, x] = image[y - dy, x - dx]."""
+    h, w = size
+    return padded[..., margin - dy: margin - dy + h, margin - dx: margin - dx + w]
+
+
+def shift_image(images: torch.Tensor, dy: int, dx: int, fill: str = "zero") -> torch.Tensor:
+    """Exact integer translation of [..., H, W] images with the given fill."""
+    margin = max(abs(dy), abs(dx))
+    return shift_padded(pad_for_shifts(images, margin, fill), margin, dy, dx, images.shape[-2:])

@@ -1,0 +1,133 @@
+"""Unsupervised salient object segmentation with TokenCut (paper Table 3; PROTOCOLS.md 2.3).
+
+For each image of ECSSD, DUTS-TE or DUT-OMRON (official layouts, images in sorted order): RGB, resized with
+LANCZOS to ``(round(W/p) p, round(H/p) p)`` (Python rounding, as tc:unsupervised_saliency_detection/utils.py),
+normalised, the last attention's keys (SRT-ensembled when the extractor is an SRT wrapper), TokenCut
+(:mod:`tasks.tokencut`), the seed component nearest-upsampled to the original H x W. No post-processing
+(the paper reports TokenCut without the bilateral solver). Scored with :mod:`eval.saliency` (maxF, IoU, Acc,
+x100, as TokenCut computes them).
+
+Outputs under the run directory: ``masks/<stem>.png`` (0/255; re-score with
+``python -m eval.saliency --pred <run>/masks --gt <root>/<GT folder>``) and ``per_image.csv``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from eval.saliency import ImageScores, aggregate, image_scores, read_mask
+from .base import FeatureExtractor, RunContext, Task
+from .results import atomic_save_png, atomic_write_text
+from .tokencut import TokenCutConfig, normalised_tensor, tokencut_image
+
+#: dataset -> (image folder, ground-truth folder) inside the dataset root, as the datasets are distributed
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "ECSSD": ("images", "ground_truth_mask"),
+    "DUTS-TE": ("DUTS-TE-Image", "DUTS-TE-Mask"),
+    "DUT-OMRON": ("DUT-OMRON-image", "pixelwiseGT-new-PNG"),
+}
+
+
+@dataclass
+class SaliencyConfig(TokenCutConfig):
+    """Schema of ``conf/task/saliency.yaml`` (TokenCut settings: :class:`tasks.tokencut.TokenCutConfig`)."""
+
+    dataset: str = "ECSSD"               # ECSSD | DUTS-TE | DUT-OMRON
+    root: str = "???"                    # the dataset folder holding the image and GT folders of LAYOUTS
+    predictions_dir: str = "masks"       # under the run directory
+
+    def validate(self) -> "SaliencyConfig":
+        super().validate()
+        if self.dataset not in LAYOUTS:
+            raise ValueError(f"task.dataset={self.dataset!r} is not valid; expected one of {', '.join(LAYOUTS)}")
+        if self.root in ("", "???"):
+            raise ValueError(f"task.root is not set; expected the {self.dataset} folder holding "
+                             f"{'/ and '.join(LAYOUTS[self.dataset])}/")
+        return self
+
+
+def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
+    """(image, GT mask) paths in sorted image order; GT = image stem + .png. Errors name what is missing."""
+    image_sub, gt_sub = LAYOUTS[dataset]
+    image_dir, gt_dir = Path(root) / image_sub, Path(root) / gt_sub
+    for folder in (image_dir, gt_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{dataset} folder {folder} does not exist; expected {root}/{{{image_sub},{gt_sub}}}")
+    images = sorted(image_dir.glob("*.jpg"))
+    if not images:
+        raise FileNotFoundError(f"no *.jpg images in {image_dir}")
+    pairs = [(image, gt_dir / f"{image.stem}.png") for image in images]
+    missing = [gt for _, gt in pairs if not gt.is_file()]
+    if missing:
+        raise FileNotFoundError(f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
+                                f"images of {image_dir} have no mask in {gt_dir})")
+    return pairs
+
+
+def resize_to_patches(image: Image.Image, patch_size: int, path: Path) -> Image.Image:
+    """LANCZOS resize to the nearest multiples of the patch size (TokenCut's ``resize_pil``)."""
+    width, height = image.size
+    new_w, new_h = round(width / patch_size) * patch_size, round(height / patch_size) * patch_size
+    if new_w == 0 or new_h == 0:
+        raise ValueError(f"image {path} ({width}x{height}) is smaller than half a patch ({patch_size} px)")
+    return image.resize((new_w, new_h), resample=Image.LANCZOS)
+
+
+def upsample_mask(cells: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a cell mask to ``size_hw`` (torch ``F.interpolate`` 'nearest', as TokenCut)."""
+    grid = torch.from_numpy(np.ascontiguousarray(cells, dtype=np.float32))[None, None]
+    return F.interpolate(grid, size=tuple(size_hw), mode="nearest")[0, 0].numpy() > 0.5
+
+
+class SaliencyTask(Task):
+    """TokenCut saliency on ECSSD / DUTS-TE / DUT-OMRON, scored with maxF, IoU and Acc (see the module docstring)."""
+
+    name: ClassVar[str] = "saliency"
+    Config: ClassVar[type] = SaliencyConfig
+    outputs: ClassVar[tuple[str, ...]] = ("keys",)
+
+    def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
+        cfg: SaliencyConfig = self.cfg
+        pairs = list_pairs(cfg.root, cfg.dataset)[: cfg.max_images]
+        pred_dir = Path(ctx.out_dir) / cfg.predictions_dir
+        scores: list[ImageScores] = []
+        rows = ["image,F,IoU,Acc,tokens"]
+        feature_s = ncut_s = 0.0
+        for image_path, gt_path in tqdm(pairs, desc=f"saliency {cfg.dataset}", disable=not ctx.progress):
+            with Image.open(image_path) as image:
+                rgb = image.convert("RGB")
+            gt = read_mask(gt_path, "ground-truth mask")
+            if gt.shape != (rgb.height, rgb.width):
+                raise ValueError(f"ground-truth mask {gt_path} is {gt.shape[1]}x{gt.shape[0]} but image {image_path} "
+                                 f"is {rgb.width}x{rgb.height}; expected equal sizes")
+
+            def compute() -> dict[str, np.ndarray]:
+                x = normalised_tensor(resize_to_patches(rgb, extractor.patch_size, image_path), extractor)
+                out = tokencut_image(extractor, x, cfg, ctx.device)
+                return {"component": out.cut.component, "feature_seconds": out.feature_seconds,
+                        "ncut_seconds": out.ncut_seconds}
+
+            item = ctx.cache.get_or_compute(f"{cfg.dataset}/{image_path.stem}", compute)
+            feature_s += float(item["feature_seconds"])
+            ncut_s += float(item["ncut_seconds"])
+            mask = upsample_mask(item["component"], gt.shape)
+            atomic_save_png(pred_dir / f"{image_path.stem}.png", mask.astype(np.uint8) * 255)
+            score = image_scores(mask, gt, name=str(image_path))
+            scores.append(score)
+            rows.append(f"{image_path.stem},{score.f_curve[0]:.6f},{score.iou:.6f},{score.acc:.6f},"
+                        f"{item['component'].size}")
+        atomic_write_text(Path(ctx.out_dir) / "per_image.csv", "\n".join(rows) + "\n")
+        metrics = aggregate(scores)
+        metrics.update({
+            "n_images": float(len(scores)),
+            "features_s_per_image": feature_s / len(scores),
+            "ncut_s_per_image": ncut_s / len(scores),
+        })
+        return metrics
