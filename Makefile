@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Ratios measured within one run each (this machine is shared and noisy: absolute times mean little).
 bench: setup
 	$(PY) scripts/bench_srt.py $(BENCH_ARGS)
+	$(PY) scripts/bench_davis.py
+	OPENBLAS_NUM_THREADS=1 $(PY) scripts/bench_tokencut.py
 
 # --- demo and tables (runner) -----------------------------------------------------------------------------
 RESULTS ?= results

@@ -138,6 +138,13 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
         log.info(results.format_summary(done))
         return done
 
+    try:
+        p.task.check_data()  # a misplaced dataset fails here, before any model is built
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{e}\n(datasets are read under paths.data_root={cfg.paths.data_root}: set SRT_DATA=/path/to/datasets or "
+            "paths.data_root=..., or write synthetic sample data with scripts/make_sample_data.py --out data/sample)"
+        ) from e
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
     cache = results.item_cache_for(p.run_dir, p.backbone, p.srt, p.task.cache_key_config())
@@ -156,13 +163,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ctx = RunContext(out_dir=p.run_dir, cache=cache, device=device, progress=p.runner.progress,
                      extras={"config": resolved})
-    try:
-        metrics = p.task.run(extractor, ctx)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{e}\n(datasets are read under paths.data_root={cfg.paths.data_root}: set SRT_DATA=/path/to/datasets or "
-            "paths.data_root=..., or write synthetic sample data with scripts/make_sample_data.py --out data/sample)"
-        ) from e
+    metrics = p.task.run(extractor, ctx)
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise TypeError(f"task {cfg.task.name!r} returned {metrics!r}; expected a flat dict of numbers")
 

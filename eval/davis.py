@@ -346,6 +346,9 @@ def evaluate_results(
         pred = []
         for p in scored:
             res_path = results_dir / seq / p.name
+            if not res_path.is_file():
+                raise FileNotFoundError(f"prediction not found: {res_path} (every annotated frame needs one; for a "
+                                        f"run limited to its first N frames pass max_frames / --max-frames N)")
             labels = read_label_png(res_path)
             if labels.shape != gt.shape[1:]:
                 raise ValueError(f"{res_path}: prediction size {labels.shape[::-1]} (W, H) differs from the "

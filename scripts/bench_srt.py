@@ -4,13 +4,15 @@
 For ViT-S/16 (random weights; timing only) at 224x224 and 480x832 and L in {1, 3}, each configuration
 runs in its own subprocess and reports, measured in that one process:
 
-- ``ratio``: SRT wall time / (passes x one forward pass at the same batch size). 1.00 means the
-  aggregation is free; the forward passes themselves are the floor.
+- ``ratio``: SRT wall time / the wall time of the same forward passes alone (the same chunks of
+  ``--batch-size`` (image, shift) pairs, without shifting or aggregation). 1.00 means the rest is free.
 - ``vs naive``: SRT wall time / the naive route's (upsample every pass to full resolution, unshift,
   accumulate, pool: the official EnsembledExtractor, ``srt.reference.naive_srt``).
-- ``extra MB``: peak resident memory above the plain forward of one chunk (the accumulators' cost).
+- ``extra MB``: peak resident memory of the SRT call above what was resident before it (accumulators and
+  the chunk's activations; the kernel's high-water mark is reset first).
 
-Times are the minimum of ``--repeats`` runs (this machine is shared and noisy: read the ratios).
+Times are the minimum of ``--repeats`` runs, forward and SRT interleaved (this machine is shared and
+noisy: read the ratios).
 Targets (224x224): pooled <= 1.05, dense stride p/2 <= 1.15, dense stride 1 <= 1.5.
 
     python scripts/bench_srt.py [--sizes 224x224,480x832] [--levels 1,3] [--repeats 3]
@@ -27,8 +29,6 @@ TARGETS = {"pooled": 1.05, "dense s=p/2": 1.15, "dense s=1": 1.5}
 
 
 def worker(size: str, level: int, variant: str, repeats: int, batch_size: int) -> dict:
-    import resource
-
     import torch
 
     import srt
@@ -41,27 +41,37 @@ def worker(size: str, level: int, variant: str, repeats: int, batch_size: int) -
     stride = {"pooled": p, "dense s=p/2": p // 2, "dense s=1": 1}[variant]
     images = torch.randn(1, 3, H, W)
     sr = srt.StochasticResonance(bb, level=level, batch_size=batch_size)
-    chunk = torch.randn(batch_size, 3, H, W)
+    # the reference: the very chunks SRT runs (same batch sizes), forward passes only
+    chunk_sizes = [min(batch_size, sr.passes - i) for i in range(0, sr.passes, batch_size)]
+    chunks = [torch.randn(n, 3, H, W) for n in chunk_sizes]
+    run = (lambda: sr(images)) if stride == p else (lambda: sr.dense(images, stride=stride))
 
-    def best(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
 
     with torch.no_grad():
-        forward = best(lambda: bb(chunk)) / batch_size  # one pass, at the chunk's batch size
-        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        run = (lambda: sr(images)) if stride == p else (lambda: sr.dense(images, stride=stride))
-        ours = best(run)
-        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        naive = best(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size))
-    passes = sr.passes
-    return dict(size=size, level=level, variant=variant, passes=passes, forward_s=forward, srt_s=ours,
-                naive_s=naive, ratio=ours / (passes * forward), vs_naive=ours / naive,
-                extra_mb=(peak_rss - base_rss) / 1024)
+        forward_times, srt_times = [], []
+        for i in range(repeats):  # interleaved, so slow phases of a shared machine hit both alike
+            forward_times.append(timed(lambda: [bb(c) for c in chunks]))
+            if i == 0:
+                open("/proc/self/clear_refs", "w").write("5")  # peak memory from here on: SRT's own
+                base_kb = _status_kb("VmRSS")
+            srt_times.append(timed(run))
+            if i == 0:
+                extra_mb = (_status_kb("VmHWM") - base_kb) / 1024
+        forward, ours = min(forward_times), min(srt_times)
+        naive = min(timed(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size))
+                    for _ in range(repeats))
+    return dict(size=size, level=level, variant=variant, passes=sr.passes, forward_s=forward / sr.passes,
+                srt_s=ours, naive_s=naive, ratio=ours / forward, vs_naive=ours / naive, extra_mb=extra_mb)
+
+
+def _status_kb(key: str) -> int:
+    import re
+
+    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
 
 
 def main() -> None:
@@ -96,8 +106,10 @@ def main() -> None:
                 print(f"| {size} | {level} | {r['passes']} | {variant} | {r['ratio']:.3f} | {target} | "
                       f"{r['vs_naive']:.3f} | {r['extra_mb']:.0f} |", flush=True)
     misses = [r for r in rows if r["size"] == "224x224" and r["ratio"] > TARGETS[r["variant"]]]
-    print(f"\nforward pass ({args.batch_size} images/chunk), seconds per image: "
-          + ", ".join(sorted({f"{r['size']}: {r['forward_s']:.3f}" for r in rows})))
+    for size in args.sizes.split(","):
+        per_image = [r["forward_s"] for r in rows if r["size"] == size]
+        if per_image:
+            print(f"forward pass at {size} ({args.batch_size} images/chunk): {min(per_image):.3f} s per image")
     print("targets met" if not misses else f"targets missed: {[(r['size'], r['level'], r['variant']) for r in misses]}")
 
 

@@ -165,7 +165,8 @@ class PhaseMean:
 
     def result(self) -> torch.Tensor:
         B, C, P, _, h, w = self.buffer.shape
-        field = self.buffer.cumsum(2).cumsum(3) * self.scale
+        field = self.buffer.cumsum_(2).cumsum_(3).mul_(self.scale)  # in place: one output-sized buffer, not four
+        self.buffer = None  # consumed
         return field.permute(0, 1, 4, 2, 5, 3).reshape(B, C, h * P, w * P)
 
 

@@ -65,6 +65,11 @@ class Task(ABC):
         """Build from the validated ``task`` config (an instance of ``cls.Config``)."""
         return cls(cfg)
 
+    def check_data(self) -> None:
+        """Raise FileNotFoundError / ValueError naming what is missing, before any model is built.
+
+        The runner calls it first, so a misplaced dataset costs seconds, not a model load."""
+
     @abstractmethod
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         """Run the protocol; return flat metrics (name -> float)."""

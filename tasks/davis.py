@@ -370,6 +370,14 @@ class DavisTask(Task):
             cfg.pop(key)
         return cfg
 
+    def check_data(self) -> None:
+        root = Path(self.cfg.root)
+        for seq in davis_eval.select_sequences(root, self.cfg.split, self.cfg.sequences):
+            frames = davis_eval.image_paths(root, seq, self.cfg.resolution)
+            first = root / "Annotations" / self.cfg.resolution / seq / f"{frames[0].stem}.png"
+            if not first.is_file():
+                raise FileNotFoundError(f"missing first-frame annotation {first} for frame {frames[0]}")
+
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         from tqdm import tqdm
 

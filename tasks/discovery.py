@@ -50,6 +50,11 @@ class DiscoveryTask(Task):
     Config: ClassVar[type] = DiscoveryConfig
     outputs: ClassVar[tuple[str, ...]] = ("keys",)
 
+    def check_data(self) -> None:
+        voc = voc_dir(self.cfg.root, self.cfg.year)
+        for i in read_image_set(voc, self.cfg.image_set)[: self.cfg.max_images]:
+            read_voc_boxes(voc / "Annotations" / f"{i}.xml")
+
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: DiscoveryConfig = self.cfg
         voc = voc_dir(cfg.root, cfg.year)

@@ -93,6 +93,9 @@ class SaliencyTask(Task):
     Config: ClassVar[type] = SaliencyConfig
     outputs: ClassVar[tuple[str, ...]] = ("keys",)
 
+    def check_data(self) -> None:
+        list_pairs(self.cfg.root, self.cfg.dataset)
+
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: SaliencyConfig = self.cfg
         pairs = list_pairs(cfg.root, cfg.dataset)[: cfg.max_images]

@@ -150,3 +150,15 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert clean["items"] == {"computed": n, "loaded": 0}
     assert record["metrics"] == clean["metrics"]
     assert Path(record["run_dir"]).relative_to(killed_root) == Path(clean["run_dir"]).relative_to(clean_root)
+
+
+@pytest.mark.parametrize("task", ["davis", "saliency", "discovery"])
+def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypatch, task):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the dataset was checked")
+
+    monkeypatch.setattr(srt, "load_backbone", no_model)
+    cfg = compose_cfg([f"task={task}", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}",
+                       *TINY])
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*\n\(datasets are read under paths.data_root="):
+        run.execute(cfg)
