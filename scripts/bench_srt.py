@@ -8,8 +8,9 @@ runs in its own subprocess and reports, measured in that one process:
   ``--batch-size`` (image, shift) pairs, without shifting or aggregation). 1.00 means the rest is free.
 - ``vs naive``: SRT wall time / the naive route's (upsample every pass to full resolution, unshift,
   accumulate, pool: the official EnsembledExtractor, ``srt.reference.naive_srt``).
-- ``extra MB``: peak resident memory of the SRT call above what was resident before it (accumulators and
-  the chunk's activations; the kernel's high-water mark is reset first).
+- ``extra MB``: peak memory of the SRT call minus that of the same forward passes alone (the accumulators,
+  the shifted copies and anything else SRT adds; each peak is the kernel's high-water mark, reset before
+  the call, with glibc returning freed memory at once).
 
 Times are the minimum of ``--repeats`` runs, forward and SRT interleaved (this machine is shared and
 noisy: read the ratios).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -51,17 +53,16 @@ def worker(size: str, level: int, variant: str, repeats: int, batch_size: int) -
         fn()
         return time.perf_counter() - t0
 
+    def forward_passes():
+        return [bb(c) for c in chunks]
+
     with torch.no_grad():
         forward_times, srt_times = [], []
         for i in range(repeats):  # interleaved, so slow phases of a shared machine hit both alike
-            forward_times.append(timed(lambda: [bb(c) for c in chunks]))
-            if i == 0:
-                open("/proc/self/clear_refs", "w").write("5")  # peak memory from here on: SRT's own
-                base_kb = _status_kb("VmRSS")
+            forward_times.append(timed(forward_passes))
             srt_times.append(timed(run))
-            if i == 0:
-                extra_mb = (_status_kb("VmHWM") - base_kb) / 1024
         forward, ours = min(forward_times), min(srt_times)
+        extra_mb = (peak_mb(run) - peak_mb(forward_passes))
         naive = min(timed(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size))
                     for _ in range(repeats))
     return dict(size=size, level=level, variant=variant, passes=sr.passes, forward_s=forward / sr.passes,
@@ -72,6 +73,20 @@ def _status_kb(key: str) -> int:
     import re
 
     return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+def peak_mb(fn) -> float:
+    """Peak resident memory of ``fn()`` above what was resident before it (the kernel's high-water mark is
+    reset first; the worker runs with glibc returning freed blocks at once, see MALLOC_ENV)."""
+    open("/proc/self/clear_refs", "w").write("5")
+    base = _status_kb("VmRSS")
+    result = fn()
+    del result
+    return (_status_kb("VmHWM") - base) / 1024
+
+
+#: glibc: serve blocks above 128 KiB by mmap and return them when freed, so resident memory tracks live tensors
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 def main() -> None:
@@ -89,14 +104,14 @@ def main() -> None:
         return
 
     rows = []
-    print("| size | L | passes | output | ratio to passes x forward | target | vs naive route | extra peak MB |")
+    print("| size | L | passes | output | time / forward passes alone | target | time / naive route | extra peak MB |")
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         for level in map(int, args.levels.split(",")):
             for variant in args.variants.split(","):
                 cmd = [sys.executable, __file__, "--worker", size, str(level), variant,
                        "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)]
-                out = subprocess.run(cmd, capture_output=True, text=True)
+                out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
                 if out.returncode:
                     print(f"| {size} | {level} | - | {variant} | failed: {out.stderr.strip().splitlines()[-1]} | | | |")
                     continue

@@ -17,8 +17,9 @@ Two exact engines compute the mean:
 - :class:`PhaseMean` (uniform w). The weights of a pass do not depend on the token, only on the cell's
   phase inside its token (P = p/s phases per axis). Along each phase axis they are piecewise constant with
   one step, so we store their *differences* over the phases: a pass adds <= 16 token-grid sized terms
-  into a [C, P, P, h, w] buffer; one cumulative sum over the phases at the end gives the field. Cost per
-  pass O(C h w), independent of the output resolution; memory one output-sized buffer.
+  into a [C, h, P, w, P] buffer (the output's own layout); one in-place cumulative sum over the phases at
+  the end turns it into the field. Cost per pass O(C h w), independent of the output resolution; memory
+  one output-sized buffer.
 - :class:`TapMean` (any w). Gathers the <= 4 taps of every output cell with weights from an integral
   image of w. Cost per pass O(C H/s W/s). Used for the normalized border at strides 1 < s <= p.
 
@@ -145,8 +146,10 @@ class PhaseMean:
                  device=None, dtype=torch.float32):
         self.grid, self.patch, self.stride, self.scale = grid, patch, stride, scale
         self.phases = patch // stride
-        P = self.phases
-        self.buffer = torch.zeros(batch, channels, P, P, *grid, device=device, dtype=dtype)
+        P, (h, w) = self.phases, grid
+        # laid out as the output ([.., h, P, w, P] is [.., H/s, W/s] viewed by token and phase), so the result
+        # is a view of the buffer: no copy, one output-sized allocation in all
+        self.buffer = torch.zeros(batch, channels, h, P, w, P, device=device, dtype=dtype)
         self._cache: dict[tuple[int, int], list[tuple[int, int, int, int, float]]] = {}
 
     def _terms(self, shift: tuple[int, int]):
@@ -161,13 +164,13 @@ class PhaseMean:
         h, w = self.grid
         padded = torch.nn.functional.pad(tokens, (1, 1, 1, 1))  # a zero token all round: the zero fill
         for a, qy, b, qx, coef in self._terms(shift):
-            self.buffer[images, :, qy, qx].add_(padded[:, :, 1 + a: 1 + a + h, 1 + b: 1 + b + w], alpha=coef)
+            self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, 1 + a: 1 + a + h, 1 + b: 1 + b + w], alpha=coef)
 
     def result(self) -> torch.Tensor:
-        B, C, P, _, h, w = self.buffer.shape
-        field = self.buffer.cumsum_(2).cumsum_(3).mul_(self.scale)  # in place: one output-sized buffer, not four
+        B, C, h, P, w, _ = self.buffer.shape
+        field = self.buffer.cumsum_(3).cumsum_(5).mul_(self.scale)  # in place
         self.buffer = None  # consumed
-        return field.permute(0, 1, 4, 2, 5, 3).reshape(B, C, h * P, w * P)
+        return field.view(B, C, h * P, w * P)
 
 
 class TapMean:

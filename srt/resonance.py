@@ -82,12 +82,11 @@ class _GridStats:
 class _GlobalMean:
     """Plain mean over passes of a global output (CLS, prefix tokens)."""
 
-    def __init__(self, name: str, passes: int):
-        self.name, self.passes, self.sum = name, passes, None
+    def __init__(self, name: str, passes: int, shape: tuple[int, ...], device):
+        self.name, self.passes = name, passes
+        self.sum = torch.zeros(shape, device=device)
 
     def add(self, value: torch.Tensor, shift, images: slice, pass_index: int) -> None:
-        if self.sum is None:
-            raise RuntimeError("internal: _GlobalMean used before allocation")
         self.sum[images] += value
 
     def results(self) -> dict[str, torch.Tensor]:
@@ -186,7 +185,7 @@ class StochasticResonance(nn.Module):
     # -- internals -------------------------------------------------------------------------------
 
     def _is_plain(self) -> bool:
-        return len(self.shift_set) == 1 and self.shift_set.max_abs == 0 and type(self)._perturb is StochasticResonance._perturb
+        return len(self.shift_set) == 1 and self.shift_set.max_abs == 0
 
     def _check_block(self, at_block: int | None, output: str) -> int | None:
         if at_block is None:
@@ -235,9 +234,7 @@ class StochasticResonance(nn.Module):
                                              self.config.aggregate, self.config.dispersion,
                                              self.config.median_budget_gb * 2**30, device)
                 else:
-                    g = _GlobalMean(name, T)
-                    g.sum = torch.zeros(B, *value.shape[1:], device=device)
-                    stats[name] = g
+                    stats[name] = _GlobalMean(name, T, (B, *value.shape[1:]), device)
             return stats[name]
 
         margin = self.shift_set.max_abs
