@@ -150,7 +150,7 @@ class PhaseMean:
         # laid out as the output ([.., h, P, w, P] is [.., H/s, W/s] viewed by token and phase), so the result
         # is a view of the buffer: no copy, one output-sized allocation in all
         self.buffer = torch.zeros(batch, channels, h, P, w, P, device=device, dtype=dtype)
-        self._cache: dict[tuple[int, int], list[tuple[int, int, int, int, float]]] = {}
+        self._cache: dict[tuple[int, int], list[tuple[int, int, int, int, float]]] = {}  # shift -> (a, qy, b, qx, coef)
 
     def _terms(self, shift: tuple[int, int]):
         if shift not in self._cache:

@@ -370,13 +370,16 @@ class DavisTask(Task):
             cfg.pop(key)
         return cfg
 
+    def _first_annotation(self, root: Path, seq: str, frames: Sequence[Path]) -> Path:
+        path = root / "Annotations" / self.cfg.resolution / seq / f"{frames[0].stem}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"missing first-frame annotation {path} for frame {frames[0]}")
+        return path
+
     def check_data(self) -> None:
         root = Path(self.cfg.root)
         for seq in davis_eval.select_sequences(root, self.cfg.split, self.cfg.sequences):
-            frames = davis_eval.image_paths(root, seq, self.cfg.resolution)
-            first = root / "Annotations" / self.cfg.resolution / seq / f"{frames[0].stem}.png"
-            if not first.is_file():
-                raise FileNotFoundError(f"missing first-frame annotation {first} for frame {frames[0]}")
+            self._first_annotation(root, seq, davis_eval.image_paths(root, seq, self.cfg.resolution))
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         from tqdm import tqdm
@@ -391,9 +394,7 @@ class DavisTask(Task):
             frames = davis_eval.image_paths(root, seq, cfg.resolution)
             if cfg.max_frames is not None:
                 frames = frames[: cfg.max_frames]
-            first_path = root / "Annotations" / cfg.resolution / seq / f"{frames[0].stem}.png"
-            if not first_path.is_file():
-                raise FileNotFoundError(f"missing first-frame annotation {first_path} for frame {frames[0]}")
+            first_path = self._first_annotation(root, seq, frames)
             annotation = davis_eval.read_label_png(first_path)
             item = ctx.cache.get_or_compute(
                 seq, lambda: self._propagate_sequence(extractor, ctx, seq, frames, annotation, first_path))
