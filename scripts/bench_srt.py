@@ -4,11 +4,11 @@
 For ViT-S/16 (random weights; timing only) at 224x224 and 480x832 and L in {1, 3}, each configuration
 runs in its own subprocess and reports, measured in that one process:
 
-- ``ratio``: SRT wall time / the wall time of the same forward passes alone (the same chunks of
-  ``--batch-size`` (image, shift) pairs, without shifting or aggregation). 1.00 means the rest is free.
-- ``vs naive``: SRT wall time / the naive route's (upsample every pass to full resolution, unshift,
+- ``time / forward passes alone``: SRT wall time / that of the same forward passes alone (the same chunks
+  of ``--batch-size`` (image, shift) pairs, without shifting or aggregation). 1.00 means the rest is free.
+- ``time / naive route``: SRT wall time / the naive route's (upsample every pass to full resolution, unshift,
   accumulate, pool: the official EnsembledExtractor, ``srt.reference.naive_srt``).
-- ``extra MB``: peak memory of the SRT call minus that of the same forward passes alone (the accumulators,
+- ``extra peak MB``: peak memory of the SRT call minus that of the same forward passes alone (the accumulators,
   the shifted copies and anything else SRT adds; each peak is the kernel's high-water mark, reset before
   the call, with glibc returning freed memory at once).
 
