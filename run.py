@@ -10,6 +10,7 @@ checked (unknown keys, types, values) before any model is built. The run directo
 config, so re-running a command skips finished runs and resumes interrupted ones (``force=true``
 recomputes).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,12 +40,12 @@ RANDOM_WEIGHTS_WARNING = (
 class RunnerConfig:
     """Top-level settings besides the config groups."""
 
-    force: bool = False        # recompute even when the run directory holds a finished run
-    device: str = "auto"       # auto (cuda if available) | cpu | cuda | cuda:N | mps
-    progress: bool = True      # tqdm bars
-    seed: int = 0              # torch's global seed before the task runs
+    force: bool = False  # recompute even when the run directory holds a finished run
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N | mps
+    progress: bool = True  # tqdm bars
+    seed: int = 0  # torch's global seed before the task runs
 
-    def validate(self) -> "RunnerConfig":
+    def validate(self) -> RunnerConfig:
         if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r} is not valid; expected cpu, cuda, cuda:N, mps or auto")
         return self
@@ -55,8 +56,8 @@ class Plan:
     """Everything a run needs, checked, before any model is built."""
 
     task: Any
-    backbone: Any   # srt.BackboneConfig
-    srt: Any        # srt.SRTConfig
+    backbone: Any  # srt.BackboneConfig
+    srt: Any  # srt.SRTConfig
     logger: results.LoggerConfig
     runner: RunnerConfig
     run_dir: Path
@@ -155,14 +156,21 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    bb = srt.load_backbone(p.backbone.name, pretrained=p.backbone.pretrained, checkpoint_key=p.backbone.checkpoint_key,
-                           outputs=type(p.task).outputs, init_seed=p.backbone.init_seed, **p.backbone.model_kwargs)
+    bb = srt.load_backbone(
+        p.backbone.name,
+        pretrained=p.backbone.pretrained,
+        checkpoint_key=p.backbone.checkpoint_key,
+        outputs=type(p.task).outputs,
+        init_seed=p.backbone.init_seed,
+        **p.backbone.model_kwargs,
+    )
     bb = bb.to(device)
     extractor = srt.build_extractor(bb, p.srt, progress=False)
     torch.manual_seed(p.runner.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    ctx = RunContext(out_dir=p.run_dir, cache=cache, device=device, progress=p.runner.progress,
-                     extras={"config": resolved})
+    ctx = RunContext(
+        out_dir=p.run_dir, cache=cache, device=device, progress=p.runner.progress, extras={"config": resolved}
+    )
     metrics = p.task.run(extractor, ctx)
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise TypeError(f"task {cfg.task.name!r} returned {metrics!r}; expected a flat dict of numbers")
@@ -173,8 +181,12 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     # ${paths...}) are where the data is, not what was computed
     path_keys = tuple(k for k, v in raw_task.items() if isinstance(v, str) and "${" in v)
     variant = {
-        **results.config_variant(dataclasses.asdict(p.srt), _defaults(srt.SRTConfig), "srt",
-                                 skip=("method", "level", *results.SRT_RESOURCE_KEYS)),
+        **results.config_variant(
+            dataclasses.asdict(p.srt),
+            _defaults(srt.SRTConfig),
+            "srt",
+            skip=("method", "level", *results.SRT_RESOURCE_KEYS),
+        ),
         **results.config_variant(task_cfg, _defaults(type(p.task).Config), "task", skip=("dataset", *path_keys)),
         **{f"backbone.{k}": v for k, v in p.backbone.model_kwargs.items()},
     }
@@ -188,8 +200,13 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
         "run_key_hash": key_hash,
         "config": resolved,
         "overrides": _overrides(),
-        "backbone": {"name": bb.name, "weights": bb.weights, "patch_size": bb.patch_size,
-                     "embed_dim": bb.embed_dim, "depth": bb.depth},
+        "backbone": {
+            "name": bb.name,
+            "weights": bb.weights,
+            "patch_size": bb.patch_size,
+            "embed_dim": bb.embed_dim,
+            "depth": bb.depth,
+        },
         "srt": dataclasses.asdict(p.srt),
         "passes": int(extractor.passes),
         "items": {"computed": cache.computed, "loaded": cache.loaded},
@@ -239,11 +256,15 @@ def check_override_keys(args: list[str]) -> None:
     ``task.*`` keys are checked only when ``task=`` is given on the same command line, since a preset
     may select the task.
     """
-    import srt
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    schemas: dict[str, list[type]] = {"srt": [srt.SRTConfig], "backbone": [srt.BackboneConfig],
-                                      "logger": [results.LoggerConfig]}
+    import srt
+
+    schemas: dict[str, list[type]] = {
+        "srt": [srt.SRTConfig],
+        "backbone": [srt.BackboneConfig],
+        "logger": [results.LoggerConfig],
+    }
     top = [*GROUPS, *(f.name for f in dataclasses.fields(RunnerConfig))]
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
@@ -269,8 +290,9 @@ def check_override_keys(args: list[str]) -> None:
         for schema in schemas.get(head, []):
             valid = [f.name for f in dataclasses.fields(schema)]
             if sub not in valid:
-                raise SystemExit(f"error: {head}.{sub} is not a valid setting; valid settings of {head}: "
-                                 f"{', '.join(valid)}")
+                raise SystemExit(
+                    f"error: {head}.{sub} is not a valid setting; valid settings of {head}: {', '.join(valid)}"
+                )
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

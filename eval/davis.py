@@ -24,6 +24,7 @@ Also a small CLI writing the official CSVs::
 The layout readers here (``read_sequence_names``, ``annotation_paths``, ``read_label_png``) are the single
 place that knows the DAVIS annotation layout; ``tasks/davis.py`` uses them too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,9 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -125,7 +126,7 @@ def db_statistics(values: Sequence[float]) -> tuple[float, float, float]:
     mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
     recall = float(np.mean(v > 0.5))
     edges = (np.round(np.linspace(1, v.size, 5) + 1e-10) - 1).astype(np.int64)
-    bins = [v[edges[i]: edges[i + 1] + 1] for i in range(4)]
+    bins = [v[edges[i] : edges[i + 1] + 1] for i in range(4)]
     with np.errstate(invalid="ignore"):
         first = np.nanmean(bins[0]) if np.isfinite(bins[0]).any() else np.nan
         last = np.nanmean(bins[3]) if np.isfinite(bins[3]).any() else np.nan
@@ -139,7 +140,7 @@ def db_statistics(values: Sequence[float]) -> tuple[float, float, float]:
 class ObjectScores:
     """Per-frame J and F of one object over the scored frames of its sequence."""
 
-    name: str          # "<sequence>_<object id>", as in the official per-sequence CSV
+    name: str  # "<sequence>_<object id>", as in the official per-sequence CSV
     J: np.ndarray
     F: np.ndarray
 
@@ -184,13 +185,16 @@ def score_frames(
     return scores
 
 
-def score_sequence(sequence: str, gt_labels: np.ndarray, pred_labels: np.ndarray,
-                   bound_th: float = 0.008) -> list[ObjectScores]:
+def score_sequence(
+    sequence: str, gt_labels: np.ndarray, pred_labels: np.ndarray, bound_th: float = 0.008
+) -> list[ObjectScores]:
     """Semi-supervised scoring of one fully annotated sequence ``[T, H, W]``: frames 1..T-2 are scored."""
     gt_labels, pred_labels = np.asarray(gt_labels), np.asarray(pred_labels)
     if gt_labels.ndim != 3 or gt_labels.shape[0] < 3:
-        raise ValueError(f"{sequence}: expected GT labels [T, H, W] with T >= 3 (first and last are not scored), "
-                         f"got shape {gt_labels.shape}")
+        raise ValueError(
+            f"{sequence}: expected GT labels [T, H, W] with T >= 3 (first and last are not scored), "
+            f"got shape {gt_labels.shape}"
+        )
     n_objects = object_count(gt_labels[0])
     return score_frames(sequence, gt_labels[1:-1], pred_labels[1:-1], n_objects, bound_th)
 
@@ -200,7 +204,7 @@ class DavisScores:
     """Scores of a results folder: per-object frame scores plus the sequences left out and why."""
 
     objects: list[ObjectScores] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)   # sequence -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # sequence -> reason
 
     @property
     def n_objects(self) -> int:
@@ -233,8 +237,9 @@ def read_sequence_names(davis_root: Path, split: str) -> list[str]:
     """Sequence names listed in ``ImageSets/2017/<split>.txt``."""
     path = Path(davis_root) / "ImageSets" / "2017" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"DAVIS split file not found: {path} (expected ImageSets/2017/<split>.txt "
-                                f"under the DAVIS root)")
+        raise FileNotFoundError(
+            f"DAVIS split file not found: {path} (expected ImageSets/2017/<split>.txt under the DAVIS root)"
+        )
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"DAVIS split file {path} lists no sequence")
@@ -249,8 +254,10 @@ def select_sequences(davis_root: Path, split: str, sequences: Iterable[str] | No
     subset = list(sequences)
     unknown = [s for s in subset if s not in names]
     if unknown:
-        raise ValueError(f"sequences {unknown} are not in the DAVIS split '{split}' "
-                         f"({Path(davis_root) / 'ImageSets' / '2017' / f'{split}.txt'}: {', '.join(names)})")
+        raise ValueError(
+            f"sequences {unknown} are not in the DAVIS split '{split}' "
+            f"({Path(davis_root) / 'ImageSets' / '2017' / f'{split}.txt'}: {', '.join(names)})"
+        )
     return subset
 
 
@@ -284,8 +291,9 @@ def read_label_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
-                raise ValueError(f"{path}: expected an indexed (palette 'P' or grey 'L') PNG of object ids, "
-                                 f"got mode {im.mode!r}")
+                raise ValueError(
+                    f"{path}: expected an indexed (palette 'P' or grey 'L') PNG of object ids, got mode {im.mode!r}"
+                )
             return np.array(im, dtype=np.uint8)
     except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot read label PNG {path}: {err}") from err
@@ -329,8 +337,10 @@ def evaluate_results(
         gt_paths = annotation_paths(davis_root, seq, resolution)
         n_frames = len(image_paths(davis_root, seq, resolution))
         if 1 < len(gt_paths) < n_frames:
-            raise ValueError(f"{gt_paths[0].parent}: {len(gt_paths)} annotations for "
-                             f"{n_frames} frames; expected every frame annotated, or only the first (test-dev)")
+            raise ValueError(
+                f"{gt_paths[0].parent}: {len(gt_paths)} annotations for "
+                f"{n_frames} frames; expected every frame annotated, or only the first (test-dev)"
+            )
         if max_frames is not None:
             gt_paths, n_frames = gt_paths[:max_frames], min(n_frames, max_frames)
         reason = scoring_status(len(gt_paths), n_frames)
@@ -347,15 +357,21 @@ def evaluate_results(
         for p in scored:
             res_path = results_dir / seq / p.name
             if not res_path.is_file():
-                raise FileNotFoundError(f"prediction not found: {res_path} (every annotated frame needs one; for a "
-                                        f"run limited to its first N frames pass max_frames / --max-frames N)")
+                raise FileNotFoundError(
+                    f"prediction not found: {res_path} (every annotated frame needs one; for a "
+                    f"run limited to its first N frames pass max_frames / --max-frames N)"
+                )
             labels = read_label_png(res_path)
             if labels.shape != gt.shape[1:]:
-                raise ValueError(f"{res_path}: prediction size {labels.shape[::-1]} (W, H) differs from the "
-                                 f"annotation size {gt.shape[1:][::-1]} of {p}")
+                raise ValueError(
+                    f"{res_path}: prediction size {labels.shape[::-1]} (W, H) differs from the "
+                    f"annotation size {gt.shape[1:][::-1]} of {p}"
+                )
             if int(labels.max()) > n_objects:
-                raise ValueError(f"{res_path}: label {int(labels.max())} exceeds the {n_objects} object(s) of the "
-                                 f"first annotation {gt_paths[0]}")
+                raise ValueError(
+                    f"{res_path}: label {int(labels.max())} exceeds the {n_objects} object(s) of the "
+                    f"first annotation {gt_paths[0]}"
+                )
             pred.append(labels)
         scores.objects.extend(score_frames(seq, gt, np.stack(pred), n_objects))
     return scores
@@ -389,9 +405,16 @@ def write_official_csvs(scores: DavisScores, out_dir: Path | str, split: str = "
     return glob_path, seq_path
 
 
-def evaluate_and_write(davis_root: Path | str, results_dir: Path | str, sequences: Iterable[str] | None = None,
-                       split: str = "val", max_frames: int | None = None, progress: bool = True,
-                       resolution: str = "480p", allow_empty: bool = False) -> tuple[DavisScores, dict[str, float]]:
+def evaluate_and_write(
+    davis_root: Path | str,
+    results_dir: Path | str,
+    sequences: Iterable[str] | None = None,
+    split: str = "val",
+    max_frames: int | None = None,
+    progress: bool = True,
+    resolution: str = "480p",
+    allow_empty: bool = False,
+) -> tuple[DavisScores, dict[str, float]]:
     """Score a results folder, write the official CSVs into it, return the scores and the global metrics.
 
     Existing CSVs are never reused (the official script reads them instead of scoring): they are deleted
@@ -416,14 +439,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval.davis",
         description="DAVIS-2017 semi-supervised J&F of a results folder <results>/<seq>/<frame>.png "
-                    "(writes global_results-<set>.csv and per-sequence_results-<set>.csv into it).")
-    parser.add_argument("--davis", required=True, type=Path,
-                        help="DAVIS root (holds JPEGImages/, Annotations/, ImageSets/)")
+        "(writes global_results-<set>.csv and per-sequence_results-<set>.csv into it).",
+    )
+    parser.add_argument(
+        "--davis", required=True, type=Path, help="DAVIS root (holds JPEGImages/, Annotations/, ImageSets/)"
+    )
     parser.add_argument("--results", required=True, type=Path, help="folder with one sub-folder of PNGs per sequence")
     parser.add_argument("--sequences", default=None, help="comma-separated subset of the split (default: all)")
     parser.add_argument("--set", default="val", dest="split", help="split file ImageSets/2017/<set>.txt (default val)")
-    parser.add_argument("--max-frames", type=int, default=None,
-                        help="debug only: score just the first N frames of each sequence (for truncated runs)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="debug only: score just the first N frames of each sequence (for truncated runs)",
+    )
     args = parser.parse_args(argv)
     sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
     try:
@@ -435,8 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {seq}: {reason}")
     print(f"{scores.n_objects} object(s) scored")
     print("  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(f"wrote {args.results / f'global_results-{args.split}.csv'} and "
-          f"{args.results / f'per-sequence_results-{args.split}.csv'}")
+    print(
+        f"wrote {args.results / f'global_results-{args.split}.csv'} and "
+        f"{args.results / f'per-sequence_results-{args.split}.csv'}"
+    )
     return 0
 
 

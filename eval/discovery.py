@@ -13,14 +13,15 @@ An image without GT boxes cannot be a hit but still counts (the reference's defa
 CLI: ``python -m eval.discovery --pred FILE --voc ROOT`` re-scores a ``boxes.csv`` written by the discovery task
 (columns ``image_id,x1,y1,x2,y2``; other columns are ignored) against ``ROOT/VOCdevkit/VOC2007``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,14 +41,22 @@ def box_iou(box: Sequence[float], gt_boxes: np.ndarray | Sequence[Sequence[float
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def is_hit(box: Sequence[float], gt_boxes: np.ndarray | Sequence[Sequence[float]], threshold: float = IOU_THRESHOLD) -> bool:
+def is_hit(
+    box: Sequence[float], gt_boxes: np.ndarray | Sequence[Sequence[float]], threshold: float = IOU_THRESHOLD
+) -> bool:
     return bool(np.any(box_iou(box, gt_boxes) >= threshold))
 
 
-def corloc(pred_boxes: Sequence[Sequence[float]], gt_boxes: Sequence[Sequence[Sequence[float]]], threshold: float = IOU_THRESHOLD) -> float:
+def corloc(
+    pred_boxes: Sequence[Sequence[float]],
+    gt_boxes: Sequence[Sequence[Sequence[float]]],
+    threshold: float = IOU_THRESHOLD,
+) -> float:
     """Percentage of images whose predicted box has IoU >= threshold with any of that image's GT boxes."""
     if len(pred_boxes) != len(gt_boxes):
-        raise ValueError(f"got {len(pred_boxes)} predicted boxes and GT boxes for {len(gt_boxes)} images; expected one box per image")
+        raise ValueError(
+            f"got {len(pred_boxes)} predicted boxes and GT boxes for {len(gt_boxes)} images; expected one box per image"
+        )
     if not pred_boxes:
         raise ValueError("no images to score")
     hits = sum(is_hit(box, gts, threshold) for box, gts in zip(pred_boxes, gt_boxes))
@@ -112,7 +121,9 @@ def read_pred_boxes(path: str | Path) -> dict[str, tuple[float, float, float, fl
     if missing:
         raise ValueError(f"predicted boxes {path} lacks columns {missing}; expected image_id,x1,y1,x2,y2")
     if table["image_id"].duplicated().any():
-        raise ValueError(f"predicted boxes {path} has several boxes for image {table['image_id'][table['image_id'].duplicated()].iloc[0]}; expected one per image")
+        raise ValueError(
+            f"predicted boxes {path} has several boxes for image {table['image_id'][table['image_id'].duplicated()].iloc[0]}; expected one per image"
+        )
     return {row.image_id: tuple(float(getattr(row, c)) for c in BOX_COLUMNS) for row in table.itertuples(index=False)}
 
 
@@ -123,7 +134,9 @@ def evaluate_file(pred_path: str | Path, root: str | Path, image_set: str = "tra
     preds = read_pred_boxes(pred_path)
     missing = [i for i in ids if i not in preds]
     if missing:
-        raise ValueError(f"{pred_path} has no box for {len(missing)} of the {len(ids)} images of {image_set} (first: {missing[0]})")
+        raise ValueError(
+            f"{pred_path} has no box for {len(missing)} of the {len(ids)} images of {image_set} (first: {missing[0]})"
+        )
     gts = [read_voc_boxes(voc / "Annotations" / f"{i}.xml") for i in ids]
     return {"CorLoc": corloc([preds[i] for i in ids], gts), "n_images": float(len(ids))}
 

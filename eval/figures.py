@@ -7,6 +7,7 @@ other levels (``srt.method=shift``), it plots the relative improvement of the me
 against the perturbation level: one line per backbone. The paper's Fig. 3 shows this for DAVIS J&F with
 ViT-S/16 and ViT-B/16 (levels 1-5 or so; its values are only drawn, not printed, so they are not overlaid).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ LOWER_IS_BETTER = {"RMSE", "RMSE_log", "AbsRel", "SqRel"}
 
 def sweep_curves(results: pd.DataFrame, task: str, metric: str) -> dict[str, pd.Series]:
     """label -> relative improvement (%) indexed by level, for groups with a baseline and >= 1 other level."""
-    runs = results[(results["task"] == task) & (results["metric"] == metric) & results["method"].isin(("baseline", "+SRT"))]
+    runs = results[
+        (results["task"] == task) & (results["metric"] == metric) & results["method"].isin(("baseline", "+SRT"))
+    ]
     curves = {}
     group_keys = ["backbone", "weights", "settings", "dataset", "head"]
     for key, group in runs.groupby(group_keys, sort=True):
@@ -63,8 +66,9 @@ def plot_sweep(curves: dict[str, pd.Series], title: str) -> bytes:
     return buf.getvalue()
 
 
-def make_sweep_figure(root: str | os.PathLike, out: str | os.PathLike, task: str = "davis",
-                      metric: str = "J&F-Mean") -> Optional[Path]:
+def make_sweep_figure(
+    root: str | os.PathLike, out: str | os.PathLike, task: str = "davis", metric: str = "J&F-Mean"
+) -> Optional[Path]:
     """Write the sweep PNG; None (nothing written) when no backbone has a baseline and another level."""
     results, _ = load_results(root)
     curves = sweep_curves(results, task, metric)
@@ -75,7 +79,9 @@ def make_sweep_figure(root: str | os.PathLike, out: str | os.PathLike, task: str
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Relative improvement over level 0 vs perturbation level (paper Fig. 3).")
+    parser = argparse.ArgumentParser(
+        description="Relative improvement over level 0 vs perturbation level (paper Fig. 3)."
+    )
     parser.add_argument("results", type=Path)
     parser.add_argument("--task", default="davis")
     parser.add_argument("--metric", default="J&F-Mean")
@@ -88,8 +94,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if written is None:
-        print(f"no sweep to plot: no {args.task} runs with {args.metric} at level 0 and another level under "
-              f"{args.results}", file=sys.stderr)
+        print(
+            f"no sweep to plot: no {args.task} runs with {args.metric} at level 0 and another level under "
+            f"{args.results}",
+            file=sys.stderr,
+        )
     else:
         print(f"wrote {written}", file=sys.stderr)
     return 0

@@ -27,14 +27,15 @@ Where they coincide with pysodmetrics (checked in tests/test_saliency.py) and wh
 
 CLI: ``python -m eval.saliency --pred DIR --gt DIR`` scores PNG masks matched by file stem.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -56,7 +57,9 @@ class ImageScores:
 def _check_pair(pred: np.ndarray, gt: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.ndim != 2 or pred.shape != gt.shape:
-        raise ValueError(f"{name}: prediction {pred.shape} and ground truth {gt.shape} must be 2-D maps of the same shape")
+        raise ValueError(
+            f"{name}: prediction {pred.shape} and ground truth {gt.shape} must be 2-D maps of the same shape"
+        )
     if pred.dtype == bool:
         pred = pred.astype(np.float64)
     if pred.size and (pred.min() < 0 or pred.max() > 1):
@@ -147,8 +150,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     metrics, unscored = evaluate_dirs(args.pred, args.gt)
     if unscored:
-        print(f"warning: {len(unscored)} ground-truth masks have no prediction and were not scored "
-              f"(first: {unscored[0]})", file=sys.stderr)
+        print(
+            f"warning: {len(unscored)} ground-truth masks have no prediction and were not scored "
+            f"(first: {unscored[0]})",
+            file=sys.stderr,
+        )
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -22,6 +22,7 @@ flipped). In CSV the numbers are separate columns.
 A metrics.json that cannot be read is named on stderr and skipped; it never stops the table. This module
 reads JSON/YAML and does arithmetic only; it imports nothing from tasks/ (the arrows point the other way).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,10 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -44,8 +46,9 @@ HEAD_ORDER = ("", "linear", "dpt")
 #: the paper's backbones first, in its order; others follow alphabetically
 BACKBONE_ORDER = ("dino_vits16", "dino_vitb16", "dino_vits8", "dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14")
 KEYS = ("task", "dataset", "head", "backbone", "weights", "method", "level", "settings")
-RANDOM_NOTE = ("random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that "
-               "the pipeline runs.")
+RANDOM_NOTE = (
+    "random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that the pipeline runs."
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def rows_of_record(path: Path, record: Any) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: config lacks task/backbone/srt fields ({type(e).__name__}: {e})") from e
     rows = []
     for name, value in metrics.items():
-        if value is None:                 # NaN is written as null
+        if value is None:  # NaN is written as null
             value = math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: metric {name!r} is {value!r}, not a number")
@@ -150,10 +153,21 @@ def load_paper(path: str | os.PathLike = PAPER_FILE) -> tuple[pd.DataFrame, dict
         if r.get("note"):
             notes.setdefault(int(r["table"]), []).append(str(r["note"]))
         for metric, value in r["metrics"].items():
-            rows.append({"table": int(r["table"]), "task": r["task"], "dataset": r.get("dataset") or "",
-                         "head": r.get("head") or "", "backbone": r["backbone"], "weights": "pretrained",
-                         "method": r["method"], "level": int(r["level"]), "settings": "",
-                         "metric": str(metric), "value": float(value)})
+            rows.append(
+                {
+                    "table": int(r["table"]),
+                    "task": r["task"],
+                    "dataset": r.get("dataset") or "",
+                    "head": r.get("head") or "",
+                    "backbone": r["backbone"],
+                    "weights": "pretrained",
+                    "method": r["method"],
+                    "level": int(r["level"]),
+                    "settings": "",
+                    "metric": str(metric),
+                    "value": float(value),
+                }
+            )
     return pd.DataFrame(rows), notes
 
 
@@ -194,13 +208,31 @@ DEPTH_LOWER = ("RMSE", "RMSE_log", "AbsRel", "SqRel")
 SALIENCY_DATASETS = ("ECSSD", "DUTS-TE", "DUT-OMRON")
 
 TABLES = (
-    TableSpec(1, "DAVIS-2017 video object segmentation (label propagation)", "davis",
-              _cols(("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall")), _cols(("J&F-Mean",)), 3),
-    TableSpec(2, "NYU-v2 monocular depth (DINOv2 heads)", "depth", _cols(DEPTH_METRICS, lower=DEPTH_LOWER),
-              _cols(("RMSE", "RMSE_log"), lower=DEPTH_LOWER), 3, by_head=True),
-    TableSpec(3, "Unsupervised salient region segmentation (TokenCut, no post-processing)", "saliency",
-              tuple(c for d in SALIENCY_DATASETS for c in _cols(("maxF", "IoU", "Acc"), d)),
-              tuple(Column("maxF", d) for d in SALIENCY_DATASETS), 1),
+    TableSpec(
+        1,
+        "DAVIS-2017 video object segmentation (label propagation)",
+        "davis",
+        _cols(("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall")),
+        _cols(("J&F-Mean",)),
+        3,
+    ),
+    TableSpec(
+        2,
+        "NYU-v2 monocular depth (DINOv2 heads)",
+        "depth",
+        _cols(DEPTH_METRICS, lower=DEPTH_LOWER),
+        _cols(("RMSE", "RMSE_log"), lower=DEPTH_LOWER),
+        3,
+        by_head=True,
+    ),
+    TableSpec(
+        3,
+        "Unsupervised salient region segmentation (TokenCut, no post-processing)",
+        "saliency",
+        tuple(c for d in SALIENCY_DATASETS for c in _cols(("maxF", "IoU", "Acc"), d)),
+        tuple(Column("maxF", d) for d in SALIENCY_DATASETS),
+        1,
+    ),
 )
 
 
@@ -222,9 +254,16 @@ class SweepSpec:
     decimals: int
 
 
-TABLE4 = SweepSpec(4, "Image retrieval (ROxford5k, mAP) and object discovery (VOC07, CorLoc) across perturbation levels",
-                   (SweepRow("retrieval", "mAP_M", "ROxford mAP Medium"), SweepRow("retrieval", "mAP_H", "ROxford mAP Hard"),
-                    SweepRow("discovery", "CorLoc", "VOC07 CorLoc")), 1)
+TABLE4 = SweepSpec(
+    4,
+    "Image retrieval (ROxford5k, mAP) and object discovery (VOC07, CorLoc) across perturbation levels",
+    (
+        SweepRow("retrieval", "mAP_M", "ROxford mAP Medium"),
+        SweepRow("retrieval", "mAP_H", "ROxford mAP Hard"),
+        SweepRow("discovery", "CorLoc", "VOC07 CorLoc"),
+    ),
+    1,
+)
 
 
 @dataclass
@@ -247,9 +286,14 @@ def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
 
 
 def _row_sort_key(row: dict[str, Any]) -> tuple:
-    return (_order(row["backbone"], BACKBONE_ORDER), _order(row["weights"], WEIGHTS_ORDER),
-            _order(row.get("head", ""), HEAD_ORDER),
-            row["settings"], _order(row["method"], METHOD_ORDER), row["level"])
+    return (
+        _order(row["backbone"], BACKBONE_ORDER),
+        _order(row["weights"], WEIGHTS_ORDER),
+        _order(row.get("head", ""), HEAD_ORDER),
+        row["settings"],
+        _order(row["method"], METHOD_ORDER),
+        row["level"],
+    )
 
 
 def _lookup(frame: pd.DataFrame, keys: tuple[str, ...]) -> dict[tuple, float]:
@@ -278,12 +322,17 @@ def _pair(ours: str, paper: str) -> str:
     return DASH if ours == DASH and paper == DASH else f"{ours} / {paper}"
 
 
-def _finish(rows: list[dict], id_cols: list[str], value_cols: list[str], cell_cols: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _finish(
+    rows: list[dict], id_cols: list[str], value_cols: list[str], cell_cols: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The numeric frame (value_cols) and the display frame (each cell column c read from key "c cell")."""
-    values = pd.DataFrame([{**{k: r[k] for k in id_cols}, **{k: r[k] for k in value_cols}} for r in rows],
-                          columns=[*id_cols, *value_cols])
-    cells = pd.DataFrame([{**{k: r[k] for k in id_cols}, **{k: r[k + " cell"] for k in cell_cols}} for r in rows],
-                         columns=[*id_cols, *cell_cols])
+    values = pd.DataFrame(
+        [{**{k: r[k] for k in id_cols}, **{k: r[k] for k in value_cols}} for r in rows], columns=[*id_cols, *value_cols]
+    )
+    cells = pd.DataFrame(
+        [{**{k: r[k] for k in id_cols}, **{k: r[k + " cell"] for k in cell_cols}} for r in rows],
+        columns=[*id_cols, *cell_cols],
+    )
     if "settings" in cells and not (cells["settings"] != "").any():  # shown only when some row has a variant
         values, cells = values.drop(columns="settings"), cells.drop(columns="settings")
     cells = cells.replace("", DASH).rename(columns={"level": "L"})
@@ -312,15 +361,32 @@ def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes:
         base = dict(row, method="baseline", level=0)
         bid = tuple(base[k] for k in row_keys)
         for c in spec.columns:
-            o, p = ours_at.get((*rid, c.dataset, c.metric), math.nan), paper_at.get((*rid, c.dataset, c.metric), math.nan)
+            o, p = (
+                ours_at.get((*rid, c.dataset, c.metric), math.nan),
+                paper_at.get((*rid, c.dataset, c.metric), math.nan),
+            )
             row[c.label], row[f"{c.label} (paper)"] = o, p
             row[c.label + " cell"] = _pair(_num(o, spec.decimals), _num(p, spec.decimals))
         for g in spec.gains:
             is_base = row["method"] == "baseline"
-            og = math.nan if is_base else rel_gain(ours_at.get((*rid, g.dataset, g.metric), math.nan),
-                                                   ours_at.get((*bid, g.dataset, g.metric), math.nan), g.lower_is_better)
-            pg = math.nan if is_base else rel_gain(paper_at.get((*rid, g.dataset, g.metric), math.nan),
-                                                   paper_at.get((*bid, g.dataset, g.metric), math.nan), g.lower_is_better)
+            og = (
+                math.nan
+                if is_base
+                else rel_gain(
+                    ours_at.get((*rid, g.dataset, g.metric), math.nan),
+                    ours_at.get((*bid, g.dataset, g.metric), math.nan),
+                    g.lower_is_better,
+                )
+            )
+            pg = (
+                math.nan
+                if is_base
+                else rel_gain(
+                    paper_at.get((*rid, g.dataset, g.metric), math.nan),
+                    paper_at.get((*bid, g.dataset, g.metric), math.nan),
+                    g.lower_is_better,
+                )
+            )
             row[f"rel. gain {g.label} %"], row[f"rel. gain {g.label} % (paper)"] = og, pg
             row[f"rel. gain {g.label} cell"] = _pair(_gain_text(og), _gain_text(pg))
     values, cells = _finish(rows, list(row_keys), value_cols, cell_cols)
@@ -335,12 +401,19 @@ def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, 
     keys = ("task", "metric", "backbone", "weights", "settings")
     ours_at, paper_at = _lookup(ours, (*keys, "level")), _lookup(paper, (*keys, "level"))
     wanted = {(r.task, r.metric): r for r in spec.rows}
-    row_ids = {tuple(r) for f in (ours, paper) if not f.empty for r in f[list(keys)].itertuples(index=False)
-               if (r[0], r[1]) in wanted}
+    row_ids = {
+        tuple(r)
+        for f in (ours, paper)
+        if not f.empty
+        for r in f[list(keys)].itertuples(index=False)
+        if (r[0], r[1]) in wanted
+    }
     levels = sorted({k[-1] for k in (*ours_at, *paper_at) if (k[0], k[1]) in wanted})
     order = list(wanted)
-    rows = sorted((dict(zip(keys, r)) for r in row_ids),
-                  key=lambda r: (order.index((r["task"], r["metric"])), *_row_sort_key({**r, "method": "", "level": 0})))
+    rows = sorted(
+        (dict(zip(keys, r)) for r in row_ids),
+        key=lambda r: (order.index((r["task"], r["metric"])), *_row_sort_key({**r, "method": "", "level": 0})),
+    )
     value_cols, cell_cols = [], []
     for lv in levels:
         value_cols += [f"L{lv}", f"L{lv} (paper)"]
@@ -356,11 +429,16 @@ def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, 
             row[f"L{lv}"], row[f"L{lv} (paper)"] = o, p
             row[f"L{lv} cell"] = _pair(_num(o, spec.decimals), _num(p, spec.decimals))
         for src, at in (("", ours_at), (" (paper)", paper_at)):
-            gains = [rel_gain(at[(*rid, lv)], at.get((*rid, 0), math.nan), spec_row.lower_is_better)
-                     for lv in levels if lv > 0 and (*rid, lv) in at]
+            gains = [
+                rel_gain(at[(*rid, lv)], at.get((*rid, 0), math.nan), spec_row.lower_is_better)
+                for lv in levels
+                if lv > 0 and (*rid, lv) in at
+            ]
             gains = [g for g in gains if not math.isnan(g)]
             row[f"max rel. gain %{src}"] = max(gains) if gains else math.nan
-        row["max rel. gain cell"] = _pair(_gain_text(row["max rel. gain %"]), _gain_text(row["max rel. gain % (paper)"]))
+        row["max rel. gain cell"] = _pair(
+            _gain_text(row["max rel. gain %"]), _gain_text(row["max rel. gain % (paper)"])
+        )
     values, cells = _finish(rows, ["row", "backbone", "weights", "settings"], value_cols, cell_cols)
     return Table(spec.number, spec.title, values, cells, _notes(notes, rows))
 
@@ -370,8 +448,11 @@ def displayed(ours: pd.DataFrame) -> pd.Series:
     in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
     in_sweep = {(r.task, r.metric) for r in TABLE4.rows}
     pairs = list(zip(ours["task"], ours["metric"]))
-    return pd.Series([p in in_tables or (p in in_sweep and m in ("baseline", "+SRT"))
-                      for p, m in zip(pairs, ours["method"])], index=ours.index, dtype=bool)
+    return pd.Series(
+        [p in in_tables or (p in in_sweep and m in ("baseline", "+SRT")) for p, m in zip(pairs, ours["method"])],
+        index=ours.index,
+        dtype=bool,
+    )
 
 
 def build_other_table(task: str, ours: pd.DataFrame, title: Optional[str] = None) -> Table:
@@ -392,16 +473,23 @@ def build_other_table(task: str, ours: pd.DataFrame, title: Optional[str] = None
 
 
 def _notes(paper_notes: Iterable[str], rows: list[dict], paper: bool = True) -> list[str]:
-    notes = ["Cells: ours / paper; '-' = missing. rel. gain: relative change over the same row's baseline "
-             "(level 0), positive = better."] if paper else []
+    notes = (
+        [
+            "Cells: ours / paper; '-' = missing. rel. gain: relative change over the same row's baseline "
+            "(level 0), positive = better."
+        ]
+        if paper
+        else []
+    )
     notes += list(paper_notes)
     if any(r["weights"] == "random" for r in rows):
         notes.append(RANDOM_NOTE)
     return notes
 
 
-def build_tables(root: str | os.PathLike, paper_file: str | os.PathLike = PAPER_FILE,
-                 only: Optional[int] = None) -> tuple[list[Table], list[tuple[str, str]]]:
+def build_tables(
+    root: str | os.PathLike, paper_file: str | os.PathLike = PAPER_FILE, only: Optional[int] = None
+) -> tuple[list[Table], list[tuple[str, str]]]:
     """Every table (paper tables always, with dashes where we have no runs; one per other task we have)."""
     ours, skipped = load_results(root)
     paper, notes = load_paper(paper_file)
@@ -412,8 +500,11 @@ def build_tables(root: str | os.PathLike, paper_file: str | os.PathLike = PAPER_
     rest = ours[~displayed(ours)]
     known = {s.task for s in TABLES} | {r.task for r in TABLE4.rows}
     for task in sorted(set(rest["task"])):
-        title = (f"{task}: results not in the paper's tables (ours only)" if task in known
-                 else f"{task} (no paper table; ours only)")
+        title = (
+            f"{task}: results not in the paper's tables (ours only)"
+            if task in known
+            else f"{task} (no paper table; ours only)"
+        )
         tables.append(build_other_table(task, rest, title))
     if only is not None:
         tables = [t for t in tables if t.number == only]
@@ -447,13 +538,23 @@ def _tex(text: Any) -> str:
 
 def to_latex(table: Table) -> str:
     cells = table.cells
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{" + "l" * len(cells.columns) + "}", r"\toprule",
-             " & ".join(_tex(c) for c in cells.columns) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{" + "l" * len(cells.columns) + "}",
+        r"\toprule",
+        " & ".join(_tex(c) for c in cells.columns) + r" \\",
+        r"\midrule",
+    ]
     for r in cells.itertuples(index=False):
         lines.append(" & ".join(_tex(v) for v in r) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _tex(table.heading + ". " + " ".join(table.notes)) + "}",
-              r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{" + _tex(table.heading + ". " + " ".join(table.notes)) + "}",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
 
 

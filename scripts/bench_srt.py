@@ -18,6 +18,7 @@ Targets (224x224): pooled <= 1.05, dense stride p/2 <= 1.15, dense stride 1 <= 1
 
     python scripts/bench_srt.py [--sizes 224x224,480x832] [--levels 1,3] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,26 @@ def worker(size: str, level: int, variant: str, repeats: int, batch_size: int) -
 
     with torch.no_grad():
         forward_times, srt_times = [], []
-        for i in range(repeats):  # interleaved, so slow phases of a shared machine hit both alike
+        for _ in range(repeats):  # interleaved, so slow phases of a shared machine hit both alike
             forward_times.append(timed(forward_passes))
             srt_times.append(timed(run))
         forward, ours = min(forward_times), min(srt_times)
-        extra_mb = (peak_mb(run) - peak_mb(forward_passes))
-        naive = min(timed(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size))
-                    for _ in range(repeats))
-    return dict(size=size, level=level, variant=variant, passes=sr.passes, forward_s=forward / sr.passes,
-                srt_s=ours, naive_s=naive, ratio=ours / forward, vs_naive=ours / naive, extra_mb=extra_mb)
+        extra_mb = peak_mb(run) - peak_mb(forward_passes)
+        naive = min(
+            timed(lambda: naive_srt(bb, images, sr.shift_set, stride, batch_size=batch_size)) for _ in range(repeats)
+        )
+    return dict(
+        size=size,
+        level=level,
+        variant=variant,
+        passes=sr.passes,
+        forward_s=forward / sr.passes,
+        srt_s=ours,
+        naive_s=naive,
+        ratio=ours / forward,
+        vs_naive=ours / naive,
+        extra_mb=extra_mb,
+    )
 
 
 def _status_kb(key: str) -> int:
@@ -109,8 +121,18 @@ def main() -> None:
     for size in args.sizes.split(","):
         for level in map(int, args.levels.split(",")):
             for variant in args.variants.split(","):
-                cmd = [sys.executable, __file__, "--worker", size, str(level), variant,
-                       "--repeats", str(args.repeats), "--batch-size", str(args.batch_size)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    size,
+                    str(level),
+                    variant,
+                    "--repeats",
+                    str(args.repeats),
+                    "--batch-size",
+                    str(args.batch_size),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
                 if out.returncode:
                     print(f"| {size} | {level} | - | {variant} | failed: {out.stderr.strip().splitlines()[-1]} | | | |")
@@ -118,8 +140,11 @@ def main() -> None:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(r)
                 target = f"<= {TARGETS[variant]}" if size == "224x224" else ""
-                print(f"| {size} | {level} | {r['passes']} | {variant} | {r['ratio']:.3f} | {target} | "
-                      f"{r['vs_naive']:.3f} | {r['extra_mb']:.0f} |", flush=True)
+                print(
+                    f"| {size} | {level} | {r['passes']} | {variant} | {r['ratio']:.3f} | {target} | "
+                    f"{r['vs_naive']:.3f} | {r['extra_mb']:.0f} |",
+                    flush=True,
+                )
     misses = [r for r in rows if r["size"] == "224x224" and r["ratio"] > TARGETS[r["variant"]]]
     for size in args.sizes.split(","):
         per_image = [r["forward_s"] for r in rows if r["size"] == size]

@@ -17,6 +17,7 @@ speed ratio and how many tokens the two bipartitions agree on:
 Times are the median of ``--repeats`` runs (the dense solver at the largest size runs once unless asked).
 The criteria of issue 5 are checked at the largest size: speed-up >= 10x and agreement >= 99%.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def planted_features(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     fg = np.zeros((rows, cols), dtype=bool)
     h, w = max(1, round(rows * 0.45)), max(1, round(cols * 0.45))  # ~20% of the cells
-    fg[rows // 5: rows // 5 + h, cols // 3: cols // 3 + w] = True
+    fg[rows // 5 : rows // 5 + h, cols // 3 : cols // 3 + w] = True
     base = np.zeros((rows, cols, 384))
     base[..., 0] = np.where(fg, 3.0, 0.0)
     base[..., 1] = np.where(fg, 0.0, 3.0)
@@ -71,7 +72,9 @@ def vit_features(fixtures: Path, rows: int, cols: int) -> np.ndarray:
     bb = srt.load_backbone("dino_vits16", pretrained=False, outputs=("keys",), depth=2, embed_dim=384, num_heads=6)
     sr = srt.StochasticResonance(bb, level=3)
     image = np.asarray(fixture_image(fixtures, rows, cols), dtype=np.float32) / 255.0
-    x = (torch.from_numpy(image).permute(2, 0, 1) - torch.tensor(bb.mean).view(3, 1, 1)) / torch.tensor(bb.std).view(3, 1, 1)
+    x = (torch.from_numpy(image).permute(2, 0, 1) - torch.tensor(bb.mean).view(3, 1, 1)) / torch.tensor(bb.std).view(
+        3, 1, 1
+    )
     # the image is rows*8 x cols*8; pad to a multiple of the patch size (16) and crop the grid back
     pad_h, pad_w = -x.shape[1] % 16, -x.shape[2] % 16
     x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
@@ -91,8 +94,11 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--fixtures", default=os.environ.get("SRT_FIXTURES", str(REPO.parent / "shared" / "fixtures")),
-                        help="the shared fixtures folder (default: ../shared/fixtures or $SRT_FIXTURES)")
+    parser.add_argument(
+        "--fixtures",
+        default=os.environ.get("SRT_FIXTURES", str(REPO.parent / "shared" / "fixtures")),
+        help="the shared fixtures folder (default: ../shared/fixtures or $SRT_FIXTURES)",
+    )
     parser.add_argument("--sizes", default=",".join(f"{r}x{c}" for r, c in SIZES), help="grids as ROWSxCOLS,...")
     parser.add_argument("--features", default=",".join(FEATURES), help=f"subset of {','.join(FEATURES)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median reported)")
@@ -106,20 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     fixtures = Path(args.fixtures)
     largest = max(sizes, key=lambda s: s[0] * s[1])
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
-    print(f"# TokenCut ncut: dense (scipy.linalg.eigh) vs sparse (eigsh on the same graph); tau=0.2 eps=1e-5 binary")
-    print(f"# cpus={os.cpu_count()} BLAS threads={blas} torch threads={torch.get_num_threads()} "
-          f"numpy={np.__version__} repeats={args.repeats}")
+    print("# TokenCut ncut: dense (scipy.linalg.eigh) vs sparse (eigsh on the same graph); tau=0.2 eps=1e-5 binary")
+    print(
+        f"# cpus={os.cpu_count()} BLAS threads={blas} torch threads={torch.get_num_threads()} "
+        f"numpy={np.__version__} repeats={args.repeats}"
+    )
     print()
-    header = ("| features | grid | tokens | edge density | stored entries | dense s | sparse s | speed-up | "
-              "bipartition agree | component agree | max abs eigvec diff |")
+    header = (
+        "| features | grid | tokens | edge density | stored entries | dense s | sparse s | speed-up | "
+        "bipartition agree | component agree | max abs eigvec diff |"
+    )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     failures = []
     for kind in kinds:
         for rows, cols in sizes:
-            feats = {"planted": lambda: planted_features(rows, cols),
-                     "pixels": lambda: pixel_features(fixtures, rows, cols),
-                     "vit": lambda: vit_features(fixtures, rows, cols)}[kind]()
+            feats = {
+                "planted": lambda: planted_features(rows, cols),
+                "pixels": lambda: pixel_features(fixtures, rows, cols),
+                "vit": lambda: vit_features(fixtures, rows, cols),
+            }[kind]()
             tokens = unit_tokens(feats)
             n = rows * cols
             density = float(np.mean(tokens @ tokens.T > TAU))
@@ -131,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             comp_agree = float(np.mean(dense.component == sparse.component))
             diff = float(np.abs(dense.eigvec - sparse.eigvec).max())
             ratio = t_dense / t_sparse
-            print(f"| {kind} | {rows}x{cols} | {n} | {density:.3f} | {stored:.3f} | {t_dense:.3f} | {t_sparse:.3f} | "
-                  f"{ratio:.1f}x | {100 * agree:.2f}% | {100 * comp_agree:.2f}% | {diff:.1e} |", flush=True)
+            print(
+                f"| {kind} | {rows}x{cols} | {n} | {density:.3f} | {stored:.3f} | {t_dense:.3f} | {t_sparse:.3f} | "
+                f"{ratio:.1f}x | {100 * agree:.2f}% | {100 * comp_agree:.2f}% | {diff:.1e} |",
+                flush=True,
+            )
             if (rows, cols) == largest:
                 if ratio < 10:
                     failures.append(f"{kind} {rows}x{cols}: speed-up {ratio:.1f}x < 10x")
@@ -142,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         print("criteria NOT met at the largest grid: " + "; ".join(failures))
         return 1
-    print(f"criteria met at {largest[0]}x{largest[1]}: sparse >= 10x faster than dense, bipartitions agree on >= 99% of tokens")
+    print(
+        f"criteria met at {largest[0]}x{largest[1]}: sparse >= 10x faster than dense, bipartitions agree on >= 99% of tokens"
+    )
     return 0
 
 

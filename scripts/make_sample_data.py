@@ -20,6 +20,7 @@ and the content is simple on purpose: textured objects on textured backgrounds, 
 (saliency), boxed (VOC), seen from several viewpoints (ROxford), with depth-consistent shading (NYU). The
 output is deterministic (seeded) and takes about a second. The numbers a model gets on it mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,7 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int = 6, chann
     b = coarse[y0][:, x0 + 1]
     c = coarse[y0 + 1][:, x0]
     d = coarse[y0 + 1][:, x0 + 1]
-    return (a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx)
+    return a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c * fy * (1 - fx) + d * fy * fx
 
 
 def stripes(h: int, w: int, period: float, angle: float, phase: float = 0.0) -> np.ndarray:
@@ -79,8 +80,9 @@ def stripes(h: int, w: int, period: float, angle: float, phase: float = 0.0) -> 
     return 0.5 + 0.5 * np.sin(2 * np.pi * t / period + phase)
 
 
-def textured(rng: np.random.Generator, h: int, w: int, color: np.ndarray, period: float, angle: float,
-             phase: float = 0.0) -> np.ndarray:
+def textured(
+    rng: np.random.Generator, h: int, w: int, color: np.ndarray, period: float, angle: float, phase: float = 0.0
+) -> np.ndarray:
     """A colour modulated by stripes and a little noise, [h, w, 3] in [0, 1]."""
     tex = stripes(h, w, period, angle, phase)[..., None]
     return np.clip(color[None, None] * (0.65 + 0.35 * tex) + 0.05 * rng.standard_normal((h, w, 3)), 0, 1)
@@ -98,7 +100,7 @@ def ellipse_mask(h: int, w: int, cy: float, cx: float, ry: float, rx: float) -> 
 
 def rect_mask(h: int, w: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
     m = np.zeros((h, w), dtype=bool)
-    m[max(y0, 0):max(min(y1, h), 0), max(x0, 0):max(min(x1, w), 0)] = True
+    m[max(y0, 0) : max(min(y1, h), 0), max(x0, 0) : max(min(x1, w), 0)] = True
     return m
 
 
@@ -133,8 +135,13 @@ DAVIS_H, DAVIS_W, DAVIS_FRAMES = 96, 176, 6
 #: sequence -> (split, objects); each object: (shape, start (cy, cx), velocity (vy, vx) per frame, size, colour)
 DAVIS_SEQUENCES = {
     "sample-disc": ("val", [("ellipse", (48, 40), (1.0, 9.0), (22, 26), (0.9, 0.3, 0.2))]),
-    "sample-pair": ("val", [("ellipse", (35, 30), (2.0, 10.0), (18, 20), (0.2, 0.4, 0.9)),
-                            ("rect", (60, 140), (-1.5, -8.0), (20, 30), (0.95, 0.85, 0.2))]),
+    "sample-pair": (
+        "val",
+        [
+            ("ellipse", (35, 30), (2.0, 10.0), (18, 20), (0.2, 0.4, 0.9)),
+            ("rect", (60, 140), (-1.5, -8.0), (20, 30), (0.95, 0.85, 0.2)),
+        ],
+    ),
     "sample-box": ("val", [("rect", (30, 120), (3.0, -5.0), (26, 34), (0.3, 0.85, 0.3))]),
     "sample-train": ("train", [("ellipse", (50, 60), (-1.0, 6.0), (20, 24), (0.8, 0.2, 0.8))]),
 }
@@ -147,10 +154,12 @@ def make_davis(out: Path, rng: np.random.Generator) -> None:
     for seq, (split, objects) in DAVIS_SEQUENCES.items():
         splits[split].append(seq)
         bg = background(rng, DAVIS_H, DAVIS_W + 8 * DAVIS_FRAMES)  # the camera pans slowly over a wider scene
-        textures = [textured(rng, DAVIS_H, DAVIS_W, np.array(color), rng.uniform(5, 9), rng.uniform(0, np.pi))
-                    for *_, color in objects]
+        textures = [
+            textured(rng, DAVIS_H, DAVIS_W, np.array(color), rng.uniform(5, 9), rng.uniform(0, np.pi))
+            for *_, color in objects
+        ]
         for t in range(DAVIS_FRAMES):
-            frame = bg[:, 2 * t: 2 * t + DAVIS_W].copy()
+            frame = bg[:, 2 * t : 2 * t + DAVIS_W].copy()
             label = np.zeros((DAVIS_H, DAVIS_W), dtype=np.uint8)
             for k, ((shape, (cy, cx), (vy, vx), (sy, sx), _), tex) in enumerate(zip(objects, textures), start=1):
                 y, x = cy + vy * t, cx + vx * t
@@ -158,7 +167,7 @@ def make_davis(out: Path, rng: np.random.Generator) -> None:
                     m = ellipse_mask(DAVIS_H, DAVIS_W, y, x, sy / 2, sx / 2)
                 else:
                     m = rect_mask(DAVIS_H, DAVIS_W, int(y - sy / 2), int(x - sx / 2), int(y + sy / 2), int(x + sx / 2))
-                frame[m] = tex[m]   # later objects occlude earlier ones, as in the labels
+                frame[m] = tex[m]  # later objects occlude earlier ones, as in the labels
                 label[m] = k
             save_jpg(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", frame)
             save_png(root / "Annotations" / "480p" / seq / f"{t:05d}.png", label, palette)
@@ -193,7 +202,7 @@ def make_nyu(out: Path, rng: np.random.Generator) -> None:
         shading = np.clip(1.15 - depth / 12.0, 0.3, 1.0)[..., None]  # nearer is brighter
         save_png(root / "images" / f"{i:05d}.png", to_uint8(albedo * shading))
         depth_png = np.round(depth * 256).astype(np.uint16)
-        depth_png[: 6, :] = 0                                   # invalid pixels (no depth) as in real scans
+        depth_png[:6, :] = 0  # invalid pixels (no depth) as in real scans
         depth_png[ellipse_mask(NYU_H, NYU_W, rng.uniform(100, 380), rng.uniform(100, 540), 12, 20)] = 0
         save_png(root / "depths" / f"{i:05d}.png", depth_png)
 
@@ -214,7 +223,7 @@ def make_saliency(out: Path, rng: np.random.Generator) -> None:
     for dataset, (image_dir, mask_dir, names, soft) in SALIENCY.items():
         for name in names:
             h, w = int(rng.integers(100, 150)), int(rng.integers(130, 200))  # deliberately not multiples of 16
-            img = 0.35 + 0.3 * smooth_noise(rng, h, w, cells=8)             # low-contrast clutter
+            img = 0.35 + 0.3 * smooth_noise(rng, h, w, cells=8)  # low-contrast clutter
             cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
             ry, rx = rng.uniform(0.2, 0.32) * h, rng.uniform(0.15, 0.3) * w
             m = ellipse_mask(h, w, cy, cx, ry, rx)
@@ -250,22 +259,29 @@ def landmark(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(out * (0.85 + 0.15 * stripes(h, w, rng.uniform(4, 8), rng.uniform(0, np.pi)))[..., None], 0, 1)
 
 
-def view(scene: np.ndarray, rng: np.random.Generator, crop: float, shift: float, tint: float, occlude: float,
-         size: tuple[int, int]) -> np.ndarray:
+def view(
+    scene: np.ndarray,
+    rng: np.random.Generator,
+    crop: float,
+    shift: float,
+    tint: float,
+    occlude: float,
+    size: tuple[int, int],
+) -> np.ndarray:
     """A viewpoint of ``scene``: a crop (fraction ``crop`` of the scene) shifted by up to ``shift``, tinted,
     partially occluded, resized to ``size`` (h, w)."""
     H, W = scene.shape[:2]
     ch, cw = int(H * crop), int(W * crop)
     y0 = int(np.clip((H - ch) / 2 + rng.uniform(-shift, shift) * H, 0, H - ch))
     x0 = int(np.clip((W - cw) / 2 + rng.uniform(-shift, shift) * W, 0, W - cw))
-    img = Image.fromarray(to_uint8(scene[y0:y0 + ch, x0:x0 + cw])).resize((size[1], size[0]), Image.BILINEAR)
+    img = Image.fromarray(to_uint8(scene[y0 : y0 + ch, x0 : x0 + cw])).resize((size[1], size[0]), Image.BILINEAR)
     out = np.asarray(img).astype(np.float64) / 255
     out = np.clip(out * (1 + tint * (rng.random(3) - 0.5)), 0, 1)
     if occlude > 0:
         h, w = size
         oh, ow = int(h * occlude), int(w * occlude)
         oy, ox = int(rng.integers(0, h - oh + 1)), int(rng.integers(0, w - ow + 1))
-        out[oy:oy + oh, ox:ox + ow] = 0.3 + 0.4 * smooth_noise(rng, oh, ow, cells=3)
+        out[oy : oy + oh, ox : ox + ow] = 0.3 + 0.4 * smooth_noise(rng, oh, ow, cells=3)
     return out
 
 
@@ -280,8 +296,14 @@ def make_roxford(out: Path, rng: np.random.Generator) -> None:
     for name, scene in scenes.items():
         positives[name] = {"easy": [], "hard": [], "junk": []}
         # (kind, crop, shift, tint, occlusion): easy views are close to the query, hard ones far, junk barely visible
-        for j, (kind, crop, shift, tint, occ) in enumerate([("easy", 0.8, 0.05, 0.1, 0.0), ("easy", 0.75, 0.08, 0.15, 0.1),
-                                                            ("hard", 0.5, 0.2, 0.4, 0.3), ("junk", 0.3, 0.3, 0.5, 0.6)]):
+        for j, (kind, crop, shift, tint, occ) in enumerate(
+            [
+                ("easy", 0.8, 0.05, 0.1, 0.0),
+                ("easy", 0.75, 0.08, 0.15, 0.1),
+                ("hard", 0.5, 0.2, 0.4, 0.3),
+                ("junk", 0.3, 0.3, 0.5, 0.6),
+            ]
+        ):
             file = f"{name}_{j + 1:06d}"
             save_jpg(root / "jpg" / f"{file}.jpg", view(scene, rng, crop, shift, tint, occ, size))
             positives[name][kind].append(len(imlist))
@@ -309,28 +331,57 @@ VOC_IMAGES = [
     # (id, (h, w), [(class, shape, (y0, x0, y1, x1) as fractions, truncated, difficult)])
     ("000001", (150, 200), [("car", "rect", (0.3, 0.2, 0.8, 0.7), 0, 0)]),
     ("000002", (160, 120), [("dog", "ellipse", (0.2, 0.15, 0.75, 0.85), 0, 0)]),
-    ("000003", (140, 210), [("person", "rect", (0.1, 0.55, 0.95, 0.8), 0, 0),
-                            ("chair", "rect", (0.55, 0.05, 0.95, 0.3), 0, 1)]),
+    (
+        "000003",
+        (140, 210),
+        [("person", "rect", (0.1, 0.55, 0.95, 0.8), 0, 0), ("chair", "rect", (0.55, 0.05, 0.95, 0.3), 0, 1)],
+    ),
     ("000004", (150, 200), [("bird", "ellipse", (0.35, 0.3, 0.65, 0.6), 0, 0)]),
-    ("000005", (130, 190), [("boat", "rect", (0.45, 0.0, 0.85, 0.45), 1, 0),
-                            ("boat", "ellipse", (0.2, 0.55, 0.6, 0.9), 0, 0)]),
+    (
+        "000005",
+        (130, 190),
+        [("boat", "rect", (0.45, 0.0, 0.85, 0.45), 1, 0), ("boat", "ellipse", (0.2, 0.55, 0.6, 0.9), 0, 0)],
+    ),
     ("000006", (170, 170), [("cat", "ellipse", (0.25, 0.25, 0.8, 0.75), 0, 0)]),
 ]
 
 
 def voc_xml(image_id: str, h: int, w: int, objects: list[tuple[str, tuple[int, int, int, int], int, int]]) -> str:
     """An annotation file with the fields and nesting of the VOC2007 XMLs (1-based pixel boxes)."""
-    lines = ["<annotation>", "\t<folder>VOC2007</folder>", f"\t<filename>{image_id}.jpg</filename>",
-             "\t<source>", "\t\t<database>The VOC2007 Database</database>", "\t\t<annotation>PASCAL VOC2007</annotation>",
-             "\t\t<image>synthetic</image>", "\t</source>",
-             "\t<owner>", "\t\t<name>srt-bench sample data</name>", "\t</owner>",
-             "\t<size>", f"\t\t<width>{w}</width>", f"\t\t<height>{h}</height>", "\t\t<depth>3</depth>", "\t</size>",
-             "\t<segmented>0</segmented>"]
+    lines = [
+        "<annotation>",
+        "\t<folder>VOC2007</folder>",
+        f"\t<filename>{image_id}.jpg</filename>",
+        "\t<source>",
+        "\t\t<database>The VOC2007 Database</database>",
+        "\t\t<annotation>PASCAL VOC2007</annotation>",
+        "\t\t<image>synthetic</image>",
+        "\t</source>",
+        "\t<owner>",
+        "\t\t<name>srt-bench sample data</name>",
+        "\t</owner>",
+        "\t<size>",
+        f"\t\t<width>{w}</width>",
+        f"\t\t<height>{h}</height>",
+        "\t\t<depth>3</depth>",
+        "\t</size>",
+        "\t<segmented>0</segmented>",
+    ]
     for name, (xmin, ymin, xmax, ymax), truncated, difficult in objects:
-        lines += ["\t<object>", f"\t\t<name>{escape(name)}</name>", "\t\t<pose>Unspecified</pose>",
-                  f"\t\t<truncated>{truncated}</truncated>", f"\t\t<difficult>{difficult}</difficult>",
-                  "\t\t<bndbox>", f"\t\t\t<xmin>{xmin}</xmin>", f"\t\t\t<ymin>{ymin}</ymin>",
-                  f"\t\t\t<xmax>{xmax}</xmax>", f"\t\t\t<ymax>{ymax}</ymax>", "\t\t</bndbox>", "\t</object>"]
+        lines += [
+            "\t<object>",
+            f"\t\t<name>{escape(name)}</name>",
+            "\t\t<pose>Unspecified</pose>",
+            f"\t\t<truncated>{truncated}</truncated>",
+            f"\t\t<difficult>{difficult}</difficult>",
+            "\t\t<bndbox>",
+            f"\t\t\t<xmin>{xmin}</xmin>",
+            f"\t\t\t<ymin>{ymin}</ymin>",
+            f"\t\t\t<xmax>{xmax}</xmax>",
+            f"\t\t\t<ymax>{ymax}</ymax>",
+            "\t\t</bndbox>",
+            "\t</object>",
+        ]
     return "\n".join(lines + ["</annotation>"]) + "\n"
 
 
@@ -348,8 +399,14 @@ def make_voc(out: Path, rng: np.random.Generator) -> None:
             img[m] = textured(rng, h, w, rng.uniform(0.1, 0.95, 3), rng.uniform(5, 9), rng.uniform(0, np.pi))[m]
             ys, xs = np.nonzero(m)
             # VOC boxes are 1-based and inclusive
-            boxes.append((name, (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1),
-                          truncated, difficult))
+            boxes.append(
+                (
+                    name,
+                    (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1),
+                    truncated,
+                    difficult,
+                )
+            )
         save_jpg(root / "JPEGImages" / f"{image_id}.jpg", img)
         (root / "Annotations").mkdir(parents=True, exist_ok=True)
         (root / "Annotations" / f"{image_id}.xml").write_text(voc_xml(image_id, h, w, boxes))
@@ -373,13 +430,14 @@ def make_sample_data(out: Path, force: bool = False) -> bool:
         if (out / d).exists():
             shutil.rmtree(out / d)
     stamp.unlink(missing_ok=True)
-    for i, (name, make) in enumerate(DATASETS.items()):
-        make(out, np.random.default_rng([SEED, i]))   # one stream per dataset: datasets do not shift each other
+    for i, make in enumerate(DATASETS.values()):
+        make(out, np.random.default_rng([SEED, i]))  # one stream per dataset: datasets do not shift each other
     (out / "README.txt").write_text(
         "Synthetic sample data written by scripts/make_sample_data.py (srt-bench). It has the on-disk layouts of\n"
         "DAVIS-2017, NYU-v2 (SRT layout), ECSSD, DUTS-TE, DUT-OMRON, ROxford5k and VOC2007, but the images are\n"
-        "synthetic: numbers computed on it only show that the pipeline runs.\n")
-    stamp.write_text(f"version {VERSION}\n")   # last: its presence means the set is complete
+        "synthetic: numbers computed on it only show that the pipeline runs.\n"
+    )
+    stamp.write_text(f"version {VERSION}\n")  # last: its presence means the set is complete
     return True
 
 

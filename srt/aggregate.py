@@ -26,6 +26,7 @@ Two exact engines compute the mean:
 :class:`Welford` (weighted streaming variance) and :class:`MedianBuffer` (bounded buffer of all passes)
 work on each pass's aligned map at the output stride, computed with the same taps.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,8 +67,15 @@ class Taps:
     each tap weighs the sum of ``weight_image`` over the pixels it covers, divided by s^2.
     """
 
-    def __init__(self, shift: tuple[int, int], grid: tuple[int, int], patch: int, stride: int,
-                 integral: torch.Tensor | None = None, device=None):
+    def __init__(
+        self,
+        shift: tuple[int, int],
+        grid: tuple[int, int],
+        patch: int,
+        stride: int,
+        integral: torch.Tensor | None = None,
+        device=None,
+    ):
         h, w = grid
         n_y, n_x = h * patch // stride, w * patch // stride
         fy, oy = axis_overlaps(n_y, stride, patch, shift[0], device)
@@ -89,7 +97,7 @@ class Taps:
                     y0 = torch.arange(n_y, device=device) * stride + sy
                     x0 = torch.arange(n_x, device=device) * stride + sx
                     y1, x1 = y0 + ny, x0 + nx
-                    rect = (integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0] + integral[y0][:, x0])
+                    rect = integral[y1][:, x1] - integral[y0][:, x1] - integral[y1][:, x0] + integral[y0][:, x0]
                     weight = rect * (valid_y[:, None] & valid_x[None, :])
                 weight = (weight / stride**2).float()
                 self.items.append((ty.clamp(0, h - 1), tx.clamp(0, w - 1), weight))
@@ -142,8 +150,17 @@ def phase_differences(stride: int, patch: int, shift: int) -> tuple[tuple[int, i
 class PhaseMean:
     """Exact mean with uniform pixel weight ``scale`` (1/T), at stride s, in O(C h w) per pass."""
 
-    def __init__(self, batch: int, channels: int, grid: tuple[int, int], patch: int, stride: int, scale: float,
-                 device=None, dtype=torch.float32):
+    def __init__(
+        self,
+        batch: int,
+        channels: int,
+        grid: tuple[int, int],
+        patch: int,
+        stride: int,
+        scale: float,
+        device=None,
+        dtype=torch.float32,
+    ):
         self.grid, self.patch, self.stride, self.scale = grid, patch, stride, scale
         self.phases = patch // stride
         P, (h, w) = self.phases, grid
@@ -164,7 +181,7 @@ class PhaseMean:
         h, w = self.grid
         padded = torch.nn.functional.pad(tokens, (1, 1, 1, 1))  # a zero token all round: the zero fill
         for a, qy, b, qx, coef in self._terms(shift):
-            self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, 1 + a: 1 + a + h, 1 + b: 1 + b + w], alpha=coef)
+            self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, 1 + a : 1 + a + h, 1 + b : 1 + b + w], alpha=coef)
 
     def result(self) -> torch.Tensor:
         B, C, h, P, w, _ = self.buffer.shape
@@ -176,8 +193,17 @@ class PhaseMean:
 class TapMean:
     """Exact mean with any pixel weight image (the normalized border), at stride s, O(C H/s W/s) per pass."""
 
-    def __init__(self, batch: int, channels: int, grid: tuple[int, int], patch: int, stride: int,
-                 pixel_weights: torch.Tensor, device=None, dtype=torch.float32):
+    def __init__(
+        self,
+        batch: int,
+        channels: int,
+        grid: tuple[int, int],
+        patch: int,
+        stride: int,
+        pixel_weights: torch.Tensor,
+        device=None,
+        dtype=torch.float32,
+    ):
         self.grid, self.patch, self.stride = grid, patch, stride
         self.integral = integral_image(pixel_weights.to(device))
         h, w = grid
@@ -213,7 +239,9 @@ class AlignedPasses:
         if value is None:  # the pass covers no output cell at all
             h, w = self.grid
             shape = (h * self.patch // self.stride, w * self.patch // self.stride)
-            return torch.zeros(*tokens.shape[:2], *shape, device=tokens.device), torch.zeros(shape, device=tokens.device)
+            return torch.zeros(*tokens.shape[:2], *shape, device=tokens.device), torch.zeros(
+                shape, device=tokens.device
+            )
         if not self.normalized:
             return value, torch.ones_like(coverage)
         return value / coverage.clamp(min=1e-12), coverage

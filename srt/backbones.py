@@ -14,15 +14,17 @@ returns a :class:`Backbone`. The backbone accepts any H, W that are multiples of
 The backbone also exposes its forward pass in two halves (``embed``/``run``) so that SRT can ensemble
 the tokens after any block and feed them through the remaining blocks.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import timm
 import torch
@@ -40,35 +42,85 @@ _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{0}/{1}.pth"
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    timm_name: str                  # timm architecture.tag; the tag names the pretrained weights
+    timm_name: str  # timm architecture.tag; the tag names the pretrained weights
     patch_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    family: str = "vit"             # vit: timm VisionTransformer (CLS token); sam: VisionTransformerSAM (no CLS)
+    family: str = "vit"  # vit: timm VisionTransformer (CLS token); sam: VisionTransformerSAM (no CLS)
     official_url: str | None = None  # where the original authors publish the checkpoint
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "dino_vits16": BackboneSpec("vit_small_patch16_224.dino", 16, IMAGENET_MEAN, IMAGENET_STD,
-                                official_url=_DINO_URL.format("dino_deitsmall16_pretrain")),
-    "dino_vitb16": BackboneSpec("vit_base_patch16_224.dino", 16, IMAGENET_MEAN, IMAGENET_STD,
-                                official_url=_DINO_URL.format("dino_vitbase16_pretrain")),
-    "dino_vits8": BackboneSpec("vit_small_patch8_224.dino", 8, IMAGENET_MEAN, IMAGENET_STD,
-                               official_url=_DINO_URL.format("dino_deitsmall8_pretrain")),
-    "dino_vitb8": BackboneSpec("vit_base_patch8_224.dino", 8, IMAGENET_MEAN, IMAGENET_STD,
-                               official_url=_DINO_URL.format("dino_vitbase8_pretrain")),
-    "dinov2_vits14": BackboneSpec("vit_small_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                  official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_pretrain")),
-    "dinov2_vitb14": BackboneSpec("vit_base_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                  official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_pretrain")),
-    "dinov2_vitl14": BackboneSpec("vit_large_patch14_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                  official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_pretrain")),
-    "dinov2_vits14_reg": BackboneSpec("vit_small_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                      official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_reg4_pretrain")),
-    "dinov2_vitb14_reg": BackboneSpec("vit_base_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                      official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_reg4_pretrain")),
-    "dinov2_vitl14_reg": BackboneSpec("vit_large_patch14_reg4_dinov2.lvd142m", 14, IMAGENET_MEAN, IMAGENET_STD,
-                                      official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_reg4_pretrain")),
+    "dino_vits16": BackboneSpec(
+        "vit_small_patch16_224.dino",
+        16,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINO_URL.format("dino_deitsmall16_pretrain"),
+    ),
+    "dino_vitb16": BackboneSpec(
+        "vit_base_patch16_224.dino",
+        16,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINO_URL.format("dino_vitbase16_pretrain"),
+    ),
+    "dino_vits8": BackboneSpec(
+        "vit_small_patch8_224.dino",
+        8,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINO_URL.format("dino_deitsmall8_pretrain"),
+    ),
+    "dino_vitb8": BackboneSpec(
+        "vit_base_patch8_224.dino",
+        8,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINO_URL.format("dino_vitbase8_pretrain"),
+    ),
+    "dinov2_vits14": BackboneSpec(
+        "vit_small_patch14_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_pretrain"),
+    ),
+    "dinov2_vitb14": BackboneSpec(
+        "vit_base_patch14_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_pretrain"),
+    ),
+    "dinov2_vitl14": BackboneSpec(
+        "vit_large_patch14_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_pretrain"),
+    ),
+    "dinov2_vits14_reg": BackboneSpec(
+        "vit_small_patch14_reg4_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_reg4_pretrain"),
+    ),
+    "dinov2_vitb14_reg": BackboneSpec(
+        "vit_base_patch14_reg4_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_reg4_pretrain"),
+    ),
+    "dinov2_vitl14_reg": BackboneSpec(
+        "vit_large_patch14_reg4_dinov2.lvd142m",
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_reg4_pretrain"),
+    ),
     "clip_vitb16": BackboneSpec("vit_base_patch16_clip_224.openai", 16, CLIP_MEAN, CLIP_STD),
     "mae_vitb16": BackboneSpec("vit_base_patch16_224.mae", 16, IMAGENET_MEAN, IMAGENET_STD),
     # the supervised ViT-B/16 of the official visualisation notebook (PROTOCOLS.md 1.2)
@@ -89,11 +141,11 @@ class WeightsUnavailableError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class OutputSpec:
-    name: str        # as the user asked for it
-    block: int       # 0-based, non-negative
-    kind: str        # "grid" | "global"
-    source: str      # "x" (block output) | "keys" | "queries" | "values" (last attention) | "neck" (SAM)
-    norm: bool       # apply the final norm
+    name: str  # as the user asked for it
+    block: int  # 0-based, non-negative
+    kind: str  # "grid" | "global"
+    source: str  # "x" (block output) | "keys" | "queries" | "values" (last attention) | "neck" (SAM)
+    norm: bool  # apply the final norm
 
     @property
     def is_grid(self) -> bool:
@@ -117,11 +169,18 @@ def parse_output(name: str, depth: int, family: str) -> OutputSpec:
     if m and (has_cls or not (m.group(2) or m.group(3))):  # SAM has neither CLS nor a final norm
         k = int(m.group(1))
         if not -depth <= k < depth:
-            raise ValueError(f"output {name!r}: block index {k} is out of range for a model with {depth} blocks "
-                             f"(valid: 0..{last} or -{depth}..-1)")
+            raise ValueError(
+                f"output {name!r}: block index {k} is out of range for a model with {depth} blocks "
+                f"(valid: 0..{last} or -{depth}..-1)"
+            )
         return OutputSpec(name, k % depth, "global" if m.group(3) else "grid", "x", bool(m.group(2)))
-    valid = ["tokens", *(["cls"] if has_cls else []), *FACETS, "block{k}",
-             *(["block{k}_norm", "block{k}_cls", "block{k}_norm_cls"] if has_cls else [])]
+    valid = [
+        "tokens",
+        *(["cls"] if has_cls else []),
+        *FACETS,
+        "block{k}",
+        *(["block{k}_norm", "block{k}_cls", "block{k}_norm_cls"] if has_cls else []),
+    ]
     raise ValueError(f"unknown output {name!r}; valid outputs: {', '.join(valid)} (k = block index, 0..{last})")
 
 
@@ -155,7 +214,7 @@ class Backbone(nn.Module):
         self.set_outputs(outputs)
         self.eval()
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Frozen: always in eval mode (no dropout, no drop-path), whatever a caller asks."""
         return super().train(False)
 
@@ -179,7 +238,9 @@ class Backbone(nn.Module):
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
         if images.shape[1] != 3:
-            raise ValueError(f"images must have 3 channels (RGB, normalised); got {images.shape[1]} in shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images must have 3 channels (RGB, normalised); got {images.shape[1]} in shape {tuple(images.shape)}"
+            )
         H, W = images.shape[-2:]
         p = self.patch_size
         if H % p or W % p:
@@ -275,7 +336,7 @@ class Backbone(nn.Module):
         by_facet = {"queries": q, "keys": k, "values": v}
         out = {}
         for name, facet in wanted.items():
-            t = by_facet[facet][:, self.num_prefix_tokens:]
+            t = by_facet[facet][:, self.num_prefix_tokens :]
             out[name] = t.transpose(1, 2).reshape(t.shape[0], -1, *hw)
         return out
 
@@ -327,7 +388,7 @@ def _unwrap_state_dict(obj: Mapping[str, Any], checkpoint_key: str | None, path:
     sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     for prefix in ("module.", "backbone.", "encoder."):  # DDP and DINO's MultiCropWrapper
         if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):
-            sd = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+            sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
     if not sd:
         raise ValueError(f"checkpoint {path} contains no tensors under key {checkpoint_key!r}")
     return sd
@@ -353,7 +414,9 @@ def _load_file_into(model: nn.Module, spec: BackboneSpec, path: Path, checkpoint
         )
     bad = [k for k in own if sd[k].shape != own[k].shape]
     if bad:
-        raise ValueError(f"checkpoint {path}: shape mismatch for {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
+        raise ValueError(
+            f"checkpoint {path}: shape mismatch for {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]]}"
+        )
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
 
 

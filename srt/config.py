@@ -3,6 +3,7 @@
 One place holds every name, default and valid value; ``validate()`` raises a ValueError that names
 the setting and lists what is allowed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,26 +26,28 @@ def _check_choice(setting: str, value: Any, choices: tuple) -> None:
 class SRTConfig:
     """How features are ensembled. ``level=0`` is the plain single forward pass (the baseline)."""
 
-    method: str = "shift"            # shift: SRT; jitter: the paper's naive colour-jitter ensemble baseline
-    level: int = 3                   # L: integer shifts |dy|,|dx| <= L, (2L+1)^2 of them
-    samples: Optional[int] = None    # use n of the grid shifts instead of all of them
-    sampling: str = "random"         # how the n are drawn: random (seeded, no replacement) | stratified
-    fill: str = "zero"               # padding of shifted images: zero (official, in normalised space) | reflect | replicate
-    border: str = "official"         # official: divide by the number of passes | normalized: by the passes covering a location
-    aggregate: str = "mean"          # mean | median (median buffers all passes; bounded by median_budget_gb)
-    dispersion: bool = False         # also return per-location variance ("<name>_var") and its channel mean ("<name>_dispersion")
-    output: str = "pooled"           # pooled: token grid (the drop-in replacement) | dense: finer grid at `stride`
-    stride: Optional[int] = None     # dense output stride in pixels (divides the patch size); default patch_size // 2
-    batch_size: int = 32             # (image, shift) pairs per forward chunk; memory does not grow with the shifts
-    seed: int = 0                    # seeds the shift subset and the jitter baseline
-    official_parity: bool = False    # add the extra unshifted pass the official code runs (50 passes at L=3)
-    at_block: Optional[int] = None   # ensemble after this block and run the remaining blocks on the result
-    autocast: bool = False           # bfloat16 autocast for the forward passes (CUDA only)
-    median_budget_gb: float = 4.0    # memory allowed for the median's buffer of all passes
+    method: str = "shift"  # shift: SRT; jitter: the paper's naive colour-jitter ensemble baseline
+    level: int = 3  # L: integer shifts |dy|,|dx| <= L, (2L+1)^2 of them
+    samples: Optional[int] = None  # use n of the grid shifts instead of all of them
+    sampling: str = "random"  # how the n are drawn: random (seeded, no replacement) | stratified
+    fill: str = "zero"  # padding of shifted images: zero (official, in normalised space) | reflect | replicate
+    border: str = "official"  # official: divide by the number of passes | normalized: by the passes covering a location
+    aggregate: str = "mean"  # mean | median (median buffers all passes; bounded by median_budget_gb)
+    dispersion: bool = (
+        False  # also return per-location variance ("<name>_var") and its channel mean ("<name>_dispersion")
+    )
+    output: str = "pooled"  # pooled: token grid (the drop-in replacement) | dense: finer grid at `stride`
+    stride: Optional[int] = None  # dense output stride in pixels (divides the patch size); default patch_size // 2
+    batch_size: int = 32  # (image, shift) pairs per forward chunk; memory does not grow with the shifts
+    seed: int = 0  # seeds the shift subset and the jitter baseline
+    official_parity: bool = False  # add the extra unshifted pass the official code runs (50 passes at L=3)
+    at_block: Optional[int] = None  # ensemble after this block and run the remaining blocks on the result
+    autocast: bool = False  # bfloat16 autocast for the forward passes (CUDA only)
+    median_budget_gb: float = 4.0  # memory allowed for the median's buffer of all passes
     jitter_passes: Optional[int] = None  # method=jitter: passes (default: as many as SRT at this level)
-    jitter_strength: float = 0.4     # method=jitter: brightness/contrast/saturation jitter amplitude
+    jitter_strength: float = 0.4  # method=jitter: brightness/contrast/saturation jitter amplitude
 
-    def validate(self, patch_size: Optional[int] = None) -> "SRTConfig":
+    def validate(self, patch_size: Optional[int] = None) -> SRTConfig:
         _check_choice("srt.method", self.method, METHODS)
         _check_choice("srt.sampling", self.sampling, SAMPLINGS)
         _check_choice("srt.fill", self.fill, FILLS)
@@ -88,11 +91,11 @@ class BackboneConfig:
 
     name: str = "dino_vits16"
     pretrained: Any = True
-    checkpoint_key: Optional[str] = None   # key of the state dict inside a checkpoint file (DINO: teacher); auto if null
-    init_seed: int = 0                     # seed of the random initialisation when pretrained=false
+    checkpoint_key: Optional[str] = None  # key of the state dict inside a checkpoint file (DINO: teacher); auto if null
+    init_seed: int = 0  # seed of the random initialisation when pretrained=false
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. depth=2 for tiny test models
 
-    def validate(self) -> "BackboneConfig":
+    def validate(self) -> BackboneConfig:
         from .backbones import BACKBONES  # local import: the registry lives with the models
 
         _check_choice("backbone.name", self.name, tuple(BACKBONES))

@@ -4,6 +4,7 @@ Kept as a readable reference and as the baseline of ``scripts/bench_srt.py``: ev
 to pixel resolution, shifted back and added into a full-resolution buffer, which is pooled at the end.
 Cost O(T C H W) time and O(C H W) memory per image, against O(T C h w) for :class:`StochasticResonance`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,14 +14,21 @@ from .shifts import ShiftSet, shift_image
 
 
 @torch.no_grad()
-def naive_srt(backbone, images: torch.Tensor, shift_set: ShiftSet, stride: int, name: str = "tokens",
-              fill: str = "zero", batch_size: int = 32) -> torch.Tensor:
+def naive_srt(
+    backbone,
+    images: torch.Tensor,
+    shift_set: ShiftSet,
+    stride: int,
+    name: str = "tokens",
+    fill: str = "zero",
+    batch_size: int = 32,
+) -> torch.Tensor:
     """Mean over passes of the nearest-upsampled, un-shifted grids, average-pooled to ``stride`` (official border)."""
     p = backbone.patch_size
     total = None
     shifts = list(shift_set)
     for start in range(0, len(shifts), batch_size):
-        chunk = shifts[start: start + batch_size]
+        chunk = shifts[start : start + batch_size]
         batch = torch.cat([shift_image(images, dy, dx, fill) for dy, dx in chunk])
         tokens = backbone(batch)[name].float().split(images.shape[0])
         for (dy, dx), tok in zip(chunk, tokens):

@@ -15,12 +15,14 @@ Cost model (T passes, batch B, grid h x w tokens, C channels, output stride s, P
 - memory: one output-sized accumulator per output (+ a variance pair with dispersion) and one chunk of
   activations: it does not grow with T (except the median's buffer).
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -35,8 +37,20 @@ from .shifts import make_shifts, pad_for_shifts, shift_padded
 class _GridStats:
     """Everything aggregated for one grid output: the mean (or median) field and optional dispersion."""
 
-    def __init__(self, name: str, batch_channels: tuple[int, int], grid: tuple[int, int], patch: int, stride: int,
-                 shifts: torch.Tensor, border: str, aggregate: str, dispersion: bool, budget_bytes: float, device):
+    def __init__(
+        self,
+        name: str,
+        batch_channels: tuple[int, int],
+        grid: tuple[int, int],
+        patch: int,
+        stride: int,
+        shifts: torch.Tensor,
+        border: str,
+        aggregate: str,
+        dispersion: bool,
+        budget_bytes: float,
+        device,
+    ):
         B, C = batch_channels
         T = shifts.shape[0]
         H, W = grid[0] * patch, grid[1] * patch
@@ -111,16 +125,43 @@ class StochasticResonance(nn.Module):
         progress: show a progress bar over chunks.
     """
 
-    def __init__(self, backbone: Backbone, level: int = 3, samples: int | None = None, sampling: str = "random",
-                 fill: str = "zero", border: str = "official", aggregate: str = "mean", dispersion: bool = False,
-                 output: str = "pooled", stride: int | None = None, batch_size: int = 32, seed: int = 0,
-                 official_parity: bool = False, at_block: int | None = None, autocast: bool = False,
-                 median_budget_gb: float = 4.0, progress: bool = False):
+    def __init__(
+        self,
+        backbone: Backbone,
+        level: int = 3,
+        samples: int | None = None,
+        sampling: str = "random",
+        fill: str = "zero",
+        border: str = "official",
+        aggregate: str = "mean",
+        dispersion: bool = False,
+        output: str = "pooled",
+        stride: int | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+        official_parity: bool = False,
+        at_block: int | None = None,
+        autocast: bool = False,
+        median_budget_gb: float = 4.0,
+        progress: bool = False,
+    ):
         super().__init__()
         self.config = SRTConfig(
-            method="shift", level=level, samples=samples, sampling=sampling, fill=fill, border=border,
-            aggregate=aggregate, dispersion=dispersion, output=output, stride=stride, batch_size=batch_size,
-            seed=seed, official_parity=official_parity, at_block=at_block, autocast=autocast,
+            method="shift",
+            level=level,
+            samples=samples,
+            sampling=sampling,
+            fill=fill,
+            border=border,
+            aggregate=aggregate,
+            dispersion=dispersion,
+            output=output,
+            stride=stride,
+            batch_size=batch_size,
+            seed=seed,
+            official_parity=official_parity,
+            at_block=at_block,
+            autocast=autocast,
             median_budget_gb=median_budget_gb,
         ).validate(patch_size=backbone.patch_size)
         self.backbone = backbone
@@ -176,8 +217,10 @@ class StochasticResonance(nn.Module):
         """Grid outputs at ``stride`` pixels per cell ([B,C,H/stride,W/stride]); globals averaged."""
         p = self.patch_size
         if stride < 1 or p % stride:
-            raise ValueError(f"stride={stride} is not valid; expected a divisor of the patch size {p}: "
-                             f"{[s for s in range(1, p + 1) if p % s == 0]}")
+            raise ValueError(
+                f"stride={stride} is not valid; expected a divisor of the patch size {p}: "
+                f"{[s for s in range(1, p + 1) if p % s == 0]}"
+            )
         if self.at_block is not None:
             raise ValueError("dense output is not available with at_block (the remaining blocks run on token grids)")
         return self._ensemble(images, stride)
@@ -192,11 +235,15 @@ class StochasticResonance(nn.Module):
             return None
         depth = self.backbone.depth
         if not -depth <= at_block < depth:
-            raise ValueError(f"srt.at_block={at_block} is not valid for {self.backbone.name} with {depth} blocks; "
-                             f"expected 0..{depth - 1} (or negative from the end)")
+            raise ValueError(
+                f"srt.at_block={at_block} is not valid for {self.backbone.name} with {depth} blocks; "
+                f"expected 0..{depth - 1} (or negative from the end)"
+            )
         if output == "dense":
-            raise ValueError("srt.at_block cannot be combined with srt.output=dense: the remaining blocks run on the "
-                             "pooled token grid, so the outputs are token grids")
+            raise ValueError(
+                "srt.at_block cannot be combined with srt.output=dense: the remaining blocks run on the "
+                "pooled token grid, so the outputs are token grids"
+            )
         return at_block % depth
 
     def _perturb(self, images: torch.Tensor, pass_index: int) -> torch.Tensor:
@@ -227,12 +274,23 @@ class StochasticResonance(nn.Module):
         def stats_for(name: str, value: torch.Tensor, is_grid: bool):
             if name not in stats:
                 if name == "_grid":  # the state handed to the remaining blocks: pooled mean, always
-                    stats[name] = _GridStats(name, (B, value.shape[1]), hw, p, p, shifts, self.config.border,
-                                             "mean", False, 0, device)
+                    stats[name] = _GridStats(
+                        name, (B, value.shape[1]), hw, p, p, shifts, self.config.border, "mean", False, 0, device
+                    )
                 elif is_grid:
-                    stats[name] = _GridStats(name, (B, value.shape[1]), hw, p, stride, shifts, self.config.border,
-                                             self.config.aggregate, self.config.dispersion,
-                                             self.config.median_budget_gb * 2**30, device)
+                    stats[name] = _GridStats(
+                        name,
+                        (B, value.shape[1]),
+                        hw,
+                        p,
+                        stride,
+                        shifts,
+                        self.config.border,
+                        self.config.aggregate,
+                        self.config.dispersion,
+                        self.config.median_budget_gb * 2**30,
+                        device,
+                    )
                 else:
                     stats[name] = _GlobalMean(name, T, (B, *value.shape[1:]), device)
             return stats[name]
@@ -242,17 +300,19 @@ class StochasticResonance(nn.Module):
         pairs = [(t, b) for t in range(T) for b in range(B)]  # shift-major: a chunk holds few distinct shifts
         chunks = range(0, len(pairs), self.config.batch_size)
         for start in tqdm(chunks, desc=f"SRT {bb.name} L={self.level}", disable=not self.progress, leave=False):
-            chunk = pairs[start: start + self.config.batch_size]
+            chunk = pairs[start : start + self.config.batch_size]
             runs: list[tuple[int, int, int]] = []  # (pass, first image, end image)
             for t, b in chunk:
                 if runs and runs[-1][0] == t:
                     runs[-1] = (t, runs[-1][1], b + 1)
                 else:
                     runs.append((t, b, b + 1))
-            x = torch.cat([
-                self._perturb(shift_padded(padded[b0:b1], margin, int(shifts[t, 0]), int(shifts[t, 1]), (H, W)), t)
-                for t, b0, b1 in runs
-            ])
+            x = torch.cat(
+                [
+                    self._perturb(shift_padded(padded[b0:b1], margin, int(shifts[t, 0]), int(shifts[t, 1]), (H, W)), t)
+                    for t, b0, b1 in runs
+                ]
+            )
             with self._autocast(device):
                 if k is None:
                     out = bb.run(bb.embed(x), hw, early)
@@ -267,7 +327,7 @@ class StochasticResonance(nn.Module):
                 n, shift = b1 - b0, (int(shifts[t, 0]), int(shifts[t, 1]))
                 for name, value in out.items():
                     is_grid = name == "_grid" or (name != "_prefix" and bb.is_grid(name))
-                    v = value[offset: offset + n].float()
+                    v = value[offset : offset + n].float()
                     stats_for(name, v, is_grid).add(v, shift, slice(b0, b1), t)
                 offset += n
 
@@ -277,15 +337,15 @@ class StochasticResonance(nn.Module):
         if k is not None:
             state = bb.join_state(result.pop("_prefix", None), result.pop("_grid"))
             result.update(bb.run(state, hw, late, start=k + 1))
-        return {name: result[name] for name in bb.outputs} | {
-            n: v for n, v in result.items() if n not in bb.outputs
-        }
+        return {name: result[name] for name in bb.outputs} | {n: v for n, v in result.items() if n not in bb.outputs}
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"level={c.level}, passes={self.passes} ({self.shift_set.description}), fill={c.fill}, "
-                f"border={c.border}, aggregate={c.aggregate}, output={c.output}, stride={self.stride}, "
-                f"at_block={self.at_block}")
+        return (
+            f"level={c.level}, passes={self.passes} ({self.shift_set.description}), fill={c.fill}, "
+            f"border={c.border}, aggregate={c.aggregate}, output={c.output}, stride={self.stride}, "
+            f"at_block={self.at_block}"
+        )
 
 
 class JitterEnsemble(StochasticResonance):
@@ -297,19 +357,28 @@ class JitterEnsemble(StochasticResonance):
     features of all passes are averaged plainly (no shift, nothing to align).
     """
 
-    def __init__(self, backbone: Backbone, passes: int = 49, strength: float = 0.4, seed: int = 0,
-                 batch_size: int = 32, progress: bool = False):
+    def __init__(
+        self,
+        backbone: Backbone,
+        passes: int = 49,
+        strength: float = 0.4,
+        seed: int = 0,
+        batch_size: int = 32,
+        progress: bool = False,
+    ):
         super().__init__(backbone, level=0, batch_size=batch_size, seed=seed, progress=progress)
         if passes < 1:
             raise ValueError(f"jitter passes={passes} is not valid; expected >= 1")
         if not 0 <= strength < 1:
             raise ValueError(f"jitter strength={strength} is not valid; expected 0 <= strength < 1")
         self.shift_set = dataclasses.replace(
-            self.shift_set, shifts=torch.zeros(passes, 2, dtype=torch.long), description=f"{passes} colour jitters")
+            self.shift_set, shifts=torch.zeros(passes, 2, dtype=torch.long), description=f"{passes} colour jitters"
+        )
         gen = torch.Generator().manual_seed(seed)
         u = torch.rand(passes, 4, generator=gen) * 2 - 1
-        self.factors = torch.stack([1 + strength * u[:, 0], 1 + strength * u[:, 1],
-                                    1 + strength / 2 * u[:, 2], strength / 4 * u[:, 3]], dim=1)
+        self.factors = torch.stack(
+            [1 + strength * u[:, 0], 1 + strength * u[:, 1], 1 + strength / 2 * u[:, 2], strength / 4 * u[:, 3]], dim=1
+        )
         self.factors[0] = torch.tensor([1.0, 1.0, 1.0, 0.0])
         self.strength = strength
 
@@ -332,18 +401,31 @@ class JitterEnsemble(StochasticResonance):
         return f"passes={self.passes}, strength={self.strength}"
 
 
-def build_extractor(backbone: Backbone, cfg: SRTConfig | Mapping[str, Any], progress: bool = False) -> StochasticResonance:
+def build_extractor(
+    backbone: Backbone, cfg: SRTConfig | Mapping[str, Any], progress: bool = False
+) -> StochasticResonance:
     """The feature extractor an SRT config describes (``method`` shift: SRT; jitter: the naive ensemble)."""
     if not isinstance(cfg, SRTConfig):
         unknown = set(cfg) - {f.name for f in dataclasses.fields(SRTConfig)}
         if unknown:
-            raise ValueError(f"unknown srt settings {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(SRTConfig)]}")
+            raise ValueError(
+                f"unknown srt settings {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(SRTConfig)]}"
+            )
         cfg = SRTConfig(**cfg)
     cfg.validate(patch_size=backbone.patch_size)
     if cfg.method == "jitter":
         passes = cfg.jitter_passes or (2 * cfg.level + 1) ** 2 + int(cfg.official_parity)
-        return JitterEnsemble(backbone, passes=passes, strength=cfg.jitter_strength, seed=cfg.seed,
-                              batch_size=cfg.batch_size, progress=progress)
-    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SRTConfig)
-              if f.name not in ("method", "jitter_passes", "jitter_strength")}
+        return JitterEnsemble(
+            backbone,
+            passes=passes,
+            strength=cfg.jitter_strength,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
+    fields = {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(SRTConfig)
+        if f.name not in ("method", "jitter_passes", "jitter_strength")
+    }
     return StochasticResonance(backbone, **fields, progress=progress)

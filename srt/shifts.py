@@ -5,6 +5,7 @@ torchvision's ``affine(translate=[dx, dy])`` used by the official code, PROTOCOL
 enter from outside are filled: ``zero`` (official: zero in normalised space, i.e. the mean colour),
 ``reflect`` or ``replicate``. No resampling: every shift is an exact integer translation.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -122,14 +123,16 @@ def pad_for_shifts(images: torch.Tensor, margin: int, fill: str) -> torch.Tensor
         return images
     mode = "constant" if fill == "zero" else fill
     if fill == "reflect" and margin >= min(images.shape[-2:]):
-        raise ValueError(f"srt.fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}")
+        raise ValueError(
+            f"srt.fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}"
+        )
     return F.pad(images, (margin, margin, margin, margin), mode=mode)
 
 
 def shift_padded(padded: torch.Tensor, margin: int, dy: int, dx: int, size: tuple[int, int]) -> torch.Tensor:
     """The image shifted by (dy, dx), cut from its padded copy: out[y, x] = image[y - dy, x - dx]."""
     h, w = size
-    return padded[..., margin - dy: margin - dy + h, margin - dx: margin - dx + w]
+    return padded[..., margin - dy : margin - dy + h, margin - dx : margin - dx + w]
 
 
 def shift_image(images: torch.Tensor, dy: int, dx: int, fill: str = "zero") -> torch.Tensor:

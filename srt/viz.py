@@ -1,4 +1,5 @@
 """PCA of a feature field to RGB, the way SRT's figures show features (PROTOCOLS.md 1.2)."""
+
 from __future__ import annotations
 
 import os

@@ -6,11 +6,13 @@ missing gives a clear error for that task and never breaks the others. ``build_t
 the class's ``Config`` dataclass (unknown keys and wrong types are errors naming the key), then
 ``Config.validate()`` runs if defined, then ``from_config``.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 #: task name -> "module:Class"
 TASKS: dict[str, str] = {
@@ -76,8 +78,9 @@ def typed_config(schema: type[T], values: Any, prefix: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = [k for k in values if k not in fields]
     if unknown:
-        raise ValueError(f"{prefix}.{unknown[0]} is not a valid setting; valid settings of {prefix}: "
-                         f"{', '.join(fields)}")
+        raise ValueError(
+            f"{prefix}.{unknown[0]} is not a valid setting; valid settings of {prefix}: {', '.join(fields)}"
+        )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
         obj = OmegaConf.to_object(merged)

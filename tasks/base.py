@@ -12,12 +12,14 @@ A feature extractor is any callable ``images [B,3,H,W] -> dict[str, Tensor]`` (t
 - ``mean``, ``std``: the normalisation the backbone expects (tasks may override it for protocol parity);
 - ``name``: backbone name; ``passes``: forward passes per image (1 for a plain backbone).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -37,10 +39,10 @@ class FeatureExtractor(Protocol):
 class RunContext:
     """What a task gets besides its config and the extractor."""
 
-    out_dir: Path                      # the run directory; tasks write predictions under it
-    cache: Any                         # tasks.results.ItemCache: per-item outputs, so interrupted runs resume
+    out_dir: Path  # the run directory; tasks write predictions under it
+    cache: Any  # tasks.results.ItemCache: per-item outputs, so interrupted runs resume
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    progress: bool = True              # show tqdm bars
+    progress: bool = True  # show tqdm bars
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. the full resolved config, for tasks that need it
 
 
@@ -61,7 +63,7 @@ class Task(ABC):
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Task":
+    def from_config(cls, cfg: Any) -> Task:
         """Build from the validated ``task`` config (an instance of ``cls.Config``)."""
         return cls(cfg)
 
@@ -79,4 +81,5 @@ class Task(ABC):
 
         Defaults to all of it; override to drop keys that only affect scoring or logging."""
         from dataclasses import asdict, is_dataclass
+
         return asdict(self.cfg) if is_dataclass(self.cfg) else dict(self.cfg)

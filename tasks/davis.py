@@ -27,15 +27,17 @@ the window mask is [b*w, (b + 2r)*w], shared by all context frames. Memory besid
 step and one band of candidates, n * b*w * (b + 2r)*w floats (7 MB at p=16, 29 MB at p=8). Timings:
 ``scripts/bench_davis.py``.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -60,13 +62,14 @@ _BAND_ROWS = 8
 # ----------------------------------------------------------------------------------------------------------
 # Label propagation (pure torch)
 # ----------------------------------------------------------------------------------------------------------
-def _check_propagation_settings(n_last_frames: int, size_mask_neighborhood: int, topk: int,
-                                temperature: float) -> None:
+def _check_propagation_settings(n_last_frames: int, size_mask_neighborhood: int, topk: int, temperature: float) -> None:
     if n_last_frames < 0:
         raise ValueError(f"n_last_frames={n_last_frames} is not valid; expected an integer >= 0")
     if size_mask_neighborhood < 0:
-        raise ValueError(f"size_mask_neighborhood={size_mask_neighborhood} is not valid; expected an integer >= 0 "
-                         f"(0: no spatial restriction)")
+        raise ValueError(
+            f"size_mask_neighborhood={size_mask_neighborhood} is not valid; expected an integer >= 0 "
+            f"(0: no spatial restriction)"
+        )
     if topk < 1:
         raise ValueError(f"topk={topk} is not valid; expected an integer >= 1")
     if not temperature > 0:
@@ -81,12 +84,21 @@ class LabelPropagator:
     frame's features are computed once and reused while it stays in the context.
     """
 
-    def __init__(self, first_feat: torch.Tensor, first_labels: torch.Tensor, n_last_frames: int = 7,
-                 size_mask_neighborhood: int = 12, topk: int = 5, temperature: float = 0.1):
+    def __init__(
+        self,
+        first_feat: torch.Tensor,
+        first_labels: torch.Tensor,
+        n_last_frames: int = 7,
+        size_mask_neighborhood: int = 12,
+        topk: int = 5,
+        temperature: float = 0.1,
+    ):
         _check_propagation_settings(n_last_frames, size_mask_neighborhood, topk, temperature)
         if first_feat.ndim != 3 or first_labels.ndim != 3 or first_feat.shape[1:] != first_labels.shape[1:]:
-            raise ValueError(f"expected first_feat [C,h,w] and first_labels [K,h,w] on one grid, got "
-                             f"{tuple(first_feat.shape)} and {tuple(first_labels.shape)}")
+            raise ValueError(
+                f"expected first_feat [C,h,w] and first_labels [K,h,w] on one grid, got "
+                f"{tuple(first_feat.shape)} and {tuple(first_labels.shape)}"
+            )
         self.grid = tuple(first_feat.shape[1:])
         self.radius, self.topk, self.temperature = size_mask_neighborhood, topk, temperature
         # Features are stored L2-normalised: DINO normalises context features on every use, same values.
@@ -97,19 +109,32 @@ class LabelPropagator:
     def step(self, feat: torch.Tensor) -> torch.Tensor:
         """Soft label map ``[K,h,w]`` of the next frame, from its raw token features ``[C,h,w]``."""
         if feat.ndim != 3 or tuple(feat.shape[1:]) != self.grid or feat.shape[0] != self._first[0].shape[0]:
-            raise ValueError(f"expected features [{self._first[0].shape[0]},{self.grid[0]},{self.grid[1]}], "
-                             f"got {tuple(feat.shape)}")
+            raise ValueError(
+                f"expected features [{self._first[0].shape[0]},{self.grid[0]},{self.grid[1]}], got {tuple(feat.shape)}"
+            )
         target = F.normalize(feat.float(), dim=0)
         context = [self._first, *self._queue]
-        soft = _propagate_to(target, torch.stack([c[0] for c in context]), torch.stack([c[1] for c in context]),
-                             self.radius, self.topk, self.temperature)
+        soft = _propagate_to(
+            target,
+            torch.stack([c[0] for c in context]),
+            torch.stack([c[1] for c in context]),
+            self.radius,
+            self.topk,
+            self.temperature,
+        )
         if self._keep_recent:
             self._queue.append((target, soft))
         return soft
 
 
-def propagate(feats: torch.Tensor, first_labels: torch.Tensor, n_last_frames: int = 7,
-              size_mask_neighborhood: int = 12, topk: int = 5, temperature: float = 0.1) -> torch.Tensor:
+def propagate(
+    feats: torch.Tensor,
+    first_labels: torch.Tensor,
+    n_last_frames: int = 7,
+    size_mask_neighborhood: int = 12,
+    topk: int = 5,
+    temperature: float = 0.1,
+) -> torch.Tensor:
     """DINO label propagation through a whole clip.
 
     Args:
@@ -132,8 +157,9 @@ def propagate(feats: torch.Tensor, first_labels: torch.Tensor, n_last_frames: in
     return torch.stack(out) if out else first_labels.new_zeros((0, K, h, w), dtype=torch.float32)
 
 
-def _propagate_to(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor, radius: int, topk: int,
-                  temperature: float) -> torch.Tensor:
+def _propagate_to(
+    target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor, radius: int, topk: int, temperature: float
+) -> torch.Tensor:
     """One DINO propagation step. target ``[C,h,w]`` and ctx_feats ``[n,C,h,w]`` are L2-normalised; ctx_labels
     ``[n,K,h,w]``. Returns ``[K,h,w]``.
 
@@ -151,7 +177,9 @@ def _propagate_to(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: tor
         h, w = w, h
     out = target.new_empty(h * w, K)
     local = 0 < radius and (radius < h - 1 or radius < w - 1)  # else every source is inside every window
-    bands = _window_bands(target, ctx_feats, ctx_labels, radius) if local else _global_bands(target, ctx_feats, ctx_labels)
+    bands = (
+        _window_bands(target, ctx_feats, ctx_labels, radius) if local else _global_bands(target, ctx_feats, ctx_labels)
+    )
     for rows, cand, band_labels in bands:
         # cand [n, m, B]: cosines of m targets to the B sources of a band in each context frame, -inf where a
         # source is outside the target's window; band_labels [n, B, K]: the sources' soft labels.
@@ -173,13 +201,13 @@ def _propagate_band(cand: torch.Tensor, band_labels: torch.Tensor, topk: int, te
     K = band_labels.shape[2]
     k = min(topk, n * B)
     k_frame = min(k, B)
-    listed, listed_idx = cand.topk(min(k_frame + 1, B), dim=2)           # [n, m, k+1] per frame, sorted
+    listed, listed_idx = cand.topk(min(k_frame + 1, B), dim=2)  # [n, m, k+1] per frame, sorted
     joint = listed[:, :, :k_frame].permute(1, 0, 2).reshape(m, n * k_frame).topk(k, dim=1).values
-    kth, top = joint[:, -1], joint[:, 0]                                  # [m]
+    kth, top = joint[:, -1], joint[:, 0]  # [m]
     value, index = listed[:, :, :k_frame], listed_idx[:, :, :k_frame]
     weight = torch.exp((value - top[None, :, None]) / temperature) * (value >= kth[None, :, None])
     labels = band_labels.gather(1, index.reshape(n, m * k_frame, 1).expand(n, m * k_frame, K))
-    label_sum = (weight[..., None] * labels.reshape(n, m, k_frame, K)).sum(dim=(0, 2))   # [m, K]
+    label_sum = (weight[..., None] * labels.reshape(n, m, k_frame, K)).sum(dim=(0, 2))  # [m, K]
     norm = weight.sum(dim=(0, 2))
     if B > k_frame:
         tied = (listed[:, :, k_frame] >= kth[None, :]).any(dim=0).nonzero(as_tuple=True)[0]
@@ -191,8 +219,7 @@ def _propagate_band(cand: torch.Tensor, band_labels: torch.Tensor, topk: int, te
     return label_sum / norm[:, None]
 
 
-def _global_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor,
-                  max_elements: int = 1 << 23):
+def _global_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor, max_elements: int = 1 << 23):
     """No window: every target sees every source. Yields chunks of target rows against the whole grid."""
     n, C, h, w = ctx_feats.shape
     K = ctx_labels.shape[1]
@@ -202,12 +229,13 @@ def _global_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: tor
     rows_per_chunk = max(1, max_elements // (n * h * w * w))
     for r0 in range(0, h, rows_per_chunk):
         rows = slice(r0 * w, min(r0 + rows_per_chunk, h) * w)
-        cand = torch.matmul(tgt[:, rows].T, sources)                     # [n, m, hw]
+        cand = torch.matmul(tgt[:, rows].T, sources)  # [n, m, hw]
         yield rows, cand, band_labels
 
 
-def _window_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor, radius: int,
-                  band_rows: int = _BAND_ROWS):
+def _window_bands(
+    target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: torch.Tensor, radius: int, band_rows: int = _BAND_ROWS
+):
     """Targets ``band_rows`` grid rows at a time against the band of ``band_rows + 2r`` source rows (full
     width) that their windows fall in.
 
@@ -222,7 +250,7 @@ def _window_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: tor
     span = b + 2 * r
     Hp = math.ceil(h / b) * b
     tgt = F.pad(target, (0, 0, 0, Hp - h))
-    src = F.pad(ctx_feats, (0, 0, r, r + Hp - h))             # zero rows above and below (masked out below)
+    src = F.pad(ctx_feats, (0, 0, r, r + Hp - h))  # zero rows above and below (masked out below)
     lab = F.pad(ctx_labels, (0, 0, r, r + Hp - h))
     # target (a, x) in the band, source (q, c) in the band rows: inside the window if |q - a - r| <= r, |c - x| <= r
     a = torch.arange(b, device=dev)[:, None, None, None]
@@ -230,16 +258,16 @@ def _window_bands(target: torch.Tensor, ctx_feats: torch.Tensor, ctx_labels: tor
     q = torch.arange(span, device=dev)[None, None, :, None]
     c = torch.arange(w, device=dev)[None, None, None, :]
     window = ((q - a - r).abs() <= r) & ((c - x).abs() <= r)  # [b, w, span, w]
-    q_img = q.reshape(span) - r                                # band row -> grid row offset (plus r0)
+    q_img = q.reshape(span) - r  # band row -> grid row offset (plus r0)
     for r0 in range(0, h, b):
         m = min(b, h - r0) * w
-        t = tgt[:, r0:r0 + b].reshape(C, b * w).T                       # [b*w, C]
-        band = src[:, :, r0:r0 + span].reshape(n, C, span * w)         # view: the rows are contiguous
-        cand = torch.matmul(t[:m], band)                                # [n, m, span*w]
-        row_inside = ((r0 + q_img) >= 0) & ((r0 + q_img) < h)           # [span]
+        t = tgt[:, r0 : r0 + b].reshape(C, b * w).T  # [b*w, C]
+        band = src[:, :, r0 : r0 + span].reshape(n, C, span * w)  # view: the rows are contiguous
+        cand = torch.matmul(t[:m], band)  # [n, m, span*w]
+        row_inside = ((r0 + q_img) >= 0) & ((r0 + q_img) < h)  # [span]
         ok = (window & row_inside[None, None, :, None]).reshape(b * w, span * w)[:m]
         cand.masked_fill_(~ok, float("-inf"))
-        band_labels = lab[:, :, r0:r0 + span].reshape(n, K, span * w).transpose(1, 2)   # [n, span*w, K]
+        band_labels = lab[:, :, r0 : r0 + span].reshape(n, K, span * w).transpose(1, 2)  # [n, span*w, K]
         yield slice(r0 * w, r0 * w + m), cand, band_labels
 
 
@@ -255,7 +283,9 @@ def dino_frame_size(width: int, height: int, short_side: int = 480, long_side_mu
     return int(short_side * width / height // long_side_multiple * long_side_multiple), short_side
 
 
-def read_frame(path: Path, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, tuple[int, int]]:
+def read_frame(
+    path: Path, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """A frame as DINO reads it: cv2 BGR, bilinear resize to ``size`` (w, h) in uint8, /255, RGB, normalised.
 
     Returns the ``[3,h,w]`` tensor and the original (height, width)."""
@@ -265,7 +295,9 @@ def read_frame(path: Path, size: tuple[int, int], mean: Sequence[float], std: Se
     orig = img.shape[:2]
     img = cv2.resize(img, size)[:, :, ::-1].astype(np.float32) / 255.0
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-    x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[:, None, None]
+    x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[
+        :, None, None
+    ]
     return x, orig
 
 
@@ -285,8 +317,9 @@ def first_frame_labels(annotation: np.ndarray, grid: tuple[int, int], n_labels: 
 def soft_to_labels(soft: torch.Tensor, stride: int, out_size: tuple[int, int]) -> np.ndarray:
     """DINO's output path: bilinear x``stride``, per-channel min-max (channels with max > 0), argmax, PIL NEAREST
     resize to ``out_size`` (height, width). Returns uint8 ``[H, W]``."""
-    up = F.interpolate(soft[None].float(), scale_factor=stride, mode="bilinear", align_corners=False,
-                       recompute_scale_factor=False)[0]
+    up = F.interpolate(
+        soft[None].float(), scale_factor=stride, mode="bilinear", align_corners=False, recompute_scale_factor=False
+    )[0]
     lo = up.amin(dim=(1, 2), keepdim=True)
     hi = up.amax(dim=(1, 2), keepdim=True)
     span = hi - lo
@@ -324,33 +357,36 @@ def write_label_png(path: Path, labels: np.ndarray) -> None:
 class DavisConfig:
     """Schema of ``conf/task/davis.yaml``. Defaults are the DINO protocol."""
 
-    root: str = "???"                                   # DAVIS root: JPEGImages/, Annotations/, ImageSets/
-    split: str = "val"                                   # ImageSets/2017/<split>.txt
-    sequences: Optional[List[str]] = None                # subset of the split (default: all of it)
+    root: str = "???"  # DAVIS root: JPEGImages/, Annotations/, ImageSets/
+    split: str = "val"  # ImageSets/2017/<split>.txt
+    sequences: Optional[list[str]] = None  # subset of the split (default: all of it)
     resolution: str = "480p"
     short_side: int = 480
     long_side_multiple: int = 64
-    mean: Optional[List[float]] = field(default_factory=lambda: list(DINO_MEAN))  # null: the backbone's
-    std: Optional[List[float]] = field(default_factory=lambda: list(DINO_STD))    # null: the backbone's
+    mean: Optional[list[float]] = field(default_factory=lambda: list(DINO_MEAN))  # null: the backbone's
+    std: Optional[list[float]] = field(default_factory=lambda: list(DINO_STD))  # null: the backbone's
     n_last_frames: int = 7
-    size_mask_neighborhood: int = 12                     # window radius in cells of the feature grid; 0: none
+    size_mask_neighborhood: int = 12  # window radius in cells of the feature grid; 0: none
     topk: int = 5
     temperature: float = 0.1
-    max_frames: Optional[int] = None                     # TEST/DEBUG ONLY: propagate and score the first N frames
-    predictions_dir: str = "davis_predictions"           # under the run directory: <this>/<seq>/<frame>.png
+    max_frames: Optional[int] = None  # TEST/DEBUG ONLY: propagate and score the first N frames
+    predictions_dir: str = "davis_predictions"  # under the run directory: <this>/<seq>/<frame>.png
 
-    def validate(self) -> "DavisConfig":
+    def validate(self) -> DavisConfig:
         _check_propagation_settings(self.n_last_frames, self.size_mask_neighborhood, self.topk, self.temperature)
         if self.root in ("", "???"):
             raise ValueError("task.root is not set; expected the DAVIS folder holding JPEGImages/ and Annotations/")
         if self.short_side < 1 or self.long_side_multiple < 1:
-            raise ValueError(f"task.short_side={self.short_side} / task.long_side_multiple={self.long_side_multiple} "
-                             f"are not valid; expected positive integers")
+            raise ValueError(
+                f"task.short_side={self.short_side} / task.long_side_multiple={self.long_side_multiple} "
+                f"are not valid; expected positive integers"
+            )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
-                raise ValueError(f"task.{name}={value} is not valid; expected null or 3 numbers"
-                                 + (" > 0" if name == "std" else ""))
+                raise ValueError(
+                    f"task.{name}={value} is not valid; expected null or 3 numbers" + (" > 0" if name == "std" else "")
+                )
         if self.max_frames is not None and self.max_frames < 2:
             raise ValueError(f"task.max_frames={self.max_frames} is not valid; expected null (all frames) or >= 2")
         return self
@@ -397,34 +433,46 @@ class DavisTask(Task):
             first_path = self._first_annotation(root, seq, frames)
             annotation = davis_eval.read_label_png(first_path)
             item = ctx.cache.get_or_compute(
-                seq, lambda: self._propagate_sequence(extractor, ctx, seq, frames, annotation, first_path))
+                seq, lambda: self._propagate_sequence(extractor, ctx, seq, frames, annotation, first_path)
+            )
             soft = torch.as_tensor(np.asarray(item["soft"]))
             feature_s += float(item["feature_seconds"])
             propagation_s += float(item["propagation_seconds"])
             n_frames += len(frames)
             write_label_png(pred_dir / seq / f"{frames[0].stem}.png", annotation)  # frame 0: the GT, as DINO
             for path, frame_soft in zip(frames[1:], soft):
-                write_label_png(pred_dir / seq / f"{path.stem}.png",
-                                soft_to_labels(frame_soft, extractor.stride, annotation.shape))
+                write_label_png(
+                    pred_dir / seq / f"{path.stem}.png", soft_to_labels(frame_soft, extractor.stride, annotation.shape)
+                )
 
-        scores, metrics = davis_eval.evaluate_and_write(root, pred_dir, sequences, cfg.split, cfg.max_frames,
-                                                        ctx.progress, cfg.resolution, allow_empty=True)
+        scores, metrics = davis_eval.evaluate_and_write(
+            root, pred_dir, sequences, cfg.split, cfg.max_frames, ctx.progress, cfg.resolution, allow_empty=True
+        )
         for seq, reason in scores.skipped.items():
             log.warning("davis: %s not scored: %s", seq, reason)
         if not metrics:
             log.warning("davis: no sequence could be scored; the predictions are in %s", pred_dir)
         metrics = dict(metrics)
-        metrics.update({
-            "n_objects": float(scores.n_objects),
-            "n_sequences": float(len(sequences)),
-            "n_sequences_scored": float(len(sequences) - len(scores.skipped)),
-            "features_s_per_frame": feature_s / max(n_frames, 1),
-            "propagation_s_per_frame": propagation_s / max(n_frames - len(sequences), 1),
-        })
+        metrics.update(
+            {
+                "n_objects": float(scores.n_objects),
+                "n_sequences": float(len(sequences)),
+                "n_sequences_scored": float(len(sequences) - len(scores.skipped)),
+                "features_s_per_frame": feature_s / max(n_frames, 1),
+                "propagation_s_per_frame": propagation_s / max(n_frames - len(sequences), 1),
+            }
+        )
         return metrics
 
-    def _propagate_sequence(self, extractor: FeatureExtractor, ctx: RunContext, seq: str, frames: list[Path],
-                            annotation: np.ndarray, annotation_path: Path) -> dict[str, np.ndarray]:
+    def _propagate_sequence(
+        self,
+        extractor: FeatureExtractor,
+        ctx: RunContext,
+        seq: str,
+        frames: list[Path],
+        annotation: np.ndarray,
+        annotation_path: Path,
+    ) -> dict[str, np.ndarray]:
         from tqdm import tqdm
 
         cfg: DavisConfig = self.cfg
@@ -434,8 +482,10 @@ class DavisTask(Task):
         size = dino_frame_size(W, H, cfg.short_side, cfg.long_side_multiple)
         p, s = extractor.patch_size, extractor.stride
         if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
-            raise ValueError(f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
-                             f"feature stride {s}; change task.short_side / task.long_side_multiple")
+            raise ValueError(
+                f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
+                f"feature stride {s}; change task.short_side / task.long_side_multiple"
+            )
         grid = (size[1] // s, size[0] // s)
         n_labels = davis_eval.object_count(annotation) + 1
         feature_s = propagation_s = 0.0
@@ -444,8 +494,10 @@ class DavisTask(Task):
             nonlocal feature_s
             x, orig = read_frame(path, size, mean, std)
             if orig != (H, W):
-                raise ValueError(f"frame {path} is {orig[1]}x{orig[0]} but the first annotation {annotation_path} "
-                                 f"is {W}x{H}; expected equal sizes")
+                raise ValueError(
+                    f"frame {path} is {orig[1]}x{orig[0]} but the first annotation {annotation_path} "
+                    f"is {W}x{H}; expected equal sizes"
+                )
             t0 = time.perf_counter()
             with torch.no_grad():
                 tokens = extractor(x[None].to(ctx.device))["tokens"][0]
@@ -453,13 +505,16 @@ class DavisTask(Task):
                 torch.cuda.synchronize(tokens.device)  # time the work, not the launch
             feature_s += time.perf_counter() - t0
             if tuple(tokens.shape[1:]) != grid:
-                raise ValueError(f"extractor returned a {tuple(tokens.shape[1:])} token grid for {path}; expected "
-                                 f"{grid} (frame {size[0]}x{size[1]} at stride {s})")
+                raise ValueError(
+                    f"extractor returned a {tuple(tokens.shape[1:])} token grid for {path}; expected "
+                    f"{grid} (frame {size[0]}x{size[1]} at stride {s})"
+                )
             return tokens
 
         first = first_frame_labels(annotation, grid, n_labels).to(ctx.device)
-        prop = LabelPropagator(features(frames[0]), first, cfg.n_last_frames, cfg.size_mask_neighborhood,
-                               cfg.topk, cfg.temperature)
+        prop = LabelPropagator(
+            features(frames[0]), first, cfg.n_last_frames, cfg.size_mask_neighborhood, cfg.topk, cfg.temperature
+        )
         soft = []
         for path in tqdm(frames[1:], desc=seq, leave=False, disable=not ctx.progress):
             feat = features(path)
@@ -467,5 +522,8 @@ class DavisTask(Task):
             soft.append(prop.step(feat).cpu())
             propagation_s += time.perf_counter() - t0
         soft_all = torch.stack(soft) if soft else torch.zeros((0, n_labels, *grid))
-        return {"soft": soft_all.numpy().astype(np.float32),
-                "feature_seconds": np.float64(feature_s), "propagation_seconds": np.float64(propagation_s)}
+        return {
+            "soft": soft_all.numpy().astype(np.float32),
+            "feature_seconds": np.float64(feature_s),
+            "propagation_seconds": np.float64(propagation_s),
+        }

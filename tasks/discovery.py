@@ -10,6 +10,7 @@ difficult ones included, xmin/ymin made 0-based.
 Outputs under the run directory: ``boxes.csv`` (``image_id,x1,y1,x2,y2,best_iou,hit``; re-score with
 ``python -m eval.discovery --pred <run>/boxes.csv --voc <root>``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.discovery import box_iou, corloc, is_hit, read_image_set, read_voc_boxes, voc_dir
+
 from .base import FeatureExtractor, RunContext, Task
 from .results import atomic_write_text
 from .tokencut import TokenCutConfig, component_box, normalised_tensor, tokencut_image
@@ -31,12 +33,12 @@ from .tokencut import TokenCutConfig, component_box, normalised_tensor, tokencut
 class DiscoveryConfig(TokenCutConfig):
     """Schema of ``conf/task/discovery.yaml`` (TokenCut settings: :class:`tasks.tokencut.TokenCutConfig`)."""
 
-    root: str = "???"              # the folder holding VOCdevkit/VOC<year>
-    year: str = "2007"             # VOC2007 (paper Table 4)
-    image_set: str = "trainval"    # ImageSets/Main/<image_set>.txt
+    root: str = "???"  # the folder holding VOCdevkit/VOC<year>
+    year: str = "2007"  # VOC2007 (paper Table 4)
+    image_set: str = "trainval"  # ImageSets/Main/<image_set>.txt
     boxes_file: str = "boxes.csv"  # under the run directory
 
-    def validate(self) -> "DiscoveryConfig":
+    def validate(self) -> DiscoveryConfig:
         super().validate()
         if self.root in ("", "???"):
             raise ValueError(f"task.root is not set; expected the folder holding VOCdevkit/VOC{self.year}")
@@ -76,9 +78,12 @@ class DiscoveryTask(Task):
                 # zero padding bottom/right in normalised space, as tc:main_tokencut.py
                 padded = F.pad(x, (0, -width % p, 0, -height % p))
                 out = tokencut_image(extractor, padded, cfg, ctx.device)
-                return {"box": np.array(component_box(out.cut.component, out.stride, (height, width))),
-                        "component": out.cut.component, "feature_seconds": out.feature_seconds,
-                        "ncut_seconds": out.ncut_seconds}
+                return {
+                    "box": np.array(component_box(out.cut.component, out.stride, (height, width))),
+                    "component": out.cut.component,
+                    "feature_seconds": out.feature_seconds,
+                    "ncut_seconds": out.ncut_seconds,
+                }
 
             item = ctx.cache.get_or_compute(f"VOC{cfg.year}/{image_id}", compute)
             feature_s += float(item["feature_seconds"])

@@ -15,6 +15,7 @@ Importing this module registers the OmegaConf resolver ``srt_run_subdir`` used b
 for ``hydra.run.dir`` / ``hydra.sweep.subdir`` (registered at import so that parallel launchers'
 worker processes, which import this module when they unpickle the job, have it too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,10 +36,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -121,7 +123,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj))
 
 
-def atomic_save_png(path: str | os.PathLike, array: np.ndarray, palette: Optional[np.ndarray | list[int]] = None) -> Path:
+def atomic_save_png(
+    path: str | os.PathLike, array: np.ndarray, palette: Optional[np.ndarray | list[int]] = None
+) -> Path:
     """Save a uint8 (H,W) / (H,W,3) array, or a uint16 (H,W) array, as a PNG atomically.
 
     With ``palette`` (a flat list of up to 768 ints or an (N,3) array) a 2-D uint8 array is written as an
@@ -135,8 +139,10 @@ def atomic_save_png(path: str | os.PathLike, array: np.ndarray, palette: Optiona
     elif array.dtype == np.uint8 and array.ndim in (2, 3):
         image = Image.fromarray(array)
     else:
-        raise ValueError(f"atomic_save_png({path}): expected uint8 [H,W] or [H,W,3], or uint16 [H,W]; "
-                         f"got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"atomic_save_png({path}): expected uint8 [H,W] or [H,W,3], or uint16 [H,W]; "
+            f"got {array.dtype} {array.shape}"
+        )
     if palette is not None:
         if array.ndim != 2 or array.dtype != np.uint8:
             raise ValueError(f"atomic_save_png({path}): a palette needs a uint8 [H,W] index array")
@@ -207,8 +213,10 @@ def run_subdir(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any) -> str:
     if task.get("dataset") not in (None, ""):
         parts.append(_path_part(task["dataset"]))
     weights = backbone.get("pretrained", True)
-    parts.append(_path_part(backbone.get("name", "backbone")) + ("" if weights is True else
-                                                              "-random" if weights in (False, None) else "-file"))
+    parts.append(
+        _path_part(backbone.get("name", "backbone"))
+        + ("" if weights is True else "-random" if weights in (False, None) else "-file")
+    )
     tag = method_tag(srt_.get("method", "shift"), srt_.get("level", 0))
     parts.append(f"{tag}-{config_hash(run_key(task, backbone, srt_), 8)}")
     return "/".join(parts)
@@ -283,8 +291,10 @@ class ItemCache:
                 log.warning("item cache: %s is unreadable (%s); recomputing it", path, e)
         value = fn()
         if not isinstance(value, Mapping):
-            raise TypeError(f"item cache: the function for item {item_id!r} returned {type(value).__name__}; "
-                            "expected a dict of arrays")
+            raise TypeError(
+                f"item cache: the function for item {item_id!r} returned {type(value).__name__}; "
+                "expected a dict of arrays"
+            )
         out = {str(k): _to_numpy(v) for k, v in value.items()}
         buf = io.BytesIO()
         np.savez(buf, **out)
@@ -323,7 +333,9 @@ def cache_key(backbone_cfg: Any, srt_cfg: Any, task_key: Mapping[str, Any]) -> d
     return {"backbone": _plain(backbone_cfg), "srt": srt_key_part(srt_cfg), "task": _plain(dict(task_key))}
 
 
-def item_cache_for(run_dir: str | os.PathLike, backbone_cfg: Any, srt_cfg: Any, task_key: Mapping[str, Any]) -> ItemCache:
+def item_cache_for(
+    run_dir: str | os.PathLike, backbone_cfg: Any, srt_cfg: Any, task_key: Mapping[str, Any]
+) -> ItemCache:
     key = cache_key(backbone_cfg, srt_cfg, task_key)
     return ItemCache(Path(run_dir) / "cache" / config_hash(key, 16), key=key)
 
@@ -351,8 +363,20 @@ def library_versions() -> dict[str, Optional[str]]:
     from importlib import metadata
 
     out: dict[str, Optional[str]] = {"python": platform.python_version()}
-    for dist in ("srt-bench", "torch", "torchvision", "timm", "numpy", "scipy", "pandas", "opencv-python-headless",
-                 "scikit-image", "pysodmetrics", "hydra-core", "omegaconf"):
+    for dist in (
+        "srt-bench",
+        "torch",
+        "torchvision",
+        "timm",
+        "numpy",
+        "scipy",
+        "pandas",
+        "opencv-python-headless",
+        "scikit-image",
+        "pysodmetrics",
+        "hydra-core",
+        "omegaconf",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -373,15 +397,19 @@ def peak_memory() -> dict[str, Optional[float]]:
             cuda = torch.cuda.max_memory_allocated() / (1024 * 1024)
     except ImportError:  # pragma: no cover
         pass
-    return {"process_peak_rss_mib": round(rss_mib, 1), "cuda_peak_allocated_mib": None if cuda is None else round(cuda, 1)}
+    return {
+        "process_peak_rss_mib": round(rss_mib, 1),
+        "cuda_peak_allocated_mib": None if cuda is None else round(cuda, 1),
+    }
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def config_variant(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str,
-                   skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def config_variant(
+    values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Settings that differ from their defaults, as ``{"<prefix>.<key>": value}`` (shown in tables)."""
     out = {}
     for k, v in values.items():
@@ -434,10 +462,12 @@ def format_summary(record: Mapping[str, Any]) -> str:
     metrics = " ".join(f"{k}={_fmt(v)}" for k, v in record.get("metrics", {}).items())
     items = record.get("items", {})
     weights = str(record.get("backbone", {}).get("weights", "")).split(" ")[0]
-    return (f"[srt-bench] {cfg.get('task', {}).get('name')} | {cfg.get('backbone', {}).get('name')} ({weights}) | "
-            f"{record.get('method')} | {metrics} | passes={record.get('passes')} | "
-            f"{record.get('wall_time_s', 0):.1f}s | items computed={items.get('computed')} "
-            f"cached={items.get('loaded')} | {record.get('run_dir')}")
+    return (
+        f"[srt-bench] {cfg.get('task', {}).get('name')} | {cfg.get('backbone', {}).get('name')} ({weights}) | "
+        f"{record.get('method')} | {metrics} | passes={record.get('passes')} | "
+        f"{record.get('wall_time_s', 0):.1f}s | items computed={items.get('computed')} "
+        f"cached={items.get('loaded')} | {record.get('run_dir')}"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -452,14 +482,14 @@ def _fmt(v: Any) -> str:
 class LoggerConfig:
     """Schema of the ``logger`` config group."""
 
-    name: str = "none"                 # none | csv | wandb
-    path: Optional[str] = None         # csv: the file rows are appended to
-    project: str = "srt-bench"         # wandb
-    entity: Optional[str] = None       # wandb
-    mode: str = "offline"              # wandb: offline | online | disabled (conf sets it from WANDB_MODE)
+    name: str = "none"  # none | csv | wandb
+    path: Optional[str] = None  # csv: the file rows are appended to
+    project: str = "srt-bench"  # wandb
+    entity: Optional[str] = None  # wandb
+    mode: str = "offline"  # wandb: offline | online | disabled (conf sets it from WANDB_MODE)
     tags: list = field(default_factory=list)
 
-    def validate(self) -> "LoggerConfig":
+    def validate(self) -> LoggerConfig:
         if self.name not in LOGGERS:
             raise ValueError(f"logger.name={self.name!r} is not valid; expected one of {', '.join(LOGGERS)}")
         if self.name == "csv" and not self.path:
@@ -539,9 +569,17 @@ class WandbLogger:
         import wandb
 
         cfg = record["config"]
-        run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, mode=self.cfg.mode, dir=str(run_dir),
-                         name=str(record.get("run_dir", run_dir)), group=str(cfg["task"].get("name")),
-                         tags=list(self.cfg.tags), config=cfg, reinit="finish_previous")
+        run = wandb.init(
+            project=self.cfg.project,
+            entity=self.cfg.entity,
+            mode=self.cfg.mode,
+            dir=str(run_dir),
+            name=str(record.get("run_dir", run_dir)),
+            group=str(cfg["task"].get("name")),
+            tags=list(self.cfg.tags),
+            config=cfg,
+            reinit="finish_previous",
+        )
         try:
             metrics = record.get("metrics", {})
             run.log(dict(metrics))

@@ -10,6 +10,7 @@ x100, as TokenCut computes them).
 Outputs under the run directory: ``masks/<stem>.png`` (0/255; re-score with
 ``python -m eval.saliency --pred <run>/masks --gt <root>/<GT folder>``) and ``per_image.csv``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.saliency import ImageScores, aggregate, image_scores, read_mask
+
 from .base import FeatureExtractor, RunContext, Task
 from .results import atomic_save_png, atomic_write_text
 from .tokencut import TokenCutConfig, normalised_tensor, tokencut_image
@@ -39,17 +41,19 @@ LAYOUTS: dict[str, tuple[str, str]] = {
 class SaliencyConfig(TokenCutConfig):
     """Schema of ``conf/task/saliency.yaml`` (TokenCut settings: :class:`tasks.tokencut.TokenCutConfig`)."""
 
-    dataset: str = "ECSSD"               # ECSSD | DUTS-TE | DUT-OMRON
-    root: str = "???"                    # the dataset folder holding the image and GT folders of LAYOUTS
-    predictions_dir: str = "masks"       # under the run directory
+    dataset: str = "ECSSD"  # ECSSD | DUTS-TE | DUT-OMRON
+    root: str = "???"  # the dataset folder holding the image and GT folders of LAYOUTS
+    predictions_dir: str = "masks"  # under the run directory
 
-    def validate(self) -> "SaliencyConfig":
+    def validate(self) -> SaliencyConfig:
         super().validate()
         if self.dataset not in LAYOUTS:
             raise ValueError(f"task.dataset={self.dataset!r} is not valid; expected one of {', '.join(LAYOUTS)}")
         if self.root in ("", "???"):
-            raise ValueError(f"task.root is not set; expected the {self.dataset} folder holding "
-                             f"{'/ and '.join(LAYOUTS[self.dataset])}/")
+            raise ValueError(
+                f"task.root is not set; expected the {self.dataset} folder holding "
+                f"{'/ and '.join(LAYOUTS[self.dataset])}/"
+            )
         return self
 
 
@@ -59,15 +63,19 @@ def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
     image_dir, gt_dir = Path(root) / image_sub, Path(root) / gt_sub
     for folder in (image_dir, gt_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{dataset} folder {folder} does not exist; expected {root}/{{{image_sub},{gt_sub}}}")
+            raise FileNotFoundError(
+                f"{dataset} folder {folder} does not exist; expected {root}/{{{image_sub},{gt_sub}}}"
+            )
     images = sorted(image_dir.glob("*.jpg"))
     if not images:
         raise FileNotFoundError(f"no *.jpg images in {image_dir}")
     pairs = [(image, gt_dir / f"{image.stem}.png") for image in images]
     missing = [gt for _, gt in pairs if not gt.is_file()]
     if missing:
-        raise FileNotFoundError(f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
-                                f"images of {image_dir} have no mask in {gt_dir})")
+        raise FileNotFoundError(
+            f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
+            f"images of {image_dir} have no mask in {gt_dir})"
+        )
     return pairs
 
 
@@ -108,14 +116,19 @@ class SaliencyTask(Task):
                 rgb = image.convert("RGB")
             gt = read_mask(gt_path, "ground-truth mask")
             if gt.shape != (rgb.height, rgb.width):
-                raise ValueError(f"ground-truth mask {gt_path} is {gt.shape[1]}x{gt.shape[0]} but image {image_path} "
-                                 f"is {rgb.width}x{rgb.height}; expected equal sizes")
+                raise ValueError(
+                    f"ground-truth mask {gt_path} is {gt.shape[1]}x{gt.shape[0]} but image {image_path} "
+                    f"is {rgb.width}x{rgb.height}; expected equal sizes"
+                )
 
             def compute() -> dict[str, np.ndarray]:
                 x = normalised_tensor(resize_to_patches(rgb, extractor.patch_size, image_path), extractor)
                 out = tokencut_image(extractor, x, cfg, ctx.device)
-                return {"component": out.cut.component, "feature_seconds": out.feature_seconds,
-                        "ncut_seconds": out.ncut_seconds}
+                return {
+                    "component": out.cut.component,
+                    "feature_seconds": out.feature_seconds,
+                    "ncut_seconds": out.ncut_seconds,
+                }
 
             item = ctx.cache.get_or_compute(f"{cfg.dataset}/{image_path.stem}", compute)
             feature_s += float(item["feature_seconds"])
@@ -124,13 +137,16 @@ class SaliencyTask(Task):
             atomic_save_png(pred_dir / f"{image_path.stem}.png", mask.astype(np.uint8) * 255)
             score = image_scores(mask, gt, name=str(image_path))
             scores.append(score)
-            rows.append(f"{image_path.stem},{score.f_curve[0]:.6f},{score.iou:.6f},{score.acc:.6f},"
-                        f"{item['component'].size}")
+            rows.append(
+                f"{image_path.stem},{score.f_curve[0]:.6f},{score.iou:.6f},{score.acc:.6f},{item['component'].size}"
+            )
         atomic_write_text(Path(ctx.out_dir) / "per_image.csv", "\n".join(rows) + "\n")
         metrics = aggregate(scores)
-        metrics.update({
-            "n_images": float(len(scores)),
-            "features_s_per_image": feature_s / len(scores),
-            "ncut_s_per_image": ncut_s / len(scores),
-        })
+        metrics.update(
+            {
+                "n_images": float(len(scores)),
+                "features_s_per_image": feature_s / len(scores),
+                "ncut_s_per_image": ncut_s / len(scores),
+            }
+        )
         return metrics

@@ -31,11 +31,13 @@ here as in the reference, and the solvers may return different ones.
 ``solver="auto"`` uses ``dense`` up to :data:`DENSE_MAX_TOKENS` tokens (reference parity where it is cheap)
 and ``sparse`` above.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import scipy.linalg
@@ -60,15 +62,15 @@ _BLOCK_ENTRIES = 1 << 22
 class TokenCutConfig:
     """TokenCut settings shared by the saliency and discovery task configs (flat fields of ``task``)."""
 
-    tau: float = TAU                 # edge threshold on the cosine similarity
-    eps: float = EPS                 # weight of non-edges (keeps the graph connected)
-    binary_graph: bool = True        # false: the reference's --no-binary-graph ablation (edge weight = cosine)
-    solver: str = "auto"             # auto | dense (scipy.linalg.eigh, reference) | sparse (Lanczos on the same graph)
-    grid: str = "token"              # token: features at extractor.stride | dense: extractor.dense() at dense_stride
+    tau: float = TAU  # edge threshold on the cosine similarity
+    eps: float = EPS  # weight of non-edges (keeps the graph connected)
+    binary_graph: bool = True  # false: the reference's --no-binary-graph ablation (edge weight = cosine)
+    solver: str = "auto"  # auto | dense (scipy.linalg.eigh, reference) | sparse (Lanczos on the same graph)
+    grid: str = "token"  # token: features at extractor.stride | dense: extractor.dense() at dense_stride
     dense_stride: Optional[int] = None  # grid=dense: pixels per cell (divides the patch size); default patch_size // 2
-    max_images: Optional[int] = None    # score only the first n images (sorted order); null = the whole dataset
+    max_images: Optional[int] = None  # score only the first n images (sorted order); null = the whole dataset
 
-    def validate(self) -> "TokenCutConfig":
+    def validate(self) -> TokenCutConfig:
         if not 0.0 <= self.tau < 1.0:
             raise ValueError(f"task.tau={self.tau} is not valid; expected 0 <= tau < 1")
         if not self.eps > 0.0:
@@ -88,10 +90,10 @@ class TokenCutConfig:
 
 
 class NCutResult(NamedTuple):
-    eigvec: np.ndarray        # [h, w] float64, D-normalised (v^T D v = 1), sign such that the seed is foreground
-    bipartition: np.ndarray   # [h, w] bool, the seed's side of the mean
-    seed: tuple[int, int]     # (row, col) of argmax |v|
-    component: np.ndarray     # [h, w] bool, the seed's 4-connected component of the bipartition
+    eigvec: np.ndarray  # [h, w] float64, D-normalised (v^T D v = 1), sign such that the seed is foreground
+    bipartition: np.ndarray  # [h, w] bool, the seed's side of the mean
+    seed: tuple[int, int]  # (row, col) of argmax |v|
+    component: np.ndarray  # [h, w] bool, the seed's 4-connected component of the bipartition
 
 
 # ----------------------------------------------------------------------------------------------- graph
@@ -114,7 +116,7 @@ def _similarity_blocks(tokens: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     n = len(tokens)
     rows = max(1, _BLOCK_ENTRIES // n)
     for start in range(0, n, rows):
-        yield start, tokens[start:start + rows] @ tokens.T
+        yield start, tokens[start : start + rows] @ tokens.T
 
 
 def _edges(sim: np.ndarray, tau: float, binary_graph: bool) -> np.ndarray:
@@ -128,7 +130,7 @@ def dense_graph(tokens: np.ndarray, tau: float = TAU, eps: float = EPS, binary_g
     weights = np.empty((n, n))
     for start, sim in _similarity_blocks(tokens):
         edges = _edges(sim, tau, binary_graph)
-        weights[start:start + len(sim)] = np.where(edges, 1.0 if binary_graph else sim, eps)
+        weights[start : start + len(sim)] = np.where(edges, 1.0 if binary_graph else sim, eps)
     return weights
 
 
@@ -290,7 +292,9 @@ def component_box(component: np.ndarray, patch_size: int, image_hw: tuple[int, i
 # ----------------------------------------------------------------------------------------------- features
 
 
-def key_grid(extractor: Any, images: torch.Tensor, grid: str = "token", dense_stride: Optional[int] = None) -> tuple[torch.Tensor, int]:
+def key_grid(
+    extractor: Any, images: torch.Tensor, grid: str = "token", dense_stride: Optional[int] = None
+) -> tuple[torch.Tensor, int]:
     """TokenCut features: the last attention's keys ``[B, C, h, w]`` and their stride in pixels.
 
     ``grid=token`` uses the extractor's own output at ``extractor.stride`` (so ``srt.output=dense`` already
@@ -316,7 +320,9 @@ def key_grid(extractor: Any, images: torch.Tensor, grid: str = "token", dense_st
     else:
         raise ValueError(f"task.grid={grid!r} is not valid; expected one of {', '.join(GRIDS)}")
     if "keys" not in out:
-        raise ValueError(f"the extractor returned {sorted(out)}; TokenCut needs 'keys' (load the backbone with outputs=('keys',))")
+        raise ValueError(
+            f"the extractor returned {sorted(out)}; TokenCut needs 'keys' (load the backbone with outputs=('keys',))"
+        )
     return out["keys"], stride
 
 
@@ -338,7 +344,9 @@ def normalised_tensor(image: Image.Image, extractor: Any) -> torch.Tensor:
     return (x - mean) / std
 
 
-def tokencut_image(extractor: Any, image: torch.Tensor, cfg: TokenCutConfig, device: torch.device | str = "cpu") -> ImageCut:
+def tokencut_image(
+    extractor: Any, image: torch.Tensor, cfg: TokenCutConfig, device: torch.device | str = "cpu"
+) -> ImageCut:
     """Keys of one normalised ``[3, H, W]`` image (H, W multiples of the patch size), then :func:`ncut`."""
     start = time.perf_counter()
     with torch.no_grad():

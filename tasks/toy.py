@@ -10,6 +10,7 @@ good probe for resume (per-item cache) and for the table builder.
 Metrics: ``flip_cosine`` (mean over images of the per-image mean cosine), ``feature_norm`` (mean
 L2 norm of the feature vectors, a scale check).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,11 +27,11 @@ from .results import atomic_write_text
 
 @dataclass
 class ToyConfig:
-    n_images: int = 8       # synthetic images (items)
-    image_size: int = 64    # pixels per side, rounded down to a multiple of the patch size
-    seed: int = 0           # seeds the images
+    n_images: int = 8  # synthetic images (items)
+    image_size: int = 64  # pixels per side, rounded down to a multiple of the patch size
+    seed: int = 0  # seeds the images
 
-    def validate(self) -> "ToyConfig":
+    def validate(self) -> ToyConfig:
         if self.n_images < 1:
             raise ValueError(f"task.n_images={self.n_images} is not valid; expected an integer >= 1")
         if self.image_size < 1:
@@ -66,8 +67,8 @@ class ToyTask(Task):
             batch = torch.stack([image, image.flip(-1)]).to(ctx.device)
             with torch.no_grad():
                 tokens = extractor(batch)["tokens"].float().cpu()
-            a, b = tokens[0], tokens[1].flip(-1)          # mirror the mirrored image's grid back
-            cosine = F.cosine_similarity(a, b, dim=0)      # [h, w]
+            a, b = tokens[0], tokens[1].flip(-1)  # mirror the mirrored image's grid back
+            cosine = F.cosine_similarity(a, b, dim=0)  # [h, w]
             return {"cosine": cosine.mean().numpy(), "norm": a.norm(dim=0).mean().numpy()}
 
         rows, cosines, norms = ["image,flip_cosine,feature_norm"], [], []

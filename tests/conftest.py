@@ -1,4 +1,5 @@
 """Shared pytest fixtures: tiny random ViTs and the real data fixtures beside the repository."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,7 @@ def _fixtures_root() -> Path:
     # ../shared/fixtures beside the checkout (CI layout); SRT_FIXTURES overrides.
     root = Path(os.environ.get("SRT_FIXTURES", REPO.parent / "shared" / "fixtures"))
     if not root.is_dir():
-        raise RuntimeError(
-            f"real-data fixtures not found at {root}; put the shared fixtures there or set SRT_FIXTURES"
-        )
+        raise RuntimeError(f"real-data fixtures not found at {root}; put the shared fixtures there or set SRT_FIXTURES")
     return root
 
 

@@ -3,6 +3,7 @@
 No code is shared with srt.aggregate: shifts are done by explicit zero-filled slicing, the upsampling by
 ``repeat_interleave``, and the aligned fields are stacked in memory.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,9 @@ def pass_outputs(backbone, images: torch.Tensor, shifts: list[tuple[int, int]]) 
     return [backbone(translate(images, dy, dx)) for dy, dx in shifts]
 
 
-def mean_field(per_pass: list[dict], shifts: list[tuple[int, int]], patch: int, name: str = "tokens",
-               border: str = "official") -> torch.Tensor:
+def mean_field(
+    per_pass: list[dict], shifts: list[tuple[int, int]], patch: int, name: str = "tokens", border: str = "official"
+) -> torch.Tensor:
     """The stride-1 SRT mean field [B,C,H,W] of output ``name``, summed pass by pass."""
     total, count = None, None
     for out, (dy, dx) in zip(per_pass, shifts):
@@ -50,8 +52,9 @@ def mean_field(per_pass: list[dict], shifts: list[tuple[int, int]], patch: int, 
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
-def brute_force(backbone, images: torch.Tensor, shifts: list[tuple[int, int]], name: str = "tokens",
-                border: str = "official") -> torch.Tensor:
+def brute_force(
+    backbone, images: torch.Tensor, shifts: list[tuple[int, int]], name: str = "tokens", border: str = "official"
+) -> torch.Tensor:
     """The stride-1 SRT mean field [B,C,H,W] of output ``name``."""
     return mean_field(pass_outputs(backbone, images, shifts), shifts, backbone.patch_size, name, border)
 

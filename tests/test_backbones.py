@@ -1,7 +1,7 @@
 """The backbone registry and weight loading: official checkpoint formats, the HF cache, offline errors."""
+
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -42,8 +42,12 @@ def test_registry_matches_timm_and_runs_any_multiple_of_p(name):
 
 def test_outputs_mean_what_they_say():
     """tokens = final-norm patch tokens of the last block; keys = the last qkv's middle third; blockK raw."""
-    bb = srt.load_backbone("dino_vits16", pretrained=False, outputs=("tokens", "cls", "keys", "queries", "values",
-                                                                         "block0", "block-1", "block1_norm"), **TINY)
+    bb = srt.load_backbone(
+        "dino_vits16",
+        pretrained=False,
+        outputs=("tokens", "cls", "keys", "queries", "values", "block0", "block-1", "block1_norm"),
+        **TINY,
+    )
     m = bb.model
     x = torch.randn(2, 3, 32, 48)
     out = bb(x)
@@ -58,7 +62,7 @@ def test_outputs_mean_what_they_say():
     torch.testing.assert_close(out["block0"], grid(t0))
     torch.testing.assert_close(out["block-1"], grid(t1))
     for i, name in enumerate(("queries", "keys", "values")):
-        torch.testing.assert_close(out[name], grid(qkv[..., i * 64:(i + 1) * 64]))
+        torch.testing.assert_close(out[name], grid(qkv[..., i * 64 : (i + 1) * 64]))
     # the same as timm's own feature API
     ref = m.forward_intermediates(x, indices=[1], norm=True, intermediates_only=True)[0]
     torch.testing.assert_close(out["tokens"], ref)
@@ -102,8 +106,11 @@ def test_official_dino_full_checkpoint_uses_the_teacher(tmp_path):
     """DINO's training checkpoint: {'teacher': {'module.backbone.*', 'module.head.*'}, 'student': ...}."""
     teacher, student = _source_model("dino_vits16", 1), _source_model("dino_vits16", 2)
     ckpt = {
-        "teacher": {**{f"module.backbone.{k}": v for k, v in teacher.state_dict().items()},
-                    "module.head.mlp.0.weight": torch.randn(32, 64), "module.head.last_layer.weight_v": torch.randn(10, 32)},
+        "teacher": {
+            **{f"module.backbone.{k}": v for k, v in teacher.state_dict().items()},
+            "module.head.mlp.0.weight": torch.randn(32, 64),
+            "module.head.last_layer.weight_v": torch.randn(10, 32),
+        },
         "student": {f"module.backbone.{k}": v for k, v in student.state_dict().items()},
         "epoch": torch.tensor(100),
     }
@@ -128,8 +135,12 @@ def test_official_dinov2_files_load(tmp_path):
     rsd = reg.state_dict()
     cls_pos = torch.randn(1, 1, 64)
     official = {k: v for k, v in rsd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
-    official.update(register_tokens=rsd["reg_token"], cls_token=rsd["cls_token"] - cls_pos,
-                    pos_embed=torch.cat([cls_pos, rsd["pos_embed"]], dim=1), mask_token=torch.zeros(1, 64))
+    official.update(
+        register_tokens=rsd["reg_token"],
+        cls_token=rsd["cls_token"] - cls_pos,
+        pos_embed=torch.cat([cls_pos, rsd["pos_embed"]], dim=1),
+        mask_token=torch.zeros(1, 64),
+    )
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(official, path)
     _assert_same_features(srt.load_backbone("dinov2_vits14_reg", pretrained=path, **TINY), reg)

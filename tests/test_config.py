@@ -5,6 +5,7 @@ their sweep combinations is composed and planned (settings typed and validated, 
 building a model. Also: the run directory is a deterministic function of the config, and bad settings
 give errors that name the setting.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -26,7 +27,9 @@ import srt  # noqa: E402
 import tasks  # noqa: E402
 from tasks import results  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(r"ignore:\s*'hydra/launcher/\S+' is validated against ConfigStore schema:UserWarning")
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:\s*'hydra/launcher/\S+' is validated against ConfigStore schema:UserWarning"
+)
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 
@@ -84,7 +87,9 @@ def test_srt_option_composes_and_validates(name):
     expected = {"default": ("shift", 3), "baseline": ("shift", 0), "jitter": ("jitter", 3)}
     if name in expected:
         assert (plan.srt.method, plan.srt.level) == expected[name]
-        assert run.method_label(plan.srt) == {"default": "+SRT", "baseline": "baseline", "jitter": "naive ensemble"}[name]
+        assert (
+            run.method_label(plan.srt) == {"default": "+SRT", "baseline": "baseline", "jitter": "naive ensemble"}[name]
+        )
 
 
 @pytest.mark.parametrize("name", options("logger"))
@@ -93,7 +98,7 @@ def test_logger_option_composes_and_validates(name, monkeypatch):
     plan = run.plan(compose_cfg([f"logger={name}", "task=toy"]))
     assert plan.logger.name == name
     if name == "wandb":
-        assert plan.logger.mode == "offline"   # offline unless WANDB_MODE says otherwise
+        assert plan.logger.mode == "offline"  # offline unless WANDB_MODE says otherwise
 
 
 def test_wandb_mode_follows_the_environment(monkeypatch):
@@ -114,24 +119,29 @@ def test_data_root_comes_from_srt_data(monkeypatch, tmp_path):
     assert compose_cfg(["task=toy"]).paths.data_root == str(tmp_path)
 
 
-@pytest.mark.parametrize("launcher,target", [
-    ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
-    ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
-])
+@pytest.mark.parametrize(
+    "launcher,target",
+    [
+        ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
 def test_launcher_options_compose(launcher, target):
     cfg = compose_cfg([f"hydra/launcher={launcher}", "task=toy"], hydra_cfg=True)
     assert cfg.hydra.launcher._target_ == target
     if launcher == "joblib":
         assert cfg.hydra.launcher.n_jobs == 2
     if launcher == "submitit_slurm":
-        assert cfg.hydra.launcher.max_num_timeout > 0   # runs resume, so resubmission after a timeout is safe
+        assert cfg.hydra.launcher.max_num_timeout > 0  # runs resume, so resubmission after a timeout is safe
 
 
 def _sweep_combinations(params) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    choices = [[f"{o.key_or_group}={v}" for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
-               for o in parsed]
+    choices = [
+        [f"{o.key_or_group}={v}" for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
+        for o in parsed
+    ]
     return [list(c) for c in itertools.product(*choices)]
 
 
@@ -175,14 +185,14 @@ def run_dir(overrides: list[str]) -> str:
 
 def test_run_dir_is_a_function_of_the_config():
     a = run_dir(["srt.level=2"])
-    assert a == run_dir(["srt.level=2"])                       # same command, same directory: resumable
+    assert a == run_dir(["srt.level=2"])  # same command, same directory: resumable
     assert a.startswith("results/toy/dino_vits16/srt-L2-")
     assert run_dir(["srt.level=0"]).startswith("results/toy/dino_vits16/baseline-")
     assert run_dir(["srt=jitter"]).startswith("results/toy/dino_vits16/jitter-L3-")
     assert run_dir(["srt.level=2", *TINY]).startswith("results/toy/dino_vits16-random/srt-L2-")
-    assert run_dir(["srt.level=2", "srt.fill=reflect"]) != a      # any result-changing setting: another directory
+    assert run_dir(["srt.level=2", "srt.fill=reflect"]) != a  # any result-changing setting: another directory
     assert run_dir(["srt.level=2", "task.n_images=3"]) != a
-    assert run_dir(["srt.level=2", "srt.batch_size=4"]) == a      # speed settings do not change results
+    assert run_dir(["srt.level=2", "srt.batch_size=4"]) == a  # speed settings do not change results
     assert run_dir(["srt.level=2", "paths.results_root=/elsewhere"]).startswith("/elsewhere/toy/")
 
 
@@ -210,20 +220,23 @@ def test_dataset_appears_in_the_run_dir(sample_root):
 # Bad settings: named errors, before any model is built
 
 
-@pytest.mark.parametrize("override,message", [
-    ("srt.level=abc", "srt.level='abc' has the wrong type; expected int"),
-    ("srt.level=16", "srt.level=16 is not valid for patch size 16"),
-    ("srt.fill=blurry", "srt.fill='blurry' is not valid; expected one of zero, reflect, replicate"),
-    ("+srt.levle=3", "srt.levle is not a valid setting; valid settings of srt: method, level"),
-    ("backbone.name=vit_huge", "backbone.name='vit_huge' is not valid; expected one of dino_vits16"),
-    ("+backbone.wieghts=x", "backbone.wieghts is not a valid setting"),
-    ("task.n_images=0", "task.n_images=0 is not valid"),
-    ("task.n_images=many", "task.n_images='many' has the wrong type; expected int"),
-    ("+task.n_imgs=3", "task.n_imgs is not a valid setting; valid settings of task: n_images, image_size, seed"),
-    ("logger.name=tensorboard", "logger.name='tensorboard' is not valid; expected one of none, csv, wandb"),
-    ("device=gpu", "device='gpu' is not valid"),
-    ("force=maybe", "(top level).force='maybe' has the wrong type; expected bool"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("srt.level=abc", "srt.level='abc' has the wrong type; expected int"),
+        ("srt.level=16", "srt.level=16 is not valid for patch size 16"),
+        ("srt.fill=blurry", "srt.fill='blurry' is not valid; expected one of zero, reflect, replicate"),
+        ("+srt.levle=3", "srt.levle is not a valid setting; valid settings of srt: method, level"),
+        ("backbone.name=vit_huge", "backbone.name='vit_huge' is not valid; expected one of dino_vits16"),
+        ("+backbone.wieghts=x", "backbone.wieghts is not a valid setting"),
+        ("task.n_images=0", "task.n_images=0 is not valid"),
+        ("task.n_images=many", "task.n_images='many' has the wrong type; expected int"),
+        ("+task.n_imgs=3", "task.n_imgs is not a valid setting; valid settings of task: n_images, image_size, seed"),
+        ("logger.name=tensorboard", "logger.name='tensorboard' is not valid; expected one of none, csv, wandb"),
+        ("device=gpu", "device='gpu' is not valid"),
+        ("force=maybe", "(top level).force='maybe' has the wrong type; expected bool"),
+    ],
+)
 def test_bad_settings_are_named_before_any_model_is_built(override, message, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built before the settings were checked")
@@ -247,8 +260,18 @@ def test_command_line_unknown_keys_list_the_valid_settings():
         run.check_override_keys(["forse=true"])
     assert "top-level settings: paths, backbone, srt, task, logger, force" in str(err.value)
     # valid overrides, sweeps, appends and Hydra's own keys pass
-    run.check_override_keys(["-m", "task=toy", "srt.level=0,1", "backbone.model_kwargs={depth:2}",
-                             "+experiment=demo", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "force=true"])
+    run.check_override_keys(
+        [
+            "-m",
+            "task=toy",
+            "srt.level=0,1",
+            "backbone.model_kwargs={depth:2}",
+            "+experiment=demo",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=1",
+            "force=true",
+        ]
+    )
 
 
 def test_unknown_and_unavailable_tasks_are_clear(monkeypatch):
@@ -258,7 +281,7 @@ def test_unknown_and_unavailable_tasks_are_clear(monkeypatch):
     with pytest.raises(tasks.TaskUnavailableError, match="task 'ghost' is registered .* does not exist yet"):
         tasks.task_class("ghost")
     assert "ghost" not in tasks.importable_tasks() and "toy" in tasks.importable_tasks()
-    assert tasks.task_class("toy").__name__ == "ToyTask"     # the missing module breaks nothing else
+    assert tasks.task_class("toy").__name__ == "ToyTask"  # the missing module breaks nothing else
 
 
 def test_task_config_without_name_is_an_error():

@@ -1,4 +1,5 @@
 """DAVIS-2017 J and F (eval/davis.py) against hand-computed cases, brute-force definitions and the real fixtures."""
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from eval import davis as ev
 # ---------------------------------------------------------------------------------------------- helpers
 def square(shape, top, left, size) -> np.ndarray:
     m = np.zeros(shape, dtype=bool)
-    m[top:top + size, left:left + size] = True
+    m[top : top + size, left : left + size] = True
     return m
 
 
@@ -36,8 +37,11 @@ def seg2bmap_by_definition(mask: np.ndarray) -> np.ndarray:
             elif x == W - 1:
                 out[y, x] = mask[y, x] != mask[y + 1, x]
             else:
-                out[y, x] = (mask[y, x] != mask[y, x + 1]) or (mask[y, x] != mask[y + 1, x]) \
+                out[y, x] = (
+                    (mask[y, x] != mask[y, x + 1])
+                    or (mask[y, x] != mask[y + 1, x])
                     or (mask[y, x] != mask[y + 1, x + 1])
+                )
     return out
 
 
@@ -70,7 +74,7 @@ def test_square_shifted_by_five_pixels_hand_computed():
 
 
 def test_square_shifted_within_tolerance_has_perfect_boundary():
-    gt, pred = square((100, 100), 20, 20, 40), square((100, 100), 21, 20, 40)   # 1 px down, tolerance 2 px
+    gt, pred = square((100, 100), 20, 20, 40), square((100, 100), 21, 20, 40)  # 1 px down, tolerance 2 px
     assert ev.region_similarity(gt, pred) == pytest.approx(39 / 41)
     assert ev.boundary_f_measure(gt, pred) == 1.0
 
@@ -90,7 +94,7 @@ def test_empty_and_absent_conventions():
     full = np.ones((64, 64), dtype=bool)
     assert not ev.seg2bmap(full).any()
     assert ev.boundary_f_measure(full, full) == 1.0
-    assert ev.boundary_f_measure(full, obj) == 0.0      # GT has no boundary, prediction has one
+    assert ev.boundary_f_measure(full, obj) == 0.0  # GT has no boundary, prediction has one
 
 
 def test_tolerance_radius_matches_the_documented_values():
@@ -120,7 +124,7 @@ def test_db_statistics_hand_computed():
     # bin edges round(linspace(1, 8, 5)) - 1 = [0, 2, 4, 5, 7]; first bin v[0:3], last bin v[5:8]
     mean, recall, decay = ev.db_statistics(v)
     assert mean == pytest.approx(0.55)
-    assert recall == pytest.approx(4 / 8)          # 0.5 itself is not > 0.5
+    assert recall == pytest.approx(4 / 8)  # 0.5 itself is not > 0.5
     assert decay == pytest.approx(0.8 - 0.3)
     assert ev.db_statistics([0.7]) == pytest.approx((0.7, 1.0, 0.0))
     # neighbouring bins share their edge frame: N = 5 -> edges [0, 1, 2, 3, 4], bins of 2 frames
@@ -131,11 +135,11 @@ def test_score_sequence_drops_first_and_last_frame_and_names_objects():
     gt = np.zeros((4, 32, 32), dtype=np.uint8)
     gt[:, 4:12, 4:12] = 1
     gt[:, 20:28, 20:28] = 2
-    gt[:, 0, :] = 255                                   # void counts as background
+    gt[:, 0, :] = 255  # void counts as background
     pred = gt.copy()
     pred[pred == 255] = 0
-    pred[[0, 3]] = 0                                    # first and last frames are not scored
-    pred[2][pred[2] == 2] = 0                           # object 2 missed in frame 2
+    pred[[0, 3]] = 0  # first and last frames are not scored
+    pred[2][pred[2] == 2] = 0  # object 2 missed in frame 2
     objs = ev.score_sequence("seq", gt, pred)
     assert [o.name for o in objs] == ["seq_1", "seq_2"]
     np.testing.assert_allclose(objs[0].J, [1, 1])
@@ -146,13 +150,15 @@ def test_score_sequence_drops_first_and_last_frame_and_names_objects():
 
 
 def test_global_numbers_average_objects_not_sequences():
-    scores = ev.DavisScores(objects=[
-        ev.ObjectScores("a_1", np.array([1.0, 1.0]), np.array([1.0, 1.0])),
-        ev.ObjectScores("b_1", np.array([0.0, 0.0]), np.array([0.2, 0.2])),
-        ev.ObjectScores("b_2", np.array([0.0, 0.0]), np.array([0.2, 0.2])),
-    ])
+    scores = ev.DavisScores(
+        objects=[
+            ev.ObjectScores("a_1", np.array([1.0, 1.0]), np.array([1.0, 1.0])),
+            ev.ObjectScores("b_1", np.array([0.0, 0.0]), np.array([0.2, 0.2])),
+            ev.ObjectScores("b_2", np.array([0.0, 0.0]), np.array([0.2, 0.2])),
+        ]
+    )
     g = scores.global_metrics()
-    assert g["J-Mean"] == pytest.approx(1 / 3)         # per sequence it would be 0.5
+    assert g["J-Mean"] == pytest.approx(1 / 3)  # per sequence it would be 0.5
     assert g["F-Mean"] == pytest.approx((1 + 0.2 + 0.2) / 3)
     assert g["J&F-Mean"] == pytest.approx((g["J-Mean"] + g["F-Mean"]) / 2)
     assert set(g) == set(ev.GLOBAL_COLUMNS)
@@ -170,19 +176,26 @@ def test_ground_truth_as_prediction_scores_one_and_writes_official_csvs(fixtures
     root = fixtures_dir / "davis"
     results = tmp_path / "results"
     copy_annotations_as_results(root, results)
-    (results / "global_results-val.csv").write_text("stale,from,an,old,run\n")   # must not be reused
+    (results / "global_results-val.csv").write_text("stale,from,an,old,run\n")  # must not be reused
     assert ev.main(["--davis", str(root), "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "skipped bike-packing: first-frame annotation only" in out
     g = pd.read_csv(results / "global_results-val.csv")
     assert list(g.columns) == list(ev.GLOBAL_COLUMNS)
-    assert g.iloc[0].to_dict() == {"J&F-Mean": 1.0, "J-Mean": 1.0, "J-Recall": 1.0, "J-Decay": 0.0,
-                                   "F-Mean": 1.0, "F-Recall": 1.0, "F-Decay": 0.0}
+    assert g.iloc[0].to_dict() == {
+        "J&F-Mean": 1.0,
+        "J-Mean": 1.0,
+        "J-Recall": 1.0,
+        "J-Decay": 0.0,
+        "F-Mean": 1.0,
+        "F-Recall": 1.0,
+        "F-Decay": 0.0,
+    }
     s = pd.read_csv(results / "per-sequence_results-val.csv")
     assert list(s.columns) == list(ev.PER_OBJECT_COLUMNS)
     assert sorted(s["Sequence"]) == ["blackswan_1", "car-shadow_1", "cows_1", "dog_1"]
     scores = ev.evaluate_results(root, results, progress=False)
-    assert all(len(o.J) == 23 for o in scores.objects)       # 25 frames minus the first and the last
+    assert all(len(o.J) == 23 for o in scores.objects)  # 25 frames minus the first and the last
 
 
 def test_degraded_prediction_on_fixtures_matches_per_frame_functions(fixtures_dir, tmp_path):
@@ -200,7 +213,7 @@ def test_degraded_prediction_on_fixtures_matches_per_frame_functions(fixtures_di
     (obj,) = scores.objects
     np.testing.assert_allclose(obj.J, j)
     np.testing.assert_allclose(obj.F, f)
-    assert 0.5 < np.mean(j) < 0.99 and np.mean(f) < 0.99   # the erosion really costs something
+    assert 0.5 < np.mean(j) < 0.99 and np.mean(f) < 0.99  # the erosion really costs something
 
 
 def test_two_object_sequence_with_one_object_dropped(fixtures_dir, tmp_path):
@@ -213,7 +226,7 @@ def test_two_object_sequence_with_one_object_dropped(fixtures_dir, tmp_path):
     frames = root / "JPEGImages" / "480p" / "bike-packing"
     frames.mkdir(parents=True)
     for p in sorted(src.glob("*.png")):
-        (frames / f"{p.stem}.jpg").write_bytes(b"")   # only counted by the evaluator, never read
+        (frames / f"{p.stem}.jpg").write_bytes(b"")  # only counted by the evaluator, never read
     results = tmp_path / "res" / "bike-packing"
     results.mkdir(parents=True)
     gts = [ev.read_label_png(p) for p in sorted(src.glob("*.png"))]
@@ -268,8 +281,7 @@ def test_max_frames_scores_a_truncated_run(fixtures_dir, tmp_path):
     root = fixtures_dir / "davis"
     results = tmp_path / "results"
     copy_annotations_as_results(root, results)
-    scores = ev.evaluate_results(root, results, sequences=["blackswan", "bike-packing"], max_frames=5,
-                                 progress=False)
+    scores = ev.evaluate_results(root, results, sequences=["blackswan", "bike-packing"], max_frames=5, progress=False)
     (obj,) = scores.objects
     assert len(obj.J) == 3 and "bike-packing" in scores.skipped
     assert math.isclose(scores.global_metrics()["J&F-Mean"], 1.0)

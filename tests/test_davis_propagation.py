@@ -4,6 +4,7 @@ The banded implementation is checked against a brute-force transcription of DINO
 (hw)^2 window mask, top-k over all context sources, float64), against hand-computed cases, and with oracle
 features on the real DAVIS fixtures.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,13 +36,13 @@ def dense_dino_propagation(feats, first_labels, n_last_frames=7, radius=12, topk
     queue, outs = [], []
     for t in range(1, T):
         context = [first] + queue
-        src = torch.stack([c[0] for c in context])                              # [n, C, hw]
+        src = torch.stack([c[0] for c in context])  # [n, C, hw]
         aff = torch.exp(torch.einsum("ncs,ct->nst", src, f[t]) / temperature) * mask.double()
-        aff = aff.reshape(-1, h * w)                                             # sources x targets
+        aff = aff.reshape(-1, h * w)  # sources x targets
         kth = aff.topk(min(topk, aff.shape[0]), dim=0).values.min(dim=0).values
         aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
         aff = aff / aff.sum(dim=0, keepdim=True)
-        seg = torch.cat([c[1] for c in context], dim=1) @ aff                   # [K, hw]
+        seg = torch.cat([c[1] for c in context], dim=1) @ aff  # [K, hw]
         outs.append(seg.reshape(K, h, w))
         queue.append((f[t], seg))
         if len(queue) > n_last_frames:
@@ -57,16 +58,19 @@ def random_clip(T, C, h, w, K, seed):
 
 
 # ---------------------------------------------------------------------------------------------- against DINO
-@pytest.mark.parametrize("T,C,h,w,radius,n_last,topk,temp", [
-    (10, 16, 11, 19, 3, 7, 5, 0.1),     # window smaller than the grid, wide grid (processed transposed)
-    (10, 16, 19, 11, 3, 7, 5, 0.1),     # the same, tall grid
-    (9, 32, 17, 23, 5, 2, 5, 0.05),     # short queue, sharper temperature
-    (8, 8, 24, 9, 12, 7, 5, 0.1),       # DINO's radius 12 on a grid wider than the window in one direction
-    (6, 8, 7, 9, 0, 3, 3, 0.1),         # radius 0: no spatial restriction
-    (6, 8, 9, 13, 12, 7, 5, 0.1),       # radius covering the grid: same as no restriction
-    (5, 4, 6, 7, 2, 0, 1, 1.0),         # first frame only in the context, top-1
-    (5, 4, 6, 7, 2, 7, 40, 0.1),        # top-k larger than one frame's window
-])
+@pytest.mark.parametrize(
+    "T,C,h,w,radius,n_last,topk,temp",
+    [
+        (10, 16, 11, 19, 3, 7, 5, 0.1),  # window smaller than the grid, wide grid (processed transposed)
+        (10, 16, 19, 11, 3, 7, 5, 0.1),  # the same, tall grid
+        (9, 32, 17, 23, 5, 2, 5, 0.05),  # short queue, sharper temperature
+        (8, 8, 24, 9, 12, 7, 5, 0.1),  # DINO's radius 12 on a grid wider than the window in one direction
+        (6, 8, 7, 9, 0, 3, 3, 0.1),  # radius 0: no spatial restriction
+        (6, 8, 9, 13, 12, 7, 5, 0.1),  # radius covering the grid: same as no restriction
+        (5, 4, 6, 7, 2, 0, 1, 1.0),  # first frame only in the context, top-1
+        (5, 4, 6, 7, 2, 7, 40, 0.1),  # top-k larger than one frame's window
+    ],
+)
 def test_matches_dense_dino_formulation(T, C, h, w, radius, n_last, topk, temp):
     feats, first = random_clip(T, C, h, w, K=3, seed=T * 100 + h)
     ours = td.propagate(feats, first, n_last, radius, topk, temp)
@@ -101,9 +105,10 @@ def test_hand_computed_two_tokens_soft_labels_stay_soft():
     f0 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(2, 1, 2)
     f1 = torch.tensor([[1.0, 0.1], [0.1, 1.0]]).T.reshape(2, 1, 2)
     first = torch.eye(2).reshape(2, 1, 2)
-    soft = td.propagate(torch.stack([f0, f1, f1]), first, n_last_frames=7, size_mask_neighborhood=0, topk=2,
-                        temperature=1.0)
-    c1, c2, c3 = 1 / n, 0.1 / n, 0.2 / 1.01      # cos(u, e0), cos(u, e1), cos(u, v)
+    soft = td.propagate(
+        torch.stack([f0, f1, f1]), first, n_last_frames=7, size_mask_neighborhood=0, topk=2, temperature=1.0
+    )
+    c1, c2, c3 = 1 / n, 0.1 / n, 0.2 / 1.01  # cos(u, e0), cos(u, e1), cos(u, v)
     p = math.exp(c1) / (math.exp(c1) + math.exp(c2))
     assert soft[0, :, 0, 0].tolist() == pytest.approx([p, 1 - p], abs=1e-6)
     assert soft[0, :, 0, 1].tolist() == pytest.approx([1 - p, p], abs=1e-6)
@@ -147,8 +152,12 @@ def test_streaming_propagator_equals_the_clip_function_and_checks_shapes():
         prop.step(torch.randn(8, 9, 13))
     with pytest.raises(ValueError, match="first_labels"):
         td.propagate(feats, first[:, :, :5])
-    for kwargs, name in (({"topk": 0}, "topk"), ({"temperature": 0.0}, "temperature"),
-                         ({"n_last_frames": -1}, "n_last_frames"), ({"size_mask_neighborhood": -2}, "size_mask")):
+    for kwargs, name in (
+        ({"topk": 0}, "topk"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"n_last_frames": -1}, "n_last_frames"),
+        ({"size_mask_neighborhood": -2}, "size_mask"),
+    ):
         with pytest.raises(ValueError, match=name):
             td.propagate(feats, first, **kwargs)
     assert td.propagate(feats[:1], first).shape == (0, 2, 9, 14)
@@ -187,15 +196,15 @@ def test_oracle_features_reproduce_the_token_quantised_ground_truth(fixtures_dir
 def test_dino_frame_size():
     assert td.dino_frame_size(854, 480) == (832, 480)
     assert td.dino_frame_size(910, 480) == (896, 480)
-    assert td.dino_frame_size(480, 854) == (480, 832)       # portrait: width becomes 480
-    assert td.dino_frame_size(500, 500) == (448, 480)       # square: DINO's landscape branch
+    assert td.dino_frame_size(480, 854) == (480, 832)  # portrait: width becomes 480
+    assert td.dino_frame_size(500, 500) == (448, 480)  # square: DINO's landscape branch
 
 
 def test_read_frame_converts_bgr_and_uses_dino_std(tmp_path):
     path = tmp_path / "f.png"
     rgb = np.zeros((4, 6, 3), np.uint8)
     rgb[:] = (200, 100, 50)
-    cv2.imwrite(str(path), rgb[:, :, ::-1])                 # cv2 writes BGR
+    cv2.imwrite(str(path), rgb[:, :, ::-1])  # cv2 writes BGR
     x, orig = td.read_frame(path, (12, 8), td.DINO_MEAN, td.DINO_STD)
     assert orig == (4, 6) and x.shape == (3, 8, 12)
     expected = [(v / 255 - m) / s for v, m, s in zip((200, 100, 50), (0.485, 0.456, 0.406), (0.228, 0.224, 0.225))]
@@ -215,7 +224,7 @@ def test_first_frame_labels_nearest_one_hot(fixtures_dir):
     # channels come from the full-size annotation: an object too small for the grid keeps its (empty) channel
     tiny = np.zeros((480, 854), np.uint8)
     tiny[3, 3] = 2
-    tiny[100:300, 100:400] = 255                              # void is background
+    tiny[100:300, 100:400] = 255  # void is background
     onehot = td.first_frame_labels(tiny, (30, 52), ev.object_count(tiny) + 1)
     assert onehot.shape[0] == 3 and onehot[2].sum() == 0 and onehot[0].sum() == 30 * 52
 
@@ -243,4 +252,4 @@ def test_palette_png_round_trip(tmp_path, fixtures_dir):
         assert im.mode == "P"
         np.testing.assert_array_equal(np.array(im), labels)
     with Image.open(fixtures_dir / "davis" / "Annotations" / "480p" / "dog" / "00000.png") as im:
-        assert td.DAVIS_PALETTE.ravel().tolist() == im.getpalette()[: 768]
+        assert td.DAVIS_PALETTE.ravel().tolist() == im.getpalette()[:768]

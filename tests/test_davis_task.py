@@ -1,4 +1,5 @@
 """task=davis end to end on the real DAVIS fixtures with a tiny random ViT: predictions, metrics, resume, errors."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,20 @@ from tasks.results import ItemCache
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_OVERRIDES = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
-ALL_METRICS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay",
-               "n_objects", "n_sequences", "n_sequences_scored", "features_s_per_frame", "propagation_s_per_frame")
+ALL_METRICS = (
+    "J&F-Mean",
+    "J-Mean",
+    "J-Recall",
+    "J-Decay",
+    "F-Mean",
+    "F-Recall",
+    "F-Decay",
+    "n_objects",
+    "n_sequences",
+    "n_sequences_scored",
+    "features_s_per_frame",
+    "propagation_s_per_frame",
+)
 
 
 def run_task(cfg: DavisConfig, extractor, out: Path) -> tuple[dict, ItemCache]:
@@ -33,7 +46,8 @@ def tiny_backbone(tiny_kwargs):
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -50,8 +64,13 @@ def test_task_config_defaults_are_the_dino_protocol_and_bad_values_are_named(tmp
     assert (c.root, c.split, c.short_side, c.long_side_multiple) == (str(tmp_path / "DAVIS"), "val", 480, 64)
     assert (c.n_last_frames, c.size_mask_neighborhood, c.topk, c.temperature) == (7, 12, 5, 0.1)
     assert c.std == [0.228, 0.224, 0.225] and c.max_frames is None
-    for override, name in (("task.topk=0", "topk"), ("task.std=[1,2]", "task.std"), ("task.max_frames=1", "max_frames"),
-                           ("task.temperature=0", "temperature"), ("task.n_last_frames=-1", "n_last_frames")):
+    for override, name in (
+        ("task.topk=0", "topk"),
+        ("task.std=[1,2]", "task.std"),
+        ("task.max_frames=1", "max_frames"),
+        ("task.temperature=0", "temperature"),
+        ("task.n_last_frames=-1", "n_last_frames"),
+    ):
         with pytest.raises(ValueError, match=name):
             tasks.build_task(compose(["task=davis", override]).task)
     with pytest.raises(ValueError, match="task.root"):
@@ -70,8 +89,10 @@ def test_table1_and_fig3_sweeps():
     f3 = OmegaConf.load(CONF / "experiment" / "fig3.yaml").hydra.sweeper.params
     assert f3["srt.level"].split(",") == [str(i) for i in range(8)]
     assert f3.backbone.split(",") == ["dino_vits16", "dino_vitb16"]
-    for overrides in (["+experiment=table1", "backbone=dino_vits8", "srt=jitter"],
-                      ["+experiment=fig3", "backbone=dino_vitb16", "srt.level=7"]):
+    for overrides in (
+        ["+experiment=table1", "backbone=dino_vits8", "srt=jitter"],
+        ["+experiment=fig3", "backbone=dino_vitb16", "srt.level=7"],
+    ):
         cfg = compose(overrides)
         assert cfg.task.name == "davis"
 
@@ -100,7 +121,7 @@ def test_level0_on_fixtures_writes_palette_pngs_scores_and_resumes(fixtures_dir,
                 assert im.mode == "P" and im.size == (854, 480)
             labels = ev.read_label_png(p)
             assert labels.max() <= gt0.max()
-        np.testing.assert_array_equal(ev.read_label_png(pngs[0]), gt0)       # frame 0: the annotation itself
+        np.testing.assert_array_equal(ev.read_label_png(pngs[0]), gt0)  # frame 0: the annotation itself
     # bike-packing (first-frame annotation only) is propagated, not scored, and the run says so; the CSVs
     # agree with the metrics
     assert "bike-packing not scored: first-frame annotation only" in caplog.text
@@ -118,8 +139,18 @@ def test_level0_on_fixtures_writes_palette_pngs_scores_and_resumes(fixtures_dir,
 def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
     import run
 
-    cfg = compose(["task=davis", f"task.root={fixtures_dir / 'davis'}", "task.sequences=[dog]", "task.max_frames=4",
-                   "srt.level=1", *TINY_OVERRIDES, f"paths.results_root={tmp_path}", "progress=false"])
+    cfg = compose(
+        [
+            "task=davis",
+            f"task.root={fixtures_dir / 'davis'}",
+            "task.sequences=[dog]",
+            "task.max_frames=4",
+            "srt.level=1",
+            *TINY_OVERRIDES,
+            f"paths.results_root={tmp_path}",
+            "progress=false",
+        ]
+    )
     record = run.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(ALL_METRICS) <= set(written["metrics"])
@@ -130,8 +161,18 @@ def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
     soft_l1 = np.load(next((tmp_path / "run" / "cache").rglob("dog.npz")))["soft"]
     assert soft_l1.shape == (3, 2, 30, 52)
     # level 0 on the same frames gives different soft maps: the SRT features are really used
-    cfg0 = compose(["task=davis", f"task.root={fixtures_dir / 'davis'}", "task.sequences=[dog]", "task.max_frames=4",
-                    "srt.level=0", *TINY_OVERRIDES, f"paths.results_root={tmp_path}", "progress=false"])
+    cfg0 = compose(
+        [
+            "task=davis",
+            f"task.root={fixtures_dir / 'davis'}",
+            "task.sequences=[dog]",
+            "task.max_frames=4",
+            "srt.level=0",
+            *TINY_OVERRIDES,
+            f"paths.results_root={tmp_path}",
+            "progress=false",
+        ]
+    )
     run.execute(cfg0, run_dir=tmp_path / "run0")
     soft_l0 = np.load(next((tmp_path / "run0" / "cache").rglob("dog.npz")))["soft"]
     assert not np.allclose(soft_l0, soft_l1)
@@ -147,7 +188,7 @@ def test_dense_srt_grid_propagates_at_stride_8(fixtures_dir, tmp_path, tiny_kwar
     cfg = DavisConfig(root=str(fixtures_dir / "davis"), sequences=["cows"], max_frames=3)
     metrics, cache = run_task(cfg, extractor, tmp_path)
     soft = np.load(next((tmp_path / "cache").rglob("cows.npz")))["soft"]
-    assert soft.shape == (2, 2, 60, 104)                     # twice the token resolution of p=16
+    assert soft.shape == (2, 2, 60, 104)  # twice the token resolution of p=16
     labels = ev.read_label_png(tmp_path / cfg.predictions_dir / "cows" / "00002.png")
     assert labels.shape == (480, 854)
     assert 0.0 <= metrics["J&F-Mean"] <= 1.0

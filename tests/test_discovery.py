@@ -1,4 +1,5 @@
 """CorLoc (hand cases, torchvision IoU), VOC annotations, and task=discovery end to end."""
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,9 @@ def test_corloc_counts_any_gt_box_and_images_without_boxes():
     preds = [(0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 10), (0, 0, 10, 10)]
     gts = [
         [(50, 50, 60, 60), (0, 0, 10, 12)],  # second GT box: IoU 100/120 -> hit
-        [(50, 50, 60, 60)],                  # miss
-        [],                                  # no GT box: a miss that still counts
-        [(0, 0, 10, 20)],                    # IoU exactly 1/2 -> hit
+        [(50, 50, 60, 60)],  # miss
+        [],  # no GT box: a miss that still counts
+        [(0, 0, 10, 20)],  # IoU exactly 1/2 -> hit
     ]
     assert disc.corloc(preds, gts) == 50.0
     with pytest.raises(ValueError, match="one box per image"):
@@ -68,7 +69,13 @@ def test_corloc_counts_any_gt_box_and_images_without_boxes():
 def test_voc_boxes_include_difficult_and_are_zero_based(fixtures_dir):
     xml = fixtures_dir / "voc07" / "VOCdevkit" / "VOC2007" / "Annotations" / "000005.xml"
     # 000005.xml: five chairs (two difficult/truncated); (xmin, ymin, xmax, ymax) 1-based in the file, e.g. 263 211 324 339
-    expected = [(262, 210, 324, 339), (164, 263, 253, 372), (4, 243, 67, 374), (240, 193, 295, 299), (276, 185, 312, 220)]
+    expected = [
+        (262, 210, 324, 339),
+        (164, 263, 253, 372),
+        (4, 243, 67, 374),
+        (240, 193, 295, 299),
+        (276, 185, 312, 220),
+    ]
     np.testing.assert_array_equal(disc.read_voc_boxes(xml), expected)
 
 
@@ -124,7 +131,9 @@ class FailingExtractor(PixelKeys):
         raise AssertionError("features must not be computed")
 
 
-def synthetic_voc(root: Path, images: dict[str, tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int, int, int]]]) -> Path:
+def synthetic_voc(
+    root: Path, images: dict[str, tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int, int, int]]]
+) -> Path:
     """VOC2007 layout; each image: (h, w), the bright object (x1, y1, x2, y2) painted, and the annotated box (0-based)."""
     voc = root / "VOCdevkit" / "VOC2007"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -138,7 +147,8 @@ def synthetic_voc(root: Path, images: dict[str, tuple[tuple[int, int], tuple[int
         (voc / "Annotations" / f"{image_id}.xml").write_text(
             f"<annotation><filename>{image_id}.jpg</filename><object><name>thing</name><difficult>1</difficult>"
             f"<bndbox><xmin>{gt[0] + 1}</xmin><ymin>{gt[1] + 1}</ymin><xmax>{gt[2]}</xmax><ymax>{gt[3]}</ymax>"
-            f"</bndbox></object></annotation>")
+            f"</bndbox></object></annotation>"
+        )
     (voc / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(images) + "\n")
     return root
 
@@ -150,14 +160,17 @@ def run_task(cfg: DiscoveryConfig, extractor, out_dir: Path) -> tuple[dict, Item
 
 
 def test_synthetic_voc_boxes_padding_and_clipping(tmp_path):
-    root = synthetic_voc(tmp_path / "voc", {
-        # 150 x 200 image (padded to 160 x 208); object on cells rows 2-5, cols 3-6 -> box (48, 32, 112, 96)
-        "a": ((150, 200), (48, 32, 112, 96), (48, 32, 112, 96)),
-        # object reaching the right and bottom edges, inside the last (partly padded) cells: box clipped to 200 x 150
-        "b": ((150, 200), (160, 112, 200, 150), (160, 112, 200, 150)),
-        # the annotation is elsewhere: a miss
-        "c": ((150, 200), (48, 32, 112, 96), (0, 100, 40, 150)),
-    })
+    root = synthetic_voc(
+        tmp_path / "voc",
+        {
+            # 150 x 200 image (padded to 160 x 208); object on cells rows 2-5, cols 3-6 -> box (48, 32, 112, 96)
+            "a": ((150, 200), (48, 32, 112, 96), (48, 32, 112, 96)),
+            # object reaching the right and bottom edges, inside the last (partly padded) cells: box clipped to 200 x 150
+            "b": ((150, 200), (160, 112, 200, 150), (160, 112, 200, 150)),
+            # the annotation is elsewhere: a miss
+            "c": ((150, 200), (48, 32, 112, 96), (0, 100, 40, 150)),
+        },
+    )
     metrics, _ = run_task(DiscoveryConfig(root=str(root)), PixelKeys(), tmp_path / "run")
     boxes = pd.read_csv(tmp_path / "run" / "boxes.csv", dtype={"image_id": str}).set_index("image_id")
     assert tuple(boxes.loc["a", ["x1", "y1", "x2", "y2"]]) == (48, 32, 112, 96)

@@ -1,4 +1,5 @@
 """The results store: atomic writes, the per-item cache, run keys, metrics.json and the loggers."""
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,7 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     results.atomic_write_text(path, "second")
     assert path.read_text() == "second"
     assert leftovers(path.parent) == []
-    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())   # not mkstemp's 0600
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
 
 
 def _umask() -> int:
@@ -53,7 +54,9 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp_file(tmp_path, monkeypatc
 
 
 def test_json_writes_nan_as_null(tmp_path):
-    path = results.atomic_write_json(tmp_path / "m.json", {"x": float("nan"), "y": np.float32(1.5), "z": [float("inf")]})
+    path = results.atomic_write_json(
+        tmp_path / "m.json", {"x": float("nan"), "y": np.float32(1.5), "z": [float("inf")]}
+    )
     assert json.loads(path.read_text()) == {"x": None, "y": 1.5, "z": [None]}
 
 
@@ -154,10 +157,12 @@ def test_run_subdir_layout():
     d = results.run_subdir(task, {"name": "dino_vits16", "pretrained": True}, srt)
     head, tag = d.rsplit("/", 1)
     assert head == "saliency/DUTS-TE/dino_vits16" and tag.startswith("srt-L3-") and len(tag) == len("srt-L3-") + 8
-    assert results.run_subdir({"name": "toy"}, {"name": "x", "pretrained": False}, {"method": "jitter", "level": 2}) \
-        .startswith("toy/x-random/jitter-L2-")
-    assert results.run_subdir({"name": "toy"}, {"name": "x", "pretrained": "/w.pth"}, {"method": "shift", "level": 0}) \
-        .startswith("toy/x-file/baseline-")
+    assert results.run_subdir(
+        {"name": "toy"}, {"name": "x", "pretrained": False}, {"method": "jitter", "level": 2}
+    ).startswith("toy/x-random/jitter-L2-")
+    assert results.run_subdir(
+        {"name": "toy"}, {"name": "x", "pretrained": "/w.pth"}, {"method": "shift", "level": 0}
+    ).startswith("toy/x-file/baseline-")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,22 +175,25 @@ def test_write_and_read_metrics(tmp_path):
     data = results.read_metrics(path)
     assert data["schema"] == results.SCHEMA_VERSION and data["metrics"] == {"J&F-Mean": 0.5}
     assert results.finished_run(tmp_path, "abc")["metrics"] == {"J&F-Mean": 0.5}
-    assert results.finished_run(tmp_path, "other") is None          # written by another config: recompute
+    assert results.finished_run(tmp_path, "other") is None  # written by another config: recompute
     assert results.finished_run(tmp_path / "nowhere", "abc") is None
 
 
-@pytest.mark.parametrize("content,reason", [
-    ("{not json", "not a readable metrics.json"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"metrics": {}}', "missing or invalid 'config'"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        ("{not json", "not a readable metrics.json"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"metrics": {}}', "missing or invalid 'config'"),
+    ],
+)
 def test_read_metrics_names_the_file(tmp_path, content, reason):
     path = tmp_path / "metrics.json"
     path.write_text(content)
     with pytest.raises(ValueError) as err:
         results.read_metrics(path)
     assert str(path) in str(err.value) and reason in str(err.value)
-    assert results.finished_run(tmp_path, "x") is None    # a corrupt record means: not finished
+    assert results.finished_run(tmp_path, "x") is None  # a corrupt record means: not finished
 
 
 def test_run_metadata_helpers():
@@ -200,7 +208,9 @@ def test_run_metadata_helpers():
 
 
 def test_config_variant_lists_non_defaults():
-    got = results.config_variant({"a": 1, "b": 2, "c": 3, "level": 5}, {"a": 1, "b": 0, "level": 3}, "srt", skip=("level",))
+    got = results.config_variant(
+        {"a": 1, "b": 2, "c": 3, "level": 5}, {"a": 1, "b": 0, "level": 3}, "srt", skip=("level",)
+    )
     assert got == {"srt.b": 2, "srt.c": 3}
 
 
@@ -209,9 +219,16 @@ def test_config_variant_lists_non_defaults():
 
 
 def _record(metric: str, value: float, run_dir: str) -> dict:
-    return {"metrics": {metric: value}, "method": "+SRT", "passes": 49, "wall_time_s": 1.0, "run_dir": run_dir,
-            "finished": "2026-01-01T00:00:00+00:00", "backbone": {"weights": "random (init_seed=0)"},
-            "config": {"task": {"name": "toy"}, "backbone": {"name": "dino_vits16"}, "srt": {"level": 3}}}
+    return {
+        "metrics": {metric: value},
+        "method": "+SRT",
+        "passes": 49,
+        "wall_time_s": 1.0,
+        "run_dir": run_dir,
+        "finished": "2026-01-01T00:00:00+00:00",
+        "backbone": {"weights": "random (init_seed=0)"},
+        "config": {"task": {"name": "toy"}, "backbone": {"name": "dino_vits16"}, "srt": {"level": 3}},
+    }
 
 
 def test_csv_logger_appends_rows_and_widens_columns(tmp_path):
@@ -236,7 +253,7 @@ def test_logger_config_validation():
 @pytest.mark.slow
 def test_wandb_logger_works_offline(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "unset")   # records the original value, so the logger's setdefault is undone
+    monkeypatch.setenv("WANDB_MODE", "unset")  # records the original value, so the logger's setdefault is undone
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "per_image.csv").write_text("image,flip_cosine\n0,0.5\n")

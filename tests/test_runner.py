@@ -6,6 +6,7 @@
   missing items, and its final metrics equal those of an uninterrupted run;
 - the csv logger appends a row per run.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,23 @@ def compose_cfg(overrides: list[str]):
 
 
 def toy(tmp_path: Path, *extra: str) -> list[str]:
-    return ["task=toy", "task.n_images=3", "task.image_size=32", "progress=false", "device=cpu",
-            f"paths.results_root={tmp_path}", *TINY, *extra]
+    return [
+        "task=toy",
+        "task.n_images=3",
+        "task.image_size=32",
+        "progress=false",
+        "device=cpu",
+        f"paths.results_root={tmp_path}",
+        *TINY,
+        *extra,
+    ]
 
 
 def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_run_writes_a_complete_metrics_json(tmp_path):
@@ -57,8 +67,13 @@ def test_a_run_writes_a_complete_metrics_json(tmp_path):
     assert data["method"] == "+SRT" and data["passes"] == 9 and data["srt"]["level"] == 1
     assert data["backbone"]["weights"].startswith("random") and data["backbone"]["depth"] == 2
     assert data["config"]["task"] == {"name": "toy", "n_images": 3, "image_size": 32, "seed": 0}
-    assert data["variant"] == {"task.n_images": 3, "task.image_size": 32, "backbone.depth": 2,
-                               "backbone.embed_dim": 64, "backbone.num_heads": 2}
+    assert data["variant"] == {
+        "task.n_images": 3,
+        "task.image_size": 32,
+        "backbone.depth": 2,
+        "backbone.embed_dim": 64,
+        "backbone.num_heads": 2,
+    }
     assert data["items"] == {"computed": 3, "loaded": 0}
     for key in ("wall_time_s", "started", "finished", "memory", "versions", "git", "host", "run_key_hash"):
         assert key in data, key
@@ -79,7 +94,7 @@ def test_finished_runs_are_skipped_and_force_recomputes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(srt, "load_backbone", real_load)
     forced = run.execute(compose_cfg(toy(tmp_path, "srt.level=0", "force=true")))
-    assert forced["items"] == {"computed": 3, "loaded": 0}           # the cache was cleared too
+    assert forced["items"] == {"computed": 3, "loaded": 0}  # the cache was cleared too
     assert forced["metrics"] == pytest.approx(first["metrics"], rel=1e-6)
     assert forced["run_dir"] == first["run_dir"]
 
@@ -118,16 +133,28 @@ def test_command_line_unknown_key_is_named_with_the_valid_settings(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    n = 30   # enough that even a fast machine cannot finish before the poll below notices two cached items
-    args = ["task=toy", f"task.n_images={n}", "task.image_size=64", "srt.level=2", "progress=false", "device=cpu",
-            *TINY]
+    n = 30  # enough that even a fast machine cannot finish before the poll below notices two cached items
+    args = [
+        "task=toy",
+        f"task.n_images={n}",
+        "task.image_size=64",
+        "srt.level=2",
+        "progress=false",
+        "device=cpu",
+        *TINY,
+    ]
     killed_root, clean_root = tmp_path / "killed", tmp_path / "clean"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "run.py", *args, f"paths.results_root={killed_root}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args, f"paths.results_root={killed_root}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
-        while len(list(killed_root.rglob("*.npz"))) < 2:   # wait until some items are cached, then kill
+        while len(list(killed_root.rglob("*.npz"))) < 2:  # wait until some items are cached, then kill
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no item was cached in time"
             time.sleep(0.01)
@@ -158,7 +185,8 @@ def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypa
         raise AssertionError("a model was built before the dataset was checked")
 
     monkeypatch.setattr(srt, "load_backbone", no_model)
-    cfg = compose_cfg([f"task={task}", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}",
-                       *TINY])
+    cfg = compose_cfg(
+        [f"task={task}", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}", *TINY]
+    )
     with pytest.raises(FileNotFoundError, match=r"nowhere.*\n\(datasets are read under paths.data_root="):
         run.execute(cfg)

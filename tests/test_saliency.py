@@ -1,4 +1,5 @@
 """Saliency metrics (hand cases, pysodmetrics where they coincide), dataset layouts, and task=saliency end to end."""
+
 from __future__ import annotations
 
 import json
@@ -124,11 +125,13 @@ def test_matches_pysodmetrics_where_definitions_coincide(fixtures_dir):
     preds = soft_predictions(gts)
     ours = [sal.image_scores(p / 255.0, g) for p, g in zip(preds, gts)]
 
-    ref = psm.FmeasureV2(metric_handlers={
-        "f": psm.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3),
-        "iou": psm.IOUHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
-        "acc": psm.OverallAccuracyHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
-    })
+    ref = psm.FmeasureV2(
+        metric_handlers={
+            "f": psm.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3),
+            "iou": psm.IOUHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
+            "acc": psm.OverallAccuracyHandler(with_dynamic=False, with_adaptive=False, with_binary=True),
+        }
+    )
     for p, g in zip(preds, gts):
         ref.step(pred=p, gt=g)
     res = ref.get_results()
@@ -198,7 +201,9 @@ def duts_te_copy(fixtures_dir: Path, dest: Path, n: int = 3) -> Path:
     for image in sorted((src / "DUTS-TR-Image").glob("*.jpg"))[:n]:
         for sub, suffix in (("Image", ".jpg"), ("Mask", ".png")):
             (dest / f"DUTS-TE-{sub}").mkdir(parents=True, exist_ok=True)
-            shutil.copy(src / f"DUTS-TR-{sub}" / f"{image.stem}{suffix}", dest / f"DUTS-TE-{sub}" / f"{image.stem}{suffix}")
+            shutil.copy(
+                src / f"DUTS-TR-{sub}" / f"{image.stem}{suffix}", dest / f"DUTS-TE-{sub}" / f"{image.stem}{suffix}"
+            )
     return dest
 
 
@@ -209,7 +214,7 @@ def synthetic_dataset(root: Path, dataset: str, sizes: list[tuple[int, int]], se
     for i, (h, w) in enumerate(sizes):
         gt = np.zeros((h, w), np.uint8)
         top, left = 16 * (1 + i % 2), 16 * (1 + i % 3)
-        gt[top:top + 32, left:left + 48] = 255
+        gt[top : top + 32, left : left + 48] = 255
         image = np.where(gt[..., None] > 0, 230, 25) + rng.integers(-10, 10, size=(h, w, 3))
         write_png(root / gt_sub / f"im{i:03d}.png", gt)
         (root / image_sub).mkdir(parents=True, exist_ok=True)
@@ -275,7 +280,9 @@ class PixelKeys:
 
 def run_task(cfg: SaliencyConfig, extractor, out_dir: Path) -> tuple[dict, ItemCache]:
     cache = ItemCache(out_dir / "cache")
-    metrics = SaliencyTask.from_config(cfg.validate()).run(extractor, RunContext(out_dir=out_dir, cache=cache, progress=False))
+    metrics = SaliencyTask.from_config(cfg.validate()).run(
+        extractor, RunContext(out_dir=out_dir, cache=cache, progress=False)
+    )
     return metrics, cache
 
 
@@ -293,7 +300,11 @@ def test_synthetic_dut_omron_is_segmented_exactly(tmp_path):
 def test_fixture_run_with_tiny_vit_writes_masks_and_resumes(dataset, fixtures_dir, tmp_path, tiny_kwargs):
     import srt
 
-    root = fixtures_dir / "saliency" / "ECSSD" if dataset == "ECSSD" else duts_te_copy(fixtures_dir, tmp_path / "DUTS-TE", 2)
+    root = (
+        fixtures_dir / "saliency" / "ECSSD"
+        if dataset == "ECSSD"
+        else duts_te_copy(fixtures_dir, tmp_path / "DUTS-TE", 2)
+    )
     bb = srt.load_backbone("dino_vits16", pretrained=False, outputs=("keys",), **tiny_kwargs)
     cfg = SaliencyConfig(dataset=dataset, root=str(root), max_images=2)
     metrics, cache = run_task(cfg, bb, tmp_path / "run")
@@ -322,11 +333,20 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "task=saliency", f"task.root={fixtures_dir / 'saliency' / 'ECSSD'}", "task.max_images=1", "task.grid=dense",
-            "backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}", "srt.level=1",
-            f"paths.results_root={tmp_path}", "progress=false",
-        ])
+        cfg = compose(
+            "config",
+            overrides=[
+                "task=saliency",
+                f"task.root={fixtures_dir / 'saliency' / 'ECSSD'}",
+                "task.max_images=1",
+                "task.grid=dense",
+                "backbone.pretrained=false",
+                "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
+                "srt.level=1",
+                f"paths.results_root={tmp_path}",
+                "progress=false",
+            ],
+        )
     record = run.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["metrics"]["maxF"] == pytest.approx(record["metrics"]["maxF"])

@@ -5,6 +5,7 @@ same folder structure and file naming, same file formats (palette PNGs with the 
 masks, the gnd pickle's keys and types, the VOC XML's tag structure). Then every registered task that
 has a config runs on the sample data with a tiny random backbone (the demo's path, at level 0).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,11 @@ if str(REPO) not in sys.path:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +46,9 @@ def sample(tmp_path_factory) -> Path:
 def test_deterministic_and_skips_a_complete_set(sample, tmp_path):
     assert msd.make_sample_data(tmp_path / "again") is True
     assert tree_digest(tmp_path / "again") == tree_digest(sample)
-    assert msd.make_sample_data(tmp_path / "again") is False            # complete: left alone
+    assert msd.make_sample_data(tmp_path / "again") is False  # complete: left alone
     (tmp_path / "again" / "ECSSD" / "images" / "0001.jpg").unlink()
-    (tmp_path / "again" / msd.STAMP).unlink()                            # an incomplete set is rewritten whole
+    (tmp_path / "again" / msd.STAMP).unlink()  # an incomplete set is rewritten whole
     assert msd.make_sample_data(tmp_path / "again") is True
     assert tree_digest(tmp_path / "again") == tree_digest(sample)
 
@@ -77,8 +81,9 @@ def test_davis_layout_and_format_match_the_fixture(sample, fixtures_dir):
     real_ann = Image.open(real / "Annotations" / "480p" / "blackswan" / "00000.png")
     # the palette of the official DAVIS-2017 evaluation package's own PNGs (its OSVOS example results);
     # the Cutie-sourced bike-packing fixture uses a variant (191 for 192), harmless as labels are indices
-    official = Image.open(fixtures_dir / "davis-extra" / "results" / "semi-supervised" / "osvos" / "bike-packing"
-                          / "00000.png").getpalette()
+    official = Image.open(
+        fixtures_dir / "davis-extra" / "results" / "semi-supervised" / "osvos" / "bike-packing" / "00000.png"
+    ).getpalette()
     labels_per_seq = {}
     for seq in val:
         frames = sorted((ours / "JPEGImages" / "480p" / seq).glob("*.jpg"))
@@ -151,8 +156,12 @@ def test_voc_layout_and_xml_match_the_fixture(sample, fixtures_dir):
         assert Image.open(ours / "JPEGImages" / f"{i}.jpg").size == (w, h)
         for obj in root.iter("object"):
             box = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
-            assert 1 <= box[0] < box[2] <= w and 1 <= box[1] < box[3] <= h       # 1-based, inside the image
-    assert any(obj.findtext("difficult") == "1" for i in ids for obj in ET.parse(ours / "Annotations" / f"{i}.xml").getroot().iter("object"))
+            assert 1 <= box[0] < box[2] <= w and 1 <= box[1] < box[3] <= h  # 1-based, inside the image
+    assert any(
+        obj.findtext("difficult") == "1"
+        for i in ids
+        for obj in ET.parse(ours / "Annotations" / f"{i}.xml").getroot().iter("object")
+    )
 
 
 def test_nyu_layout(sample):
@@ -168,22 +177,30 @@ def test_nyu_layout(sample):
 
 def test_davis_palette_is_the_pascal_colour_map():
     p = msd.davis_palette()
-    assert len(p) == 768 and p[:12] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] and p[3 * 255:] == [224, 224, 192]
+    assert len(p) == 768 and p[:12] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] and p[3 * 255 :] == [224, 224, 192]
 
 
 @pytest.mark.slow
 def test_every_available_task_runs_on_the_sample_data(sample, tmp_path):
     """The demo's path: each registered, importable task with a config, tiny random backbone, level 0."""
+    from hydra import compose, initialize_config_dir
+
     import run
     import tasks
-    from hydra import compose, initialize_config_dir
 
     names = run.demo_task_options()
     assert "toy" in names
     for name in names:
-        overrides = [f"task={name}", "srt.level=0", "backbone.pretrained=false", "progress=false", "device=cpu",
-                     "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
-                     f"paths.data_root={sample}", f"paths.results_root={tmp_path}"]
+        overrides = [
+            f"task={name}",
+            "srt.level=0",
+            "backbone.pretrained=false",
+            "progress=false",
+            "device=cpu",
+            "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
+            f"paths.data_root={sample}",
+            f"paths.results_root={tmp_path}",
+        ]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         record = run.execute(cfg)

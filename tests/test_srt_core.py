@@ -1,4 +1,5 @@
 """StochasticResonance: level 0, pass counts, determinism, super-resolution, SRT at any block, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,18 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TVF
+from srt_reference import mean_field, pool, translate
+from test_srt_exactness import PatchBackbone
 
 import srt
 from srt.shifts import grid_shifts, make_shifts
 
-from srt_reference import mean_field, pool, translate
-from test_srt_exactness import PatchBackbone
-
 
 @pytest.fixture(scope="module")
 def tiny_bb():
-    return srt.load_backbone("dino_vits16", pretrained=False, depth=3, embed_dim=64, num_heads=2,
-                             outputs=("tokens", "cls", "keys", "block0", "block1_norm", "block0_cls"))
+    return srt.load_backbone(
+        "dino_vits16",
+        pretrained=False,
+        depth=3,
+        embed_dim=64,
+        num_heads=2,
+        outputs=("tokens", "cls", "keys", "block0", "block1_norm", "block0_cls"),
+    )
 
 
 def test_level0_is_exactly_the_plain_forward(tiny_bb):
@@ -48,7 +54,11 @@ def test_pass_counts(tiny_bb):
 
     tiny_bb.embed = counting_embed
     try:
-        for kw, passes in [({"level": 3}, 49), ({"level": 3, "official_parity": True}, 50), ({"level": 2, "samples": 7}, 7)]:
+        for kw, passes in [
+            ({"level": 3}, 49),
+            ({"level": 3, "official_parity": True}, 50),
+            ({"level": 2, "samples": 7}, 7),
+        ]:
             seen.clear()
             sr = srt.StochasticResonance(tiny_bb, batch_size=16, **kw)
             sr(x)
@@ -108,8 +118,10 @@ def test_dense_field_super_resolves_a_known_fine_field():
 
     plain = bb(fine)["tokens"]
     nearest = error(plain.repeat_interleave(p, -2).repeat_interleave(p, -1))
-    errors = [error(srt.StochasticResonance(bb, level=L, batch_size=128).dense(fine, stride=1)["tokens"])
-              for L in range(1, p // 2 + 1)]
+    errors = [
+        error(srt.StochasticResonance(bb, level=L, batch_size=128).dense(fine, stride=1)["tokens"])
+        for L in range(1, p // 2 + 1)
+    ]
     assert errors[0] < nearest
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.2 * nearest
@@ -154,8 +166,12 @@ def test_at_block_equals_brute_force(tiny_bb, border):
     torch.testing.assert_close(out["tokens"], normed[:, 1:].transpose(1, 2).reshape(2, -1, 3, 4), atol=1e-5, rtol=0)
     torch.testing.assert_close(out["cls"], normed[:, 0], atol=1e-5, rtol=0)
     # outputs at or before the block are ensembles of the per-pass outputs
-    torch.testing.assert_close(out["block0"], pool(mean_field(per_pass, shifts, p, "block0", border), p), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out["block0_cls"], torch.stack([o["block0_cls"] for o in per_pass]).mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out["block0"], pool(mean_field(per_pass, shifts, p, "block0", border), p), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        out["block0_cls"], torch.stack([o["block0_cls"] for o in per_pass]).mean(0), atol=1e-5, rtol=0
+    )
     # the CLS descriptor really changes (it comes from SRT features)
     assert not torch.allclose(out["cls"], tiny_bb(x)["cls"], atol=1e-4)
 
@@ -165,8 +181,15 @@ def test_zero_fill_shift_matches_torchvision_affine(dy, dx):
     """Our exact translation = the official torchvision affine(translate=[dx, dy]) with zero fill."""
     x = torch.randn(2, 3, 20, 24)
     ours = srt.shift_image(x, dy, dx, "zero")
-    ref = TVF.affine(x, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0],
-                     interpolation=TVF.InterpolationMode.NEAREST, fill=None)
+    ref = TVF.affine(
+        x,
+        angle=0.0,
+        translate=[dx, dy],
+        scale=1.0,
+        shear=[0.0, 0.0],
+        interpolation=TVF.InterpolationMode.NEAREST,
+        fill=None,
+    )
     assert torch.equal(ours, ref)
 
 
@@ -175,7 +198,7 @@ def test_other_fills_match_numpy_padding(fill, np_mode):
     x = torch.randn(1, 2, 9, 11)
     dy, dx = 2, -3
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (3, 3), (3, 3)), mode=np_mode)
-    expected = padded[..., 3 - dy: 3 - dy + 9, 3 - dx: 3 - dx + 11]
+    expected = padded[..., 3 - dy : 3 - dy + 9, 3 - dx : 3 - dx + 11]
     assert np.array_equal(srt.shift_image(x, dy, dx, fill).numpy(), expected)
 
 
@@ -238,8 +261,8 @@ def test_jitter_ensemble(tiny_bb):
 
 def test_pca_rgb_separates_planted_regions(tmp_path):
     field = torch.zeros(8, 20, 30)
-    field[0, :10] = 3.0          # top half differs along channel 0
-    field[1, :, :15] += 2.0      # left half along channel 1
+    field[0, :10] = 3.0  # top half differs along channel 0
+    field[1, :, :15] += 2.0  # left half along channel 1
     field += 0.01 * torch.randn_like(field)
     rgb = srt.viz.pca_rgb(field)
     assert rgb.shape == (20, 30, 3) and rgb.dtype == np.uint8

@@ -1,15 +1,15 @@
 """SRT's fast pooled and dense paths equal an independent brute force, at every level, stride and border."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from srt_reference import aligned_stack, brute_force, mean_field, pass_outputs, pool, translate
 
 import srt
 from srt.backbones import Backbone, OutputSpec
-
-from srt_reference import aligned_stack, brute_force, mean_field, pass_outputs, pool, translate
 
 
 class PatchBackbone(Backbone):
@@ -64,8 +64,9 @@ def test_every_level_and_stride_equals_brute_force(patch, size, border):
         for stride in _divisors(patch)[:-1]:
             dense = sr.dense(images, stride=stride)["tokens"]
             assert dense.shape == (1, bb.embed_dim, size[0] // stride, size[1] // stride)
-            torch.testing.assert_close(dense, pool(ref, stride), atol=1e-5, rtol=0,
-                                       msg=f"dense stride {stride} L={level}")
+            torch.testing.assert_close(
+                dense, pool(ref, stride), atol=1e-5, rtol=0, msg=f"dense stride {stride} L={level}"
+            )
 
 
 class _no_warning:
@@ -122,9 +123,9 @@ def test_official_fast_formula_by_hand():
         for C in range(2):
             v = (p - a) * (p - c) * F_t[R, C]
             if R + 1 < 2:
-                v += a * (p - c) * F_t[R + 1, C]      # down shift: the next row's token
+                v += a * (p - c) * F_t[R + 1, C]  # down shift: the next row's token
             if C - 1 >= 0:
-                v += (p - a) * c * F_t[R, C - 1]      # left shift: the previous column's token
+                v += (p - a) * c * F_t[R, C - 1]  # left shift: the previous column's token
             if R + 1 < 2 and C - 1 >= 0:
                 v += a * c * F_t[R + 1, C - 1]
             expected[R, C] = v / p**2
@@ -178,5 +179,6 @@ def test_naive_reference_route_equals_brute_force():
     sr = srt.StochasticResonance(bb, level=3)
     ref = brute_force(bb, images, list(sr.shift_set))
     for stride in (1, 4, 8):
-        torch.testing.assert_close(naive_srt(bb, images, sr.shift_set, stride, batch_size=10), pool(ref, stride),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            naive_srt(bb, images, sr.shift_set, stride, batch_size=10), pool(ref, stride), atol=1e-5, rtol=0
+        )

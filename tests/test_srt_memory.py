@@ -6,6 +6,7 @@ freed blocks to the system at once, so the figure is the peak live memory of the
 implementation that keeps every pass (stacking the shifted images and their token grids, then
 averaging) is measured the same way as a control: it must exceed the bound, so the test can fail.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ SCRIPT = textwrap.dedent("""
 
 def _growth(level: int, mode: str) -> int:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(level), mode], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(level), mode], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["growth_kb"]
 
 

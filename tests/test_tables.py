@@ -5,6 +5,7 @@ relative gains were worked out by hand: e.g. J&F 0.600 -> 0.630 is +5.0%, the pa
 +4.1%. It also holds a superseded duplicate run and two corrupt metrics.json files, which must be named
 and skipped. The paper's numbers are checked against the relative gains the paper's text claims.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,21 +17,40 @@ import pytest
 from eval import figures, tables
 
 GOLDEN = Path(__file__).parent / "golden"
-WEIGHTS = {"pretrained": "pretrained timm/vit_small_patch16_224.dino (cache model.safetensors, sha256 0123)",
-           "random": "random (init_seed=0)", "file": "file /ckpt/dino.pth (sha256 abcd)"}
+WEIGHTS = {
+    "pretrained": "pretrained timm/vit_small_patch16_224.dino (cache model.safetensors, sha256 0123)",
+    "random": "random (init_seed=0)",
+    "file": "file /ckpt/dino.pth (sha256 abcd)",
+}
 DAVIS = ("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall")
 
 
-def write_run(root: Path, rel: str, task: str, backbone: str, level: int, metrics: dict, method: str = "shift",
-              weights: str = "pretrained", variant: dict | None = None, finished: str = "2026-01-02T00:00:00+00:00",
-              **task_fields) -> Path:
+def write_run(
+    root: Path,
+    rel: str,
+    task: str,
+    backbone: str,
+    level: int,
+    metrics: dict,
+    method: str = "shift",
+    weights: str = "pretrained",
+    variant: dict | None = None,
+    finished: str = "2026-01-02T00:00:00+00:00",
+    **task_fields,
+) -> Path:
     path = root / rel / "metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "schema": 1, "metrics": metrics, "variant": variant or {}, "finished": finished,
+        "schema": 1,
+        "metrics": metrics,
+        "variant": variant or {},
+        "finished": finished,
         "backbone": {"name": backbone, "weights": WEIGHTS[weights]},
-        "config": {"task": {"name": task, **task_fields}, "backbone": {"name": backbone, "pretrained": weights != "random"},
-                   "srt": {"method": method, "level": level}},
+        "config": {
+            "task": {"name": task, **task_fields},
+            "backbone": {"name": backbone, "pretrained": weights != "random"},
+            "srt": {"method": method, "level": level},
+        },
     }
     path.write_text(json.dumps(record))
     return path
@@ -40,15 +60,40 @@ def write_run(root: Path, rel: str, task: str, backbone: str, level: int, metric
 def tree(tmp_path) -> Path:
     root = tmp_path / "results"
     d = lambda *v: dict(zip(DAVIS, v))  # noqa: E731
-    write_run(root, "davis/s16/base", "davis", "dino_vits16", 0, {**d(0.600, 0.590, 0.700, 0.610, 0.750), "J-Decay": 0.05})
-    write_run(root, "davis/s16/base-old", "davis", "dino_vits16", 0, d(0.1, 0.1, 0.1, 0.1, 0.1),
-              finished="2026-01-01T00:00:00+00:00")   # superseded by the later run with the same config
+    write_run(
+        root, "davis/s16/base", "davis", "dino_vits16", 0, {**d(0.600, 0.590, 0.700, 0.610, 0.750), "J-Decay": 0.05}
+    )
+    write_run(
+        root,
+        "davis/s16/base-old",
+        "davis",
+        "dino_vits16",
+        0,
+        d(0.1, 0.1, 0.1, 0.1, 0.1),
+        finished="2026-01-01T00:00:00+00:00",
+    )  # superseded by the later run with the same config
     write_run(root, "davis/s16/srt", "davis", "dino_vits16", 3, d(0.630, 0.620, 0.720, 0.640, 0.800))
     write_run(root, "davis/s16/jit", "davis", "dino_vits16", 3, d(0.480, 0.470, 0.500, 0.490, 0.520), method="jitter")
-    write_run(root, "davis/s16r/base", "davis", "dino_vits16", 0, d(0.300, 0.290, 0.200, 0.310, 0.250),
-              weights="random", variant={"backbone.depth": 2})
-    write_run(root, "davis/s16r/srt", "davis", "dino_vits16", 3, d(0.330, 0.320, 0.250, 0.340, 0.300),
-              weights="random", variant={"backbone.depth": 2})
+    write_run(
+        root,
+        "davis/s16r/base",
+        "davis",
+        "dino_vits16",
+        0,
+        d(0.300, 0.290, 0.200, 0.310, 0.250),
+        weights="random",
+        variant={"backbone.depth": 2},
+    )
+    write_run(
+        root,
+        "davis/s16r/srt",
+        "davis",
+        "dino_vits16",
+        3,
+        d(0.330, 0.320, 0.250, 0.340, 0.300),
+        weights="random",
+        variant={"backbone.depth": 2},
+    )
     write_run(root, "davis/s8/srt", "davis", "dino_vits8", 3, d(0.700, 0.680, 0.810, 0.720, 0.850))
     for level, value in ((0, 60.0), (2, 63.0), (4, 61.5)):
         write_run(root, f"discovery/L{level}", "discovery", "dino_vits16", level, {"CorLoc": value})
@@ -57,7 +102,7 @@ def tree(tmp_path) -> Path:
     write_run(root, "toy/a", "toy", "dino_vits16", 0, {"flip_cosine": 0.9}, weights="file")
     write_run(root, "toy/b", "toy", "dino_vits16", 2, {"flip_cosine": 0.95}, weights="file")
     (root / "broken").mkdir()
-    (root / "broken" / "metrics.json").write_text('{"metrics": {"x": 1}, "config": ')      # truncated
+    (root / "broken" / "metrics.json").write_text('{"metrics": {"x": 1}, "config": ')  # truncated
     (root / "noconfig").mkdir()
     (root / "noconfig" / "metrics.json").write_text('{"metrics": {"x": 1}}')
     return root
@@ -84,16 +129,20 @@ def test_table4_matches_the_hand_written_goldens(tree):
 
 def test_results_no_paper_table_shows_get_their_own_tables(tree):
     built = by_title(tables.build_tables(tree)[0])
-    assert tables.to_markdown(built["davis: results not in the paper's tables (ours only)"]).rstrip("\n") == \
-        golden("other_davis.md")
+    assert tables.to_markdown(built["davis: results not in the paper's tables (ours only)"]).rstrip("\n") == golden(
+        "other_davis.md"
+    )
     assert tables.to_markdown(built["toy (no paper table; ours only)"]).rstrip("\n") == golden("other_toy.md")
 
 
 def test_corrupt_and_superseded_files_are_named_and_skipped(tree, capsys):
     _, skipped = tables.build_tables(tree)
     reasons = dict(skipped)
-    assert set(reasons) == {str(tree / "broken" / "metrics.json"), str(tree / "noconfig" / "metrics.json"),
-                            str(tree / "davis/s16/base-old" / "metrics.json")}
+    assert set(reasons) == {
+        str(tree / "broken" / "metrics.json"),
+        str(tree / "noconfig" / "metrics.json"),
+        str(tree / "davis/s16/base-old" / "metrics.json"),
+    }
     assert "missing 'config' or 'metrics'" in reasons[str(tree / "noconfig" / "metrics.json")]
     assert "superseded" in reasons[str(tree / "davis/s16/base-old" / "metrics.json")]
     # the command line still prints every table and names the bad files on stderr
@@ -119,7 +168,7 @@ def test_an_empty_tree_gives_paper_only_tables(tmp_path):
     built, skipped = tables.build_tables(tmp_path)
     assert skipped == [] and [t.number for t in built] == [1, 2, 3, 4]
     t1 = built[0].cells
-    assert (t1["J&F-Mean"].str.startswith("- / ")).all()       # every our-cell is a dash
+    assert (t1["J&F-Mean"].str.startswith("- / ")).all()  # every our-cell is a dash
 
 
 def test_method_labels_come_from_the_config():
@@ -131,9 +180,9 @@ def test_method_labels_come_from_the_config():
 
 def test_relative_gain_sign_convention():
     assert tables.rel_gain(0.63, 0.60) == pytest.approx(5.0)
-    assert tables.rel_gain(0.30, 0.40, lower_is_better=True) == pytest.approx(25.0)   # RMSE down = better
+    assert tables.rel_gain(0.30, 0.40, lower_is_better=True) == pytest.approx(25.0)  # RMSE down = better
     assert math.isnan(tables.rel_gain(1.0, 0.0)) and math.isnan(tables.rel_gain(math.nan, 1.0))
-    assert str(tables.rel_gain(0.114, 0.114, lower_is_better=True)) == "0.0"          # no "-0.0%"
+    assert str(tables.rel_gain(0.114, 0.114, lower_is_better=True)) == "0.0"  # no "-0.0%"
 
 
 def _paper_gain(table: tables.Table, column: str, **where) -> float:
@@ -149,22 +198,24 @@ def test_paper_numbers_reproduce_the_gains_the_paper_claims(tmp_path):
     t1, t2, t3, t4 = tables.build_tables(tmp_path)[0]
     g = "rel. gain J&F-Mean % (paper)"
     srt1 = [_paper_gain(t1, g, backbone=b, method="+SRT") for b in ("dino_vits16", "dino_vitb16", "dino_vits8")]
-    assert round(srt1[0], 1) == 4.1 and round(sum(srt1) / 3, 1) == 2.4          # "2.4% ... reaches 4.1%"
-    assert round(_paper_gain(t1, g, method="distilled"), 1) == 1.3                # "improve ... by 1.3%"
+    assert round(srt1[0], 1) == 4.1 and round(sum(srt1) / 3, 1) == 2.4  # "2.4% ... reaches 4.1%"
+    assert round(_paper_gain(t1, g, method="distilled"), 1) == 1.3  # "improve ... by 1.3%"
 
     def depth_avg(metric: str, head: str) -> float:
-        gains = [_paper_gain(t2, f"rel. gain {metric} % (paper)", backbone=b, head=head, method="+SRT")
-                 for b in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")]
+        gains = [
+            _paper_gain(t2, f"rel. gain {metric} % (paper)", backbone=b, head=head, method="+SRT")
+            for b in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")
+        ]
         return round(sum(gains) / 3, 1)
 
     assert depth_avg("RMSE_log", "linear") == 14.9 and depth_avg("RMSE", "dpt") == 3.6
     assert depth_avg("RMSE_log", "dpt") == 11.0
-    assert depth_avg("RMSE", "linear") == 5.7   # the paper prints 4.7%; its own table gives 5.7% (PROTOCOLS.md 2.2)
+    assert depth_avg("RMSE", "linear") == 5.7  # the paper prints 4.7%; its own table gives 5.7% (PROTOCOLS.md 2.2)
 
     maxf = [_paper_gain(t3, f"rel. gain {d} maxF % (paper)", method="+SRT") for d in ("ECSSD", "DUTS-TE", "DUT-OMRON")]
-    assert round(sum(maxf) / 3, 1) == 2.1                                          # "average increase ... 2.1%"
-    assert round(_paper_gain(t4, "max rel. gain % (paper)", row="ROxford mAP Medium"), 1) == 2.6   # "up to 2.6%"
-    assert round(_paper_gain(t4, "max rel. gain % (paper)", row="VOC07 CorLoc"), 1) == 1.0         # "up to 1.0%"
+    assert round(sum(maxf) / 3, 1) == 2.1  # "average increase ... 2.1%"
+    assert round(_paper_gain(t4, "max rel. gain % (paper)", row="ROxford mAP Medium"), 1) == 2.6  # "up to 2.6%"
+    assert round(_paper_gain(t4, "max rel. gain % (paper)", row="VOC07 CorLoc"), 1) == 1.0  # "up to 1.0%"
 
 
 def test_sweep_figure(tree, tmp_path):

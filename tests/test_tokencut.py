@@ -1,4 +1,5 @@
 """TokenCut's normalised cut: planted structures, a brute-force solve, dense/sparse agreement, boxes, errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,9 @@ from tasks.tokencut import (
 )
 
 
-def planted(h: int, w: int, regions: list[np.ndarray], channels: int = 32, noise: float = 0.3, seed: int = 0) -> np.ndarray:
+def planted(
+    h: int, w: int, regions: list[np.ndarray], channels: int = 32, noise: float = 0.3, seed: int = 0
+) -> np.ndarray:
     """[C, h, w] features: background and each region get orthogonal base vectors, plus Gaussian noise.
 
     The cosine between two tokens of one group is ~0.9 and across groups ~0, so with tau=0.2 the graph is
@@ -115,9 +118,15 @@ def clustered(h: int, w: int, shared: float, seed: int, k: int = 5) -> np.ndarra
     return feats.transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("shared, binary_graph, stores_non_edges", [
-    (0.0, True, False), (1.2, True, True), (0.0, False, False), (1.2, False, False),
-])
+@pytest.mark.parametrize(
+    "shared, binary_graph, stores_non_edges",
+    [
+        (0.0, True, False),
+        (1.2, True, True),
+        (0.0, False, False),
+        (1.2, False, False),
+    ],
+)
 def test_sparse_graph_is_the_dense_graph_and_solvers_agree(shared, binary_graph, stores_non_edges):
     feats = clustered(18, 22, shared, seed=1)
     tokens = unit_tokens(feats)
