@@ -162,6 +162,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
         checkpoint_key=p.backbone.checkpoint_key,
         outputs=type(p.task).outputs,
         init_seed=p.backbone.init_seed,
+        pos_embed=p.backbone.pos_embed,
         **p.backbone.model_kwargs,
     )
     bb = bb.to(device)
@@ -192,6 +193,8 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     }
     if p.backbone.checkpoint_key is not None:
         variant["backbone.checkpoint_key"] = p.backbone.checkpoint_key
+    if p.backbone.pos_embed != srt.BackboneConfig.pos_embed:
+        variant["backbone.pos_embed"] = p.backbone.pos_embed
     record = {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "method": method_label(p.srt),

@@ -167,21 +167,26 @@ class PhaseMean:
         # laid out as the output ([.., h, P, w, P] is [.., H/s, W/s] viewed by token and phase), so the result
         # is a view of the buffer: no copy, one output-sized allocation in all
         self.buffer = torch.zeros(batch, channels, h, P, w, P, device=device, dtype=dtype)
-        self._cache: dict[tuple[int, int], list[tuple[int, int, int, int, float]]] = {}  # shift -> (a, qy, b, qx, coef)
+        self._cache: dict[tuple[int, int], tuple[list, int]] = {}  # shift -> ([(a, qy, b, qx, coef)], margin)
 
-    def _terms(self, shift: tuple[int, int]):
+    def _terms(self, shift: tuple[int, int]) -> tuple[list[tuple[int, int, int, int, float]], int]:
+        """The pass's (token offset y, phase y, token offset x, phase x, weight) terms, and the zero margin in
+        tokens they need (1 while |shift| <= cell size; more for finer outputs such as a stride-1 map)."""
         if shift not in self._cache:
             ys = phase_differences(self.stride, self.patch, shift[0])
             xs = phase_differences(self.stride, self.patch, shift[1])
-            self._cache[shift] = [(a, qy, b, qx, wy * wx) for a, qy, wy in ys for b, qx, wx in xs]
+            terms = [(a, qy, b, qx, wy * wx) for a, qy, wy in ys for b, qx, wx in xs]
+            margin = max((max(abs(a), abs(b)) for a, _, b, _, _ in terms), default=0)
+            self._cache[shift] = (terms, margin)
         return self._cache[shift]
 
     def add(self, tokens: torch.Tensor, shift: tuple[int, int], images: slice) -> None:
         """Add the pass with ``shift`` for the images ``images`` (token grids [n,C,h,w])."""
         h, w = self.grid
-        padded = torch.nn.functional.pad(tokens, (1, 1, 1, 1))  # a zero token all round: the zero fill
-        for a, qy, b, qx, coef in self._terms(shift):
-            self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, 1 + a : 1 + a + h, 1 + b : 1 + b + w], alpha=coef)
+        terms, m = self._terms(shift)
+        padded = torch.nn.functional.pad(tokens, (m, m, m, m)) if m else tokens  # zero tokens all round: the fill
+        for a, qy, b, qx, coef in terms:
+            self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, m + a : m + a + h, m + b : m + b + w], alpha=coef)
 
     def result(self) -> torch.Tensor:
         B, C, h, P, w, _ = self.buffer.shape

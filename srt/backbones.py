@@ -2,8 +2,9 @@
 
 ``load_backbone(name)`` maps a registry name to a timm model, its normalisation and patch size, loads
 weights (timm / Hugging Face cache, or a local checkpoint file such as the official DINO ``.pth``) and
-returns a :class:`Backbone`. The backbone accepts any H, W that are multiples of the patch size
-(position embeddings are interpolated) and returns only the outputs asked for:
+returns a :class:`Backbone`. The backbone accepts any H, W that are multiples of the patch size (position
+embeddings are resampled as the original code of the family does: DINO and DINOv2 with their own bicubic
+formula, see :class:`PosEmbedResampling`) and returns only the outputs asked for:
 
 - grid outputs ``[B, C, H/p, W/p]``: ``tokens`` (last block after the final norm: what DINO's
   ``get_intermediate_layers(n=1)`` returns), ``keys`` / ``queries`` / ``values`` (the last attention's
@@ -11,13 +12,15 @@ returns a :class:`Backbone`. The backbone accepts any H, W that are multiples of
   0-based, negative counts from the end) and ``block{k}_norm`` (the same after the final norm);
 - global outputs ``[B, C]``: ``cls`` (final-norm CLS token), ``block{k}_cls``, ``block{k}_norm_cls``.
 
-The backbone also exposes its forward pass in two halves (``embed``/``run``) so that SRT can ensemble
-the tokens after any block and feed them through the remaining blocks.
+``bb.split(k)`` cuts the forward pass after block k into two callables, ``front`` and ``back``, so that SRT
+can ensemble the tokens after any block and feed them through the remaining blocks
+(``StochasticResonance(bb, at_block=k)``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import socket
@@ -29,6 +32,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +45,25 @@ _DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{0}/{1}.pth"
 
 
 @dataclass(frozen=True)
+class PosEmbedResampling:
+    """The original code's bicubic resampling of the patch position embeddings (an N x N grid) to h x w.
+
+    DINO ``vision_transformer.interpolate_pos_encoding`` and DINOv2's (hub defaults) use scale factors
+    ``(h + 0.1) / N, (w + 0.1) / N`` (output size floor(N * factor) = h, w; the coordinates follow the factor, not
+    the size) with no antialiasing; DINOv2 models with registers use the output size and antialiasing
+    (``interpolate_offset=0.0, interpolate_antialias=True``). Neither resamples when the grid is N x N.
+    timm resamples by size with antialiasing, which differs by about 5% in the features at 480p.
+    """
+
+    offset: float = 0.1
+    antialias: bool = False
+
+
+DINO_RESAMPLING = PosEmbedResampling(offset=0.1, antialias=False)
+DINOV2_REG_RESAMPLING = PosEmbedResampling(offset=0.0, antialias=True)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     timm_name: str  # timm architecture.tag; the tag names the pretrained weights
     patch_size: int
@@ -48,79 +71,45 @@ class BackboneSpec:
     std: tuple[float, float, float]
     family: str = "vit"  # vit: timm VisionTransformer (CLS token); sam: VisionTransformerSAM (no CLS)
     official_url: str | None = None  # where the original authors publish the checkpoint
+    # how the original code resamples position embeddings to another grid (None: timm's way is the reference)
+    reference_pos_embed: PosEmbedResampling | None = None
+
+
+def _dino(timm_name: str, patch: int, official_file: str) -> BackboneSpec:
+    return BackboneSpec(
+        timm_name,
+        patch,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINO_URL.format(official_file),
+        reference_pos_embed=DINO_RESAMPLING,
+    )
+
+
+def _dinov2(timm_name: str, arch: str, registers: bool = False) -> BackboneSpec:
+    file = f"{arch}_reg4_pretrain" if registers else f"{arch}_pretrain"
+    resampling = DINOV2_REG_RESAMPLING if registers else DINO_RESAMPLING
+    return BackboneSpec(
+        timm_name,
+        14,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        official_url=_DINOV2_URL.format(arch, file),
+        reference_pos_embed=resampling,
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "dino_vits16": BackboneSpec(
-        "vit_small_patch16_224.dino",
-        16,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINO_URL.format("dino_deitsmall16_pretrain"),
-    ),
-    "dino_vitb16": BackboneSpec(
-        "vit_base_patch16_224.dino",
-        16,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINO_URL.format("dino_vitbase16_pretrain"),
-    ),
-    "dino_vits8": BackboneSpec(
-        "vit_small_patch8_224.dino",
-        8,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINO_URL.format("dino_deitsmall8_pretrain"),
-    ),
-    "dino_vitb8": BackboneSpec(
-        "vit_base_patch8_224.dino",
-        8,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINO_URL.format("dino_vitbase8_pretrain"),
-    ),
-    "dinov2_vits14": BackboneSpec(
-        "vit_small_patch14_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_pretrain"),
-    ),
-    "dinov2_vitb14": BackboneSpec(
-        "vit_base_patch14_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_pretrain"),
-    ),
-    "dinov2_vitl14": BackboneSpec(
-        "vit_large_patch14_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_pretrain"),
-    ),
-    "dinov2_vits14_reg": BackboneSpec(
-        "vit_small_patch14_reg4_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vits14", "dinov2_vits14_reg4_pretrain"),
-    ),
-    "dinov2_vitb14_reg": BackboneSpec(
-        "vit_base_patch14_reg4_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vitb14", "dinov2_vitb14_reg4_pretrain"),
-    ),
-    "dinov2_vitl14_reg": BackboneSpec(
-        "vit_large_patch14_reg4_dinov2.lvd142m",
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format("dinov2_vitl14", "dinov2_vitl14_reg4_pretrain"),
-    ),
+    "dino_vits16": _dino("vit_small_patch16_224.dino", 16, "dino_deitsmall16_pretrain"),
+    "dino_vitb16": _dino("vit_base_patch16_224.dino", 16, "dino_vitbase16_pretrain"),
+    "dino_vits8": _dino("vit_small_patch8_224.dino", 8, "dino_deitsmall8_pretrain"),
+    "dino_vitb8": _dino("vit_base_patch8_224.dino", 8, "dino_vitbase8_pretrain"),
+    "dinov2_vits14": _dinov2("vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"),
+    "dinov2_vitb14": _dinov2("vit_base_patch14_dinov2.lvd142m", "dinov2_vitb14"),
+    "dinov2_vitl14": _dinov2("vit_large_patch14_dinov2.lvd142m", "dinov2_vitl14"),
+    "dinov2_vits14_reg": _dinov2("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2_vits14", registers=True),
+    "dinov2_vitb14_reg": _dinov2("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2_vitb14", registers=True),
+    "dinov2_vitl14_reg": _dinov2("vit_large_patch14_reg4_dinov2.lvd142m", "dinov2_vitl14", registers=True),
     "clip_vitb16": BackboneSpec("vit_base_patch16_clip_224.openai", 16, CLIP_MEAN, CLIP_STD),
     "mae_vitb16": BackboneSpec("vit_base_patch16_224.mae", 16, IMAGENET_MEAN, IMAGENET_STD),
     # the supervised ViT-B/16 of the official visualisation notebook (PROTOCOLS.md 1.2)
@@ -197,7 +186,15 @@ class Backbone(nn.Module):
 
     passes = 1
 
-    def __init__(self, model: nn.Module, name: str, spec: BackboneSpec, outputs: Iterable[str], weights: str):
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        spec: BackboneSpec,
+        outputs: Iterable[str],
+        weights: str,
+        pos_embed: str = "reference",
+    ):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.name = name
@@ -211,6 +208,10 @@ class Backbone(nn.Module):
         self.depth = len(model.blocks)
         self.embed_dim = int(model.embed_dim) if self.family == "vit" else int(model.neck[0].out_channels)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0)) if self.family == "vit" else 0
+        if pos_embed not in ("reference", "timm"):
+            raise ValueError(f"pos_embed={pos_embed!r} is not valid; expected reference or timm")
+        # None: timm's own resampling (requested, or timm's is the reference for this family)
+        self.pos_embed_resampling = spec.reference_pos_embed if pos_embed == "reference" else None
         self.set_outputs(outputs)
         self.eval()
 
@@ -266,9 +267,40 @@ class Backbone(nn.Module):
 
             if m.pos_embed is not None:
                 x = x + resample_abs_pos_embed_nhwc(m.pos_embed, x.shape[1:3])
+        elif self.pos_embed_resampling is not None:
+            x = self._reference_pos_embed(x)
         else:
             x = m._pos_embed(x)
         return m.norm_pre(m.patch_drop(x) if hasattr(m, "patch_drop") else x)
+
+    def _reference_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Prefix tokens and position embeddings as the original code adds them (see :class:`PosEmbedResampling`).
+
+        ``x`` is the patch embedding [B,h,w,C]. timm stores DINOv2-with-registers models without a CLS entry in
+        the position embedding (it is folded into ``cls_token``), which is the same sum."""
+        m, how = self.model, self.pos_embed_resampling
+        B, h, w, C = x.shape
+        n_prefix_pos = 0 if m.no_embed_class else m.num_prefix_tokens  # entries before the patch grid
+        patch_pos = m.pos_embed[:, n_prefix_pos:]
+        n = math.isqrt(patch_pos.shape[1])
+        if (h, w) != (n, n):
+            grid = patch_pos.float().reshape(1, n, n, C).permute(0, 3, 1, 2)
+            if how.offset:
+                size = dict(scale_factor=((h + how.offset) / n, (w + how.offset) / n))
+            else:
+                size = dict(size=(h, w))
+            grid = F.interpolate(grid, mode="bicubic", antialias=how.antialias, **size)
+            if tuple(grid.shape[-2:]) != (h, w):  # cannot happen for offsets in [0, 1); guards the formula
+                raise RuntimeError(f"position embedding resampled to {tuple(grid.shape[-2:])}, expected {(h, w)}")
+            patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, C).to(m.pos_embed.dtype)
+        x = x.reshape(B, h * w, C) + patch_pos
+        prefix = [t.expand(B, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if n_prefix_pos:
+                prefix = prefix + m.pos_embed[:, :n_prefix_pos]
+            x = torch.cat([prefix, x], dim=1)
+        return m.pos_drop(x)
 
     def run(
         self,
@@ -316,6 +348,31 @@ class Backbone(nn.Module):
         tokens = grid.flatten(2).transpose(1, 2)
         return torch.cat([prefix, tokens], dim=1) if prefix is not None else tokens
 
+    # -- SRT inside the network -----------------------------------------------------------------
+
+    def split(self, block: int) -> tuple[BackboneFront, BackboneBack]:
+        """The forward pass cut after ``block``: ``back(front(images)) == self(images)``.
+
+        ``front(images)`` returns the token state after that block as ``state`` (patch tokens [B,C,h,w]) and
+        ``state_prefix`` (CLS / register tokens [B,n,C], if any), plus the outputs computed before it (blocks
+        before ``block``, and the last attention's facets when ``block`` is the last one). ``back(outputs)``
+        runs the remaining blocks and the final norm on the state and returns this backbone's outputs. Wrapped
+        in SRT (``StochasticResonance(bb, at_block=k)``), the rest of the network runs once, on ensembled tokens.
+        """
+        if not isinstance(block, int) or not -self.depth <= block < self.depth:
+            raise ValueError(
+                f"block {block!r} is not valid for splitting {self.name} with {self.depth} blocks; "
+                f"expected 0..{self.depth - 1} (or -{self.depth}..-1 from the end)"
+            )
+        block %= self.depth
+        return BackboneFront(self, block), BackboneBack(self, block)
+
+    def _before_split(self, spec: OutputSpec, block: int) -> bool:
+        """Whether an output is computed in the front half when the network is cut after ``block``."""
+        # facets of block k are projections of the state *entering* block k; everything at block k itself
+        # (raw or normed) is read from the state after it, so from the ensembled state in the back half
+        return spec.block < block or (spec.block == block and spec.source in FACETS)
+
     # -- internals -------------------------------------------------------------------------------
 
     def _extract(self, state: torch.Tensor, hw: tuple[int, int], spec: OutputSpec) -> torch.Tensor:
@@ -342,6 +399,48 @@ class Backbone(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name}, patch_size={self.patch_size}, outputs={self.outputs}, weights={self.weights!r}"
+
+
+class BackboneFront(nn.Module):
+    """Blocks 0..k of a :class:`Backbone` (see :meth:`Backbone.split`); carries its patch size and normalisation."""
+
+    def __init__(self, backbone: Backbone, block: int):
+        super().__init__()
+        self.backbone, self.block = backbone, block
+        self.specs = [s for s in backbone.output_specs.values() if backbone._before_split(s, block)]
+        for attr in ("name", "patch_size", "mean", "std", "weights", "depth", "embed_dim"):
+            setattr(self, attr, getattr(backbone, attr))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        bb = self.backbone
+        hw = bb.check_images(images)
+        out = bb.run(bb.embed(images), hw, self.specs, stop=self.block)
+        prefix, out["state"] = bb.split_state(out.pop("_state"), hw)
+        if prefix is not None:
+            out["state_prefix"] = prefix
+        return out
+
+
+class BackboneBack(nn.Module):
+    """Blocks k+1.. and the final norm of a :class:`Backbone`, on the state a :class:`BackboneFront` returns."""
+
+    def __init__(self, backbone: Backbone, block: int):
+        super().__init__()
+        self.backbone, self.block = backbone, block
+        self.specs = [s for s in backbone.output_specs.values() if not backbone._before_split(s, block)]
+
+    def forward(self, front: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        bb, k = self.backbone, self.block
+        if "state" not in front:
+            raise ValueError(f"back half of {bb.name}: expected the front's outputs with 'state'; got {sorted(front)}")
+        hw = tuple(front["state"].shape[-2:])
+        state = bb.join_state(front.get("state_prefix"), front["state"])
+        out = {s.name: bb._extract(state, hw, s) for s in self.specs if s.block == k}
+        out.update(bb.run(state, hw, [s for s in self.specs if s.block > k], start=k + 1))
+        # the backbone's outputs, in its order, then statistics SRT added to front outputs (e.g. block0_var)
+        result = {name: out[name] if name in out else front[name] for name in bb.outputs}
+        result.update({n: v for n, v in front.items() if n not in result and not n.startswith("state")})
+        return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +563,7 @@ def load_backbone(
     outputs: Iterable[str] = ("tokens", "cls"),
     checkpoint_key: str | None = None,
     init_seed: int = 0,
+    pos_embed: str = "reference",
     **model_kwargs: Any,
 ) -> Backbone:
     """A frozen, eval-mode backbone by registry name.
@@ -477,6 +577,8 @@ def load_backbone(
         outputs: the output names to return (see the module docstring).
         checkpoint_key: key of the state dict inside the checkpoint; by default ``teacher``, ``model``,
             ``state_dict`` are tried, then the top level.
+        pos_embed: ``reference`` resamples position embeddings to other image sizes exactly as the original
+            code of the family does (DINO, DINOv2; timm's way for the others); ``timm`` uses timm's resampling.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2, embed_dim=64, num_heads=2``).
     """
     if name not in BACKBONES:
@@ -510,4 +612,4 @@ def load_backbone(
         model = create(pretrained=False)
         _load_file_into(model, spec, path, checkpoint_key)
         weights = f"file {path} (sha256 {_sha256(path)[:16]})"
-    return Backbone(model, name, spec, outputs, weights)
+    return Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)

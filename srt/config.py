@@ -15,6 +15,7 @@ FILLS = ("zero", "reflect", "replicate")
 BORDERS = ("official", "normalized")
 AGGREGATES = ("mean", "median")
 OUTPUTS = ("pooled", "dense")
+POS_EMBEDS = ("reference", "timm")
 
 
 def _check_choice(setting: str, value: Any, choices: tuple) -> None:
@@ -28,6 +29,7 @@ class SRTConfig:
 
     method: str = "shift"  # shift: SRT; jitter: the paper's naive colour-jitter ensemble baseline
     level: int = 3  # L: integer shifts |dy|,|dx| <= L, (2L+1)^2 of them
+    step: int = 1  # spacing of the shift grid: shifts are the multiples of step with |dy|,|dx| <= level
     samples: Optional[int] = None  # use n of the grid shifts instead of all of them
     sampling: str = "random"  # how the n are drawn: random (seeded, no replacement) | stratified
     fill: str = "zero"  # padding of shifted images: zero (official, in normalised space) | reflect | replicate
@@ -60,12 +62,22 @@ class SRTConfig:
             raise ValueError(
                 f"srt.level={self.level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size}"
             )
+        if self.step < 1 or (self.level > 0 and self.step > self.level):
+            raise ValueError(
+                f"srt.step={self.step} is not valid at srt.level={self.level}; expected 1 <= step <= level"
+            )
+        if self.method == "jitter" and self.output == "dense":
+            raise ValueError(
+                "srt.output=dense is not valid with srt.method=jitter: colour-jittered passes are not shifted, so "
+                "they hold nothing finer than the token grid; use srt.method=shift for a dense grid"
+            )
         if self.samples is not None and self.samples < 1:
             raise ValueError(f"srt.samples={self.samples} is not valid; expected null or an integer >= 1")
-        if self.samples is not None and self.samples > (2 * self.level + 1) ** 2:
+        grid_size = (2 * (self.level // self.step) + 1) ** 2
+        if self.samples is not None and self.samples > grid_size:
             raise ValueError(
                 f"srt.samples={self.samples} is not valid at srt.level={self.level}; "
-                f"expected at most {(2 * self.level + 1) ** 2} (the number of grid shifts)"
+                f"expected at most {grid_size} (the number of grid shifts)"
             )
         if self.batch_size < 1:
             raise ValueError(f"srt.batch_size={self.batch_size} is not valid; expected an integer >= 1")
@@ -94,11 +106,13 @@ class BackboneConfig:
     checkpoint_key: Optional[str] = None  # key of the state dict inside a checkpoint file (DINO: teacher); auto if null
     init_seed: int = 0  # seed of the random initialisation when pretrained=false
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. depth=2 for tiny test models
+    pos_embed: str = "reference"  # reference: resample position embeddings as the original DINO/DINOv2 code | timm
 
     def validate(self) -> BackboneConfig:
         from .backbones import BACKBONES  # local import: the registry lives with the models
 
         _check_choice("backbone.name", self.name, tuple(BACKBONES))
+        _check_choice("backbone.pos_embed", self.pos_embed, POS_EMBEDS)
         if not isinstance(self.pretrained, (bool, str)):
             raise ValueError(
                 f"backbone.pretrained={self.pretrained!r} is not valid; expected true, false or a checkpoint file path"

@@ -40,18 +40,22 @@ class ShiftSet:
         return int(self.shifts.abs().max()) if len(self) else 0
 
 
-def grid_shifts(level: int) -> torch.Tensor:
-    """All (2L+1)^2 integer shifts with |dy|, |dx| <= L, row-major (dy outer)."""
-    r = torch.arange(-level, level + 1)
+def grid_shifts(level: int, step: int = 1) -> torch.Tensor:
+    """All integer shifts with |dy|, |dx| <= L that are multiples of ``step``, row-major (dy outer).
+
+    step 1: the (2L+1)^2 grid of the paper; step 2 over L=6: the 7x7 grid of the official visualisation
+    notebook (-6, -4, ..., 6)."""
+    reach = level // step * step
+    r = torch.arange(-reach, reach + 1, step)
     dy, dx = torch.meshgrid(r, r, indexing="ij")
     return torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
 
 
-def _stratified_indices(level: int, n: int, seed: int) -> np.ndarray:
-    """n distinct grid cells spread evenly: a scrambled Halton sequence snapped to the nearest free cell."""
+def _stratified_indices(side: int, n: int, seed: int) -> np.ndarray:
+    """n distinct cells of a side x side grid spread evenly: a scrambled Halton sequence snapped to the nearest
+    free cell."""
     from scipy.stats import qmc
 
-    side = 2 * level + 1
     points = qmc.Halton(d=2, scramble=True, seed=seed).random(n) * side  # in [0, side)^2
     centres = np.stack(np.meshgrid(np.arange(side), np.arange(side), indexing="ij"), -1).reshape(-1, 2) + 0.5
     free = np.ones(side * side, dtype=bool)
@@ -72,10 +76,12 @@ def make_shifts(
     seed: int = 0,
     official_parity: bool = False,
     patch_size: int | None = None,
+    step: int = 1,
 ) -> ShiftSet:
     """The shift set of one SRT setting.
 
     - default: the exhaustive grid |dy|,|dx| <= L, (2L+1)^2 shifts (L=3: 49, as in the paper);
+    - ``step=k``: only the multiples of k on that grid ((2 floor(L/k) + 1)^2 shifts);
     - ``samples=n``: n of those, ``sampling="random"`` (seeded, without replacement) or
       ``"stratified"`` (low-discrepancy, evenly spread over the grid);
     - ``official_parity``: prepend the extra unshifted pass the official code runs, so the original
@@ -83,6 +89,8 @@ def make_shifts(
     """
     if level < 0:
         raise ValueError(f"srt.level={level} is not valid; expected an integer >= 0")
+    if step < 1 or (level > 0 and step > level):
+        raise ValueError(f"srt.step={step} is not valid at srt.level={level}; expected 1 <= step <= level")
     if patch_size is not None:
         if level >= patch_size:
             raise ValueError(
@@ -96,20 +104,22 @@ def make_shifts(
                 stacklevel=2,
             )
     _check_choice("srt.sampling", sampling, SAMPLINGS)
-    grid = grid_shifts(level)
-    description = f"grid L={level}"
+    grid = grid_shifts(level, step)
+    description = f"grid L={level}" + (f" step {step}" if step > 1 else "")
     if samples is not None:
         if not 1 <= samples <= len(grid):
             raise ValueError(
-                f"srt.samples={samples} is not valid at srt.level={level}; expected 1 <= samples <= {len(grid)}"
+                f"srt.samples={samples} is not valid at srt.level={level}"
+                + (f", srt.step={step}" if step > 1 else "")
+                + f"; expected 1 <= samples <= {len(grid)}"
             )
         if sampling == "random":
             gen = torch.Generator().manual_seed(seed)
             idx = torch.randperm(len(grid), generator=gen)[:samples]
         else:
-            idx = torch.from_numpy(_stratified_indices(level, samples, seed))
+            idx = torch.from_numpy(_stratified_indices(2 * (level // step) + 1, samples, seed))
         grid = grid[idx]
-        description = f"{sampling} {samples} of grid L={level} (seed {seed})"
+        description = f"{sampling} {samples} of {description} (seed {seed})"
     if official_parity:
         grid = torch.cat([torch.zeros(1, 2, dtype=grid.dtype), grid])
         description += " + unshifted (official parity)"

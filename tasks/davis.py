@@ -4,7 +4,8 @@ The DINO protocol (PROTOCOLS.md section 2.1 and the appendix "DINO DAVIS label p
 ``dino:eval_video_segmentation.py``), re-implemented:
 
 1. frames read with OpenCV, resized (bilinear) so the short side is 480 and the long side floors to a multiple
-   of 64 (854x480 -> 832x480), scaled to [0, 1] and normalised with the ImageNet mean and DINO's std
+   of 64 (854x480 -> 832x480; for patch sizes that do not divide this, e.g. DINOv2's 14, both sides floor to
+   multiples of p instead: 840x476, see :func:`frame_size`), scaled to [0, 1] and normalised with the ImageNet mean and DINO's std
    (0.228, 0.224, 0.225) -- the 0.228 is inherited from UVC and kept for parity (``task.std``);
 2. the first annotation is resized with PIL NEAREST to the token grid and one-hot encoded;
 3. every later frame t takes its labels from a context of the first frame plus the ``n_last_frames`` most
@@ -283,6 +284,22 @@ def dino_frame_size(width: int, height: int, short_side: int = 480, long_side_mu
     return int(short_side * width / height // long_side_multiple * long_side_multiple), short_side
 
 
+def frame_size(
+    width: int, height: int, patch: int, short_side: int = 480, long_side_multiple: int = 64
+) -> tuple[int, int]:
+    """(width, height) frames are resized to: DINO's rule when it gives multiples of the patch size (p = 8, 16:
+    854x480 -> 832x480), otherwise DINO's rule applied with p for both roundings: the short side floored to a
+    multiple of p, the long side scaled with the aspect ratio and floored to a multiple of p (p = 14:
+    854x480 -> 840x476). The official code only ran p = 8 and 16 on DAVIS; this is what DINOv2 backbones get."""
+    w, h = dino_frame_size(width, height, short_side, long_side_multiple)
+    if w % patch == 0 and h % patch == 0:
+        return w, h
+    short = short_side // patch * patch
+    if short < patch:
+        raise ValueError(f"task.short_side={short_side} is smaller than the patch size {patch}")
+    return dino_frame_size(width, height, short, patch)
+
+
 def read_frame(
     path: Path, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -479,8 +496,8 @@ class DavisTask(Task):
         mean = cfg.mean if cfg.mean is not None else extractor.mean
         std = cfg.std if cfg.std is not None else extractor.std
         H, W = annotation.shape
-        size = dino_frame_size(W, H, cfg.short_side, cfg.long_side_multiple)
         p, s = extractor.patch_size, extractor.stride
+        size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
         if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
             raise ValueError(
                 f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "

@@ -51,7 +51,7 @@ def test_outputs_mean_what_they_say():
     m = bb.model
     x = torch.randn(2, 3, 32, 48)
     out = bb(x)
-    t = m.norm_pre(m._pos_embed(m.patch_embed(x)))
+    t = bb.embed(x)  # position embeddings: test_reference_position_embeddings
     t0 = m.blocks[0](t)
     qkv = m.blocks[1].attn.qkv(m.blocks[1].norm1(t0))
     t1 = m.blocks[1](t0)
@@ -63,9 +63,10 @@ def test_outputs_mean_what_they_say():
     torch.testing.assert_close(out["block-1"], grid(t1))
     for i, name in enumerate(("queries", "keys", "values")):
         torch.testing.assert_close(out[name], grid(qkv[..., i * 64 : (i + 1) * 64]))
-    # the same as timm's own feature API
+    # with timm's position embeddings: the same as timm's own feature API
+    bb.pos_embed_resampling = None
     ref = m.forward_intermediates(x, indices=[1], norm=True, intermediates_only=True)[0]
-    torch.testing.assert_close(out["tokens"], ref)
+    torch.testing.assert_close(bb(x)["tokens"], ref)
 
 
 def test_unknown_names_list_the_valid_ones():
@@ -85,7 +86,8 @@ def _source_model(name: str, seed: int = 1) -> torch.nn.Module:
 
 
 def _assert_same_features(bb, source: torch.nn.Module):
-    x = torch.randn(1, 3, 2 * bb.patch_size, 3 * bb.patch_size)
+    # at the checkpoint's own grid no position embedding is resampled, so timm's features are the reference
+    x = torch.randn(1, 3, *(n * bb.patch_size for n in source.patch_embed.grid_size))
     ref = source.forward_intermediates(x, indices=[len(source.blocks) - 1], norm=True, intermediates_only=True)[0]
     torch.testing.assert_close(bb(x)["tokens"], ref)
 
@@ -221,3 +223,65 @@ def test_pretrained_true_loads_from_the_hf_cache(monkeypatch, tmp_path):
     bb = srt.load_backbone("dino_vits16", pretrained=True, **TINY)
     assert bb.weights.startswith("pretrained timm/vit_small_patch16_224.dino (cache model.safetensors")
     _assert_same_features(bb, source)
+
+
+def _reference_interpolate_pos_encoding(pos_embed, rows, cols, offset, antialias):
+    """Transcription of DINO's / DINOv2's ``interpolate_pos_encoding`` (vision_transformer.py): ``pos_embed`` is
+    [1, 1 + N, C] with the CLS slot first; the patch grid (sqrt N square) is resampled bicubically with scale
+    factors ((rows + offset) / sqrt N, (cols + offset) / sqrt N), or to the size when offset is 0."""
+    n_patch = pos_embed.shape[1] - 1
+    side = int(n_patch**0.5)
+    if rows * cols == n_patch and rows == cols:
+        return pos_embed
+    cls_pos, patch_pos = pos_embed[:, 0], pos_embed[:, 1:]
+    dim = pos_embed.shape[-1]
+    grid = patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    if offset:
+        kw = {"scale_factor": ((rows + offset) / side, (cols + offset) / side)}
+    else:
+        kw = {"size": (rows, cols)}
+    grid = torch.nn.functional.interpolate(grid, mode="bicubic", antialias=antialias, **kw)
+    assert grid.shape[-2:] == (rows, cols)
+    return torch.cat([cls_pos[:, None], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [
+        ("dino_vits16", (224, 320)),
+        ("dino_vits16", (480, 832)),
+        ("dino_vits8", (224, 320)),
+        ("dino_vits8", (480, 832)),
+        ("dino_vits16", (224, 224)),  # the native grid: no resampling at all
+        ("dinov2_vits14", (476, 840)),
+        ("dinov2_vits14", (224, 224)),
+        ("dinov2_vits14_reg", (476, 840)),
+    ],
+)
+def test_reference_position_embeddings(name, size):
+    """DINO / DINOv2 backbones embed exactly as the original code (CLS + resampled position embeddings,
+    registers after CLS without position), by default; backbone.pos_embed=timm keeps timm's resampling."""
+    bb = srt.load_backbone(name, pretrained=False, outputs=("tokens",), **TINY)
+    m = bb.model
+    torch.nn.init.normal_(m.pos_embed, std=1.0)  # a rough embedding makes resampling differences visible
+    x = torch.randn(1, 3, *size)
+    rows, cols = size[0] // bb.patch_size, size[1] // bb.patch_size
+    patches = m.patch_embed(x).reshape(1, rows * cols, -1)
+    if m.reg_token is None:  # DINO / DINOv2: pos_embed [1, 1 + N, C] with the CLS slot
+        official_pos, cls = m.pos_embed, m.cls_token
+    else:  # timm stores DINOv2-reg without the CLS slot (it is folded into cls_token): add an empty one back
+        official_pos, cls = torch.cat([torch.zeros_like(m.pos_embed[:, :1]), m.pos_embed], dim=1), m.cls_token
+    resampling = BACKBONES[name].reference_pos_embed
+    tokens = torch.cat([cls, patches], dim=1) + _reference_interpolate_pos_encoding(
+        official_pos, rows, cols, resampling.offset, resampling.antialias
+    )
+    if m.reg_token is not None:
+        tokens = torch.cat([tokens[:, :1], m.reg_token, tokens[:, 1:]], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.embed(x), tokens, atol=1e-6, rtol=0)
+        timm_bb = srt.load_backbone(name, pretrained=False, outputs=("tokens",), pos_embed="timm", **TINY)
+        timm_bb.model.load_state_dict(m.state_dict())
+        differs = not torch.allclose(timm_bb.embed(x), tokens, atol=1e-3)
+    # timm resamples by size with antialiasing: DINOv2-reg's own formula, but not DINO's / DINOv2's scale factors
+    off_grid = (rows, cols) != tuple(m.patch_embed.grid_size)
+    assert differs == (off_grid and resampling.offset != 0)

@@ -193,6 +193,13 @@ def test_oracle_features_reproduce_the_token_quantised_ground_truth(fixtures_dir
 
 
 # ---------------------------------------------------------------------------------------------- protocol helpers
+def test_frame_size_follows_dino_and_the_patch_size():
+    assert td.frame_size(854, 480, 16) == (832, 480) and td.frame_size(854, 480, 8) == (832, 480)  # DINO's rule
+    assert td.frame_size(854, 480, 14) == (840, 476)  # DINOv2: 832x480 is no multiple of 14; floored to 14
+    assert td.frame_size(480, 854, 14) == (476, 840)
+    assert td.frame_size(910, 480, 14) == (896, 476)
+
+
 def test_dino_frame_size():
     assert td.dino_frame_size(854, 480) == (832, 480)
     assert td.dino_frame_size(910, 480) == (896, 480)

@@ -229,6 +229,6 @@ def test_bad_inputs_are_named(fixtures_dir, tmp_path, tiny_kwargs):
     with pytest.raises(ValueError, match="not in the DAVIS split"):
         run_task(DavisConfig(root=str(root), sequences=["blackswan"]), bb, tmp_path / "out_d")
 
-    # frames that do not fit the patch size: the error names the settings to change
-    with pytest.raises(ValueError, match="task.short_side"):
-        run_task(DavisConfig(root=str(root), short_side=100, long_side_multiple=10), bb, tmp_path / "out_e")
+    # frames smaller than a patch: the error names the setting to change
+    with pytest.raises(ValueError, match="task.short_side=10 is smaller than the patch size 16"):
+        run_task(DavisConfig(root=str(root), short_side=10, long_side_multiple=10), bb, tmp_path / "out_e")

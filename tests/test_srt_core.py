@@ -146,7 +146,7 @@ def test_at_block_equals_brute_force(tiny_bb, border):
     shifts = list(sr.shift_set)
     per_pass = []
     for dy, dx in shifts:
-        t = m.norm_pre(m._pos_embed(m.patch_embed(translate(x, dy, dx))))
+        t = tiny_bb.embed(translate(x, dy, dx))  # position embeddings: tested in test_backbones
         outs = {}
         for i in range(k + 1):
             t = m.blocks[i](t)
@@ -159,10 +159,15 @@ def test_at_block_equals_brute_force(tiny_bb, border):
     grid = pool(mean_field(per_pass, shifts, p, "grid", border), p)
     cls = torch.stack([o["cls"] for o in per_pass]).mean(0)
     t = torch.cat([cls, grid.flatten(2).transpose(1, 2)], dim=1)
+    ensembled = t
     for i in range(k + 1, len(m.blocks)):
         t = m.blocks[i](t)
     normed = m.norm(t)
     out = sr(x)
+    # outputs at block k itself come from the ensembled state (the final norm runs after the ensemble)
+    torch.testing.assert_close(
+        out["block1_norm"], m.norm(ensembled)[:, 1:].transpose(1, 2).reshape(2, -1, 3, 4), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(out["tokens"], normed[:, 1:].transpose(1, 2).reshape(2, -1, 3, 4), atol=1e-5, rtol=0)
     torch.testing.assert_close(out["cls"], normed[:, 0], atol=1e-5, rtol=0)
     # outputs at or before the block are ensembles of the per-pass outputs
@@ -226,7 +231,7 @@ def test_bad_input_names_the_setting(tiny_bb):
         srt.StochasticResonance(tiny_bb, output="dense", stride=3)
     with pytest.raises(ValueError, match="stride=5 .*divisor"):
         sr.dense(torch.randn(1, 3, 32, 32), stride=5)
-    with pytest.raises(ValueError, match="srt.at_block=7 .*3 blocks"):
+    with pytest.raises(ValueError, match="at_block=7 .*3 blocks"):
         srt.StochasticResonance(tiny_bb, at_block=7)
     with pytest.raises(ValueError, match="at_block cannot be combined"):
         srt.StochasticResonance(tiny_bb, at_block=1, output="dense")
@@ -251,7 +256,7 @@ def test_jitter_ensemble(tiny_bb):
     torch.testing.assert_close(same["tokens"], plain["tokens"], atol=1e-5, rtol=0)
     je = srt.JitterEnsemble(tiny_bb, passes=6, strength=0.4, seed=1, batch_size=4)
     out = je(x)
-    expected = torch.stack([tiny_bb(je._perturb(x, t))["tokens"] for t in range(6)]).mean(0)
+    expected = torch.stack([tiny_bb(je.jitter(x, t))["tokens"] for t in range(6)]).mean(0)
     torch.testing.assert_close(out["tokens"], expected, atol=1e-5, rtol=0)
     assert not torch.allclose(out["tokens"], plain["tokens"], atol=1e-3)
     assert torch.equal(out["tokens"], srt.JitterEnsemble(tiny_bb, passes=6, strength=0.4, seed=1)(x)["tokens"])

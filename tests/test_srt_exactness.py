@@ -9,36 +9,27 @@ import torch.nn.functional as F
 from srt_reference import aligned_stack, brute_force, mean_field, pass_outputs, pool, translate
 
 import srt
-from srt.backbones import Backbone, OutputSpec
 
 
-class PatchBackbone(Backbone):
-    """A cheap non-linear 'ViT': tokens = tanh(patch embedding) or plain patch means of the input.
+class PatchBackbone(nn.Module):
+    """A cheap non-linear 'ViT' that is not an srt.Backbone: tokens = tanh(patch embedding) or patch means.
 
-    Fast enough to run every level 1..p-1 on the full shift grid. Implements only what SRT calls."""
+    SRT wraps any callable images -> dict; this one only has the attributes SRT reads (patch_size, name, mean,
+    std). Fast enough to run every level 1..p-1 on the full shift grid."""
 
     def __init__(self, patch: int, channels: int = 5, mode: str = "tanh", seed: int = 0):
-        nn.Module.__init__(self)
-        self.name, self.patch_size, self.stride, self.depth = f"patch{patch}", patch, patch, 1
-        self.family, self.num_prefix_tokens, self.weights = "vit", 0, "synthetic"
+        super().__init__()
+        self.name, self.patch_size = f"patch{patch}", patch
         self.mean = self.std = (0.5, 0.5, 0.5)
         self.mode = mode
         g = torch.Generator().manual_seed(seed)
         self.proj = torch.randn(channels, 3, patch, patch, generator=g) / patch
         self.embed_dim = channels if mode == "tanh" else 3
-        self.output_specs = {"tokens": OutputSpec("tokens", 0, "grid", "x", False)}
-        self.outputs = ("tokens",)
-
-    def embed(self, images):
-        return images
-
-    def run(self, state, hw, specs, start=0, stop=None):
-        if self.mode == "mean":
-            return {"tokens": F.avg_pool2d(state, self.patch_size)}
-        return {"tokens": torch.tanh(F.conv2d(state, self.proj, stride=self.patch_size))}
 
     def forward(self, images):
-        return self.run(images, None, None)
+        if self.mode == "mean":
+            return {"tokens": F.avg_pool2d(images, self.patch_size)}
+        return {"tokens": torch.tanh(F.conv2d(images, self.proj, stride=self.patch_size))}
 
 
 def _divisors(p: int) -> list[int]:
