@@ -166,14 +166,13 @@ def srt_inside(extractor: Any, block: Optional[int]) -> Any:
 
     if (
         block is None
-        or not isinstance(extractor, srt.StochasticResonance)
-        or isinstance(extractor, srt.JitterEnsemble)
+        or not isinstance(extractor, srt.StochasticResonance)  # the jitter ensemble is a sibling class
         or extractor.at_block is not None
         or extractor.level == 0
     ):
         return extractor
     try:
-        return srt.build_extractor(extractor.backbone, dataclasses.replace(extractor.config, at_block=block))
+        return srt.build_extractor(extractor.wrapped, dataclasses.replace(extractor.config, at_block=block))
     except ValueError as e:
         raise ValueError(f"task.srt_block={block} (applied as srt.at_block): {e}") from e
 

@@ -301,7 +301,7 @@ def test_srt_inside_leaves_other_extractors_alone(tiny_kwargs):
     ):
         assert srt_inside(extractor, -2) is extractor
     assert srt_inside(sr, None) is sr
-    with pytest.raises(ValueError, match=r"task.srt_block=5 \(applied as srt.at_block\): srt.at_block=5 is not valid"):
+    with pytest.raises(ValueError, match=r"task.srt_block=5 \(applied as srt.at_block\): at_block=5 is not valid"):
         srt_inside(sr, 5)
 
 
