@@ -242,6 +242,7 @@ class SweepRow:
     metric: str
     label: str
     lower_is_better: bool = False
+    dataset: str = ""  # runs of another dataset stay out of the row (runs that name no dataset are kept)
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,8 @@ TABLE4 = SweepSpec(
     4,
     "Image retrieval (ROxford5k, mAP) and object discovery (VOC07, CorLoc) across perturbation levels",
     (
-        SweepRow("retrieval", "mAP_M", "ROxford mAP Medium"),
-        SweepRow("retrieval", "mAP_H", "ROxford mAP Hard"),
+        SweepRow("retrieval", "mAP_M", "ROxford mAP Medium", dataset="roxford5k"),
+        SweepRow("retrieval", "mAP_H", "ROxford mAP Hard", dataset="roxford5k"),
         SweepRow("discovery", "CorLoc", "VOC07 CorLoc"),
     ),
     1,
@@ -396,7 +397,7 @@ def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes:
 def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes: list[str] = ()) -> Table:
     """Table 4 layout: levels as columns; only srt.method=shift runs (baseline and +SRT)."""
     shift = ("baseline", "+SRT")
-    ours = ours[ours["method"].isin(shift)]
+    ours = ours[ours["method"].isin(shift) & in_sweep_rows(ours, spec)]
     paper = paper[(paper["table"] == spec.number) & paper["method"].isin(shift)] if not paper.empty else paper
     keys = ("task", "metric", "backbone", "weights", "settings")
     ours_at, paper_at = _lookup(ours, (*keys, "level")), _lookup(paper, (*keys, "level"))
@@ -443,16 +444,25 @@ def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, 
     return Table(spec.number, spec.title, values, cells, _notes(notes, rows))
 
 
-def displayed(ours: pd.DataFrame) -> pd.Series:
-    """Which result rows the paper tables show."""
-    in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
-    in_sweep = {(r.task, r.metric) for r in TABLE4.rows}
-    pairs = list(zip(ours["task"], ours["metric"]))
+def in_sweep_rows(ours: pd.DataFrame, spec: SweepSpec) -> pd.Series:
+    """Which result rows belong to one of the sweep table's rows (task, metric and, if the row names one, dataset)."""
+    datasets = {(r.task, r.metric): r.dataset for r in spec.rows}
     return pd.Series(
-        [p in in_tables or (p in in_sweep and m in ("baseline", "+SRT")) for p, m in zip(pairs, ours["method"])],
+        [
+            (t, m) in datasets and d in ("", datasets[(t, m)] or d)
+            for t, m, d in zip(ours["task"], ours["metric"], ours["dataset"])
+        ],
         index=ours.index,
         dtype=bool,
     )
+
+
+def displayed(ours: pd.DataFrame) -> pd.Series:
+    """Which result rows the paper tables show."""
+    in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
+    pairs = list(zip(ours["task"], ours["metric"]))
+    in_sweep = in_sweep_rows(ours, TABLE4) & ours["method"].isin(("baseline", "+SRT"))
+    return pd.Series([p in in_tables for p in pairs], index=ours.index, dtype=bool) | in_sweep
 
 
 def build_other_table(task: str, ours: pd.DataFrame, title: Optional[str] = None) -> Table:

@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "davis": "tasks.davis:DavisTask",
     "saliency": "tasks.saliency:SaliencyTask",
     "discovery": "tasks.discovery:DiscoveryTask",
+    "retrieval": "tasks.retrieval:RetrievalTask",
     "toy": "tasks.toy:ToyTask",
 }
 
