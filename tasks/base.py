@@ -81,9 +81,11 @@ class DataFiles:
 class Task(ABC):
     """A benchmark task. Subclasses set ``name``, ``outputs`` and ``Config`` and implement ``run``.
 
-    ``Config`` is a dataclass: the schema of the ``task`` config group. The runner merges the
-    user's ``task`` config into it (unknown keys and wrong types are errors), then calls
-    ``Config.validate()`` if defined (invalid values are errors), then ``from_config``.
+    ``Config`` is a dataclass: the schema of the ``task`` config group, and the one place its defaults
+    live (run.py registers them with Hydra). The runner merges the user's ``task`` config into it
+    (unknown keys and wrong types are errors), then calls ``Config.validate()`` if defined (invalid values
+    are errors), then ``from_config``. ``data_files()`` names the files a run reads: with the settings
+    (minus ``data_location_settings``) they are the run's identity.
     """
 
     name: ClassVar[str]

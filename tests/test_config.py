@@ -367,29 +367,29 @@ def test_backbone_options_come_from_the_registry_not_yaml():
 
 
 def test_a_new_dataclass_field_is_a_setting_without_yaml_edits(monkeypatch):
-    """The lead's SRTConfig.step and BackboneConfig.pos_embed need no YAML: registration reads the fields."""
+    """Registration reads the fields: srt.step and backbone.pos_embed (added to the dataclasses only) are
+    settings, and so is any field added later."""
     import dataclasses
 
-    stepped = dataclasses.make_dataclass(
-        "SRTConfig", [("step", int, dataclasses.field(default=1))], bases=(srt.SRTConfig,)
+    cfg = compose_cfg(["task=toy", "srt.step=2", "backbone.pos_embed=timm"])
+    assert cfg.srt.step == 2 and cfg.backbone.pos_embed == "timm"
+    set_in_yaml = {k for p in CONF.rglob("*.yaml") for k in (OmegaConf.load(p) or {}) if isinstance(k, str)}
+    assert not {"step", "pos_embed"} & set_in_yaml
+
+    grown = dataclasses.make_dataclass(
+        "SRTConfig", [("novel_setting", int, dataclasses.field(default=1))], bases=(srt.SRTConfig,)
     )
-    embedded = dataclasses.make_dataclass(
-        "BackboneConfig", [("pos_embed", str, dataclasses.field(default="reference"))], bases=(srt.BackboneConfig,)
-    )
-    monkeypatch.setattr(srt, "SRTConfig", stepped)
-    monkeypatch.setattr(srt, "BackboneConfig", embedded)
+    monkeypatch.setattr(srt, "SRTConfig", grown)
     try:
         run.register_configs()
-        cfg = compose_cfg(["task=toy", "srt.step=2", "backbone.pos_embed=timm"])
-        assert cfg.srt.step == 2 and cfg.backbone.pos_embed == "timm"
-        plan = run.plan(cfg)
-        assert plan.srt.step == 2 and plan.backbone.pos_embed == "timm"
-        assert compose_cfg(["task=toy"]).srt.step == 1
-        run.check_override_keys(["task=toy", "srt.step=2"])  # the command-line check knows the field too
+        assert compose_cfg(["task=toy"]).srt.novel_setting == 1
+        plan = run.plan(compose_cfg(["task=toy", "srt.novel_setting=2"]))
+        assert plan.srt.novel_setting == 2
+        run.check_override_keys(["task=toy", "srt.novel_setting=2"])  # the command-line check knows it too
     finally:
         monkeypatch.undo()
         run.register_configs()
-    assert "step" not in compose_cfg(["task=toy"]).srt
+    assert "novel_setting" not in compose_cfg(["task=toy"]).srt
 
 
 def test_validation_runs_once_per_group(monkeypatch):
