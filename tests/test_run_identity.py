@@ -174,6 +174,24 @@ def test_discovery_lists_the_image_set_its_images_and_annotations(fixtures_dir, 
         task.data_identity()
 
 
+def test_retrieval_lists_the_ground_truth_and_its_images(fixtures_dir, tmp_path):
+    a, b = moved_copy(fixtures_dir / "roxford", tmp_path)
+    subset = dict(database=["all_souls_000055"], queries=["all_souls_000013"])  # the fixture's two images
+    task = build("retrieval", root=str(a), **subset)
+    files = task.data_files()
+    assert files.name == "roxford5k" and sorted(files.files) == [
+        "roxford5k/gnd_roxford5k.pkl",
+        "roxford5k/jpg/all_souls_000013.jpg",
+        "roxford5k/jpg/all_souls_000055.jpg",
+    ]
+    ident = task.data_identity()
+    assert build("retrieval", root=str(b), **subset).data_identity() == ident
+    shutil.copy(a / "roxford5k" / "jpg" / "all_souls_000013.jpg", a / "roxford5k" / "jpg" / "not_listed.jpg")
+    assert task.data_identity() == ident  # not in the ground truth: not read
+    (a / "roxford5k" / "jpg" / "all_souls_000055.jpg").write_bytes(b"truncated")
+    assert task.data_identity() != ident
+
+
 def test_toy_reads_no_files():
     assert build("toy").data_files() is None and build("toy").data_identity() is None
 
