@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .io import atomic_save_png
+
 
 def pca_rgb(features: torch.Tensor, quantile: float = 0.01, basis: torch.Tensor | None = None) -> np.ndarray:
     """Top-3 principal components of a [C,H,W] field as a uint8 [H,W,3] image.
@@ -45,11 +47,4 @@ def pca_basis(features: torch.Tensor, components: int = 3) -> torch.Tensor:
 
 def save_pca_png(features: torch.Tensor, path: str | os.PathLike, **kwargs) -> Path:
     """Write :func:`pca_rgb` of a [C,H,W] field as a PNG (atomically) and return the path."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(pca_rgb(features, **kwargs)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return atomic_save_png(path, pca_rgb(features, **kwargs))

@@ -55,9 +55,9 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from eval.retrieval import UnsafePickleError, evaluate, rank_database, read_gnd, restrict_gnd
+from srt.io import atomic_write_bytes, atomic_write_text
 
-from .base import FeatureExtractor, RunContext, Task
-from .results import atomic_write_bytes, atomic_write_text
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 
 __all__ = ["DATASETS", "RetrievalConfig", "RetrievalTask", "UnsafePickleError", "read_gnd"]
 
@@ -227,6 +227,11 @@ class RetrievalTask(Task):
 
     def check_data(self) -> None:
         self.load_ground_truth()
+
+    def data_files(self) -> DataFiles:
+        gt = self.load_ground_truth()
+        images = [self.dataset_dir / "jpg" / f"{n}.jpg" for n in dict.fromkeys(gt["imlist"] + gt["qimlist"])]
+        return DataFiles.under(self.cfg.dataset, self.cfg.root, [self.gnd_path, *images])
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: RetrievalConfig = self.cfg

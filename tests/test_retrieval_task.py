@@ -21,7 +21,7 @@ from PIL import Image
 import srt
 from eval import retrieval as R
 from tasks.base import RunContext
-from tasks.results import ItemCache
+from tasks.item_cache import ItemCache
 from tasks.retrieval import (
     RetrievalConfig,
     RetrievalTask,
@@ -351,6 +351,8 @@ def sample_data_module():
 def compose_cfg(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
+    import run  # noqa: F401  (registers the dataclass configs with Hydra)
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
@@ -394,36 +396,32 @@ def test_sample_data_runs_resume_and_fill_table4(tmp_path):
     common += ["progress=false", "device=cpu", *TINY]
     records = {level: run.execute(compose_cfg([*common, f"srt.level={level}"])) for level in (0, 1)}
     for level, record in records.items():
-        out = Path(record["run_dir"])
-        m = record["metrics"]
-        assert record["items"] == {"computed": 19, "loaded": 0} and record["passes"] == (1 if level == 0 else 9)
+        out = Path(record.run_dir)
+        m = record.metrics
+        assert record.items == {"computed": 19, "loaded": 0} and record.passes == (1 if level == 0 else 9)
         assert 0 < m["mAP_M"] < 100 and m["n_database"] == 16 and m["n_queries"] == 3  # a real ranking, not trivial
         # the task's defaults add nothing to the run's variant: only the tiny model's kwargs
-        assert set(record["variant"]) == {"backbone.depth", "backbone.embed_dim", "backbone.num_heads"}
+        assert set(record.variant) == {"backbone.depth", "backbone.embed_dim", "backbone.num_heads"}
         assert np.load(out / "ranks.npy").shape == (16, 3)
         gnd = read_gnd(tmp_path / "sample" / "revisitop" / "roxford5k" / "gnd_roxford5k.pkl")
         rescored = R.score_features(R.read_features(out / "features.npz"), gnd).metrics
         assert rescored == pytest.approx({k: v for k, v in m.items() if k in rescored}, abs=1e-9)
-    assert records[0]["metrics"]["mAP_M"] != records[1]["metrics"]["mAP_M"]
+    assert records[0].metrics["mAP_M"] != records[1].metrics["mAP_M"]
 
     # a killed run (no metrics.json) resumes from the item cache
-    level1 = Path(records[1]["run_dir"])
+    level1 = Path(records[1].run_dir)
     (level1 / "metrics.json").unlink()
     resumed = run.execute(compose_cfg([*common, "srt.level=1"]))
-    assert resumed["items"] == {"computed": 0, "loaded": 19}
-    assert {k: v for k, v in resumed["metrics"].items() if k != "descriptor_s_per_image"} == {
-        k: v for k, v in records[1]["metrics"].items() if k != "descriptor_s_per_image"
+    assert resumed.items == {"computed": 0, "loaded": 19}
+    assert {k: v for k, v in resumed.metrics.items() if k != "descriptor_s_per_image"} == {
+        k: v for k, v in records[1].metrics.items() if k != "descriptor_s_per_image"
     }
 
     [t4] = tables.build_tables(results, only=4)[0]
     rows = t4.values.set_index(["row", "weights"])
     for level in (0, 1):
-        assert rows.loc[("ROxford mAP Medium", "random"), f"L{level}"] == pytest.approx(
-            records[level]["metrics"]["mAP_M"]
-        )
-        assert rows.loc[("ROxford mAP Hard", "random"), f"L{level}"] == pytest.approx(
-            records[level]["metrics"]["mAP_H"]
-        )
+        assert rows.loc[("ROxford mAP Medium", "random"), f"L{level}"] == pytest.approx(records[level].metrics["mAP_M"])
+        assert rows.loc[("ROxford mAP Hard", "random"), f"L{level}"] == pytest.approx(records[level].metrics["mAP_H"])
     # with pretrained weights and default settings (what `+experiment=table4_retrieval` writes) the paper's numbers
     # sit beside ours in the same row; another dataset's runs stay out of the ROxford row
     for path in results.rglob("metrics.json"):
@@ -439,8 +437,8 @@ def test_sample_data_runs_resume_and_fill_table4(tmp_path):
     [t4] = tables.build_tables(results, only=4)[0]
     cells = t4.cells.set_index(["row", "weights"])
     medium = cells.loc[("ROxford mAP Medium", "pretrained")]
-    assert medium["L0"] == f"{records[0]['metrics']['mAP_M']:.1f} / 34.6"
-    assert medium["L1"] == f"{records[1]['metrics']['mAP_M']:.1f} / 34.8"
+    assert medium["L0"] == f"{records[0].metrics['mAP_M']:.1f} / 34.6"
+    assert medium["L1"] == f"{records[1].metrics['mAP_M']:.1f} / 34.8"
     assert "99.0" not in tables.to_markdown(t4)
     other = [t for t in tables.build_tables(results)[0] if t.title.startswith("retrieval: results not in")][0]
     assert 99.0 in set(other.values["mAP_M"])
