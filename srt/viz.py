@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 from .io import atomic_save_png
 
 
@@ -19,7 +20,7 @@ def pca_rgb(features: torch.Tensor, quantile: float = 0.01, basis: torch.Tensor 
     components (e.g. a plain and an SRT field of one image, for a fair side-by-side).
     """
     if features.dim() != 3:
-        raise ValueError(f"features must be [C,H,W]; got shape {tuple(features.shape)}")
+        raise UserError(f"features must be [C,H,W]; got shape {tuple(features.shape)}")
     C, H, W = features.shape
     x = features.detach().float().reshape(C, -1).T  # [HW, C]
     x = x - x.mean(0, keepdim=True)
