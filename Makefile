@@ -62,7 +62,8 @@ tables: setup
 	$(PY) -m eval.tables $(RESULTS) --format md --out $(RESULTS)/tables.md
 	$(PY) -m eval.tables $(RESULTS) --format tex --out $(RESULTS)/tables.tex
 	$(PY) -m eval.tables $(RESULTS) --format csv --out $(RESULTS)/tables.csv
-	$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
+	@# no DAVIS sweep under RESULTS is not an error of the tables: the figure says why and the target goes on
+	-$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
 	@cat $(RESULTS)/tables.md
 
 clean-venv:
