@@ -106,7 +106,9 @@ def job_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
 
 
-def method_label(srt_cfg: Any) -> str:
+def method_label(srt_cfg: Any, distilled: bool = False) -> str:
+    if distilled:  # weights of a self-distillation run (task=distill), at any level
+        return "distilled"
     if srt_cfg.method == "jitter":
         return "naive ensemble"
     return "baseline" if srt_cfg.level == 0 else "+SRT"
@@ -197,7 +199,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
         variant["backbone.pos_embed"] = p.backbone.pos_embed
     record = {
         "metrics": {k: float(v) for k, v in metrics.items()},
-        "method": method_label(p.srt),
+        "method": method_label(p.srt, distilled=bb.distilled is not None),
         "variant": variant,
         "run_dir": str(p.run_dir),
         "run_key_hash": key_hash,
@@ -209,6 +211,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
             "patch_size": bb.patch_size,
             "embed_dim": bb.embed_dim,
             "depth": bb.depth,
+            "distilled": bb.distilled,  # the training record of a distilled student (task=distill), else null
         },
         "srt": dataclasses.asdict(p.srt),
         "passes": int(extractor.passes),

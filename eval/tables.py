@@ -12,7 +12,9 @@ lays the numbers out like the paper:
 - one plain table per other task (no paper numbers).
 
 Method labels come from each run's config: ``srt.method=shift`` at level 0 is "baseline", at level > 0 "+SRT"
-(with ``task.output_ensemble`` "+OE"), ``srt.method=jitter`` is "naive ensemble". Rows also carry the weights
+(with ``task.output_ensemble`` "+OE"), ``srt.method=jitter`` is "naive ensemble", and a run whose backbone
+loaded a distilled student (``backbone.distilled`` in its record: weights written by ``task=distill``) is
+"distilled", with the weights kind of its teacher. Rows also carry the weights
 kind (pretrained, file, random), the level (L) and the settings that differ from the defaults (the run's
 ``variant``); paper numbers (eval/paper_results.yaml) are joined only to rows with pretrained weights and
 default settings. Cells read "ours / paper", "-" where missing; "rel. gain" is the relative change over the
@@ -55,8 +57,10 @@ RANDOM_NOTE = (
 # Reading results
 
 
-def method_label(srt: dict, task: dict) -> str:
+def method_label(srt: dict, task: dict, record: Optional[dict] = None) -> str:
     """The table label of a run's method (see the module docstring)."""
+    if _distilled(record):
+        return "distilled"
     if srt.get("method", "shift") == "jitter":
         return "naive ensemble"
     if int(srt.get("level", 0)) == 0:
@@ -64,9 +68,17 @@ def method_label(srt: dict, task: dict) -> str:
     return "+OE" if task.get("output_ensemble") else "+SRT"
 
 
+def _distilled(record: Optional[dict]) -> Optional[dict]:
+    """The training record of a distilled student the run loaded (run.py writes it as backbone.distilled)."""
+    found = (record or {}).get("backbone", {}).get("distilled")
+    return found if isinstance(found, dict) else None
+
+
 def weights_kind(record: dict) -> str:
-    """pretrained | file | random, from the backbone's weights string (else from the config)."""
-    text = str(record.get("backbone", {}).get("weights", "")).split(" ")[0]
+    """pretrained | file | random, from the backbone's weights string (else from the config); a distilled
+    student counts as the kind of its teacher's weights (its row sits beside that teacher's baseline)."""
+    distilled = _distilled(record)
+    text = str((distilled or {}).get("teacher_weights") or record.get("backbone", {}).get("weights", "")).split(" ")[0]
     if text in WEIGHTS_ORDER:
         return text
     pretrained = record["config"].get("backbone", {}).get("pretrained", True)
@@ -98,7 +110,7 @@ def rows_of_record(path: Path, record: Any) -> list[dict[str, Any]]:
             "head": task.get("head") or "",
             "backbone": str(backbone["name"]),
             "weights": weights_kind(record),
-            "method": method_label(srt, task),
+            "method": method_label(srt, task, record),
             "level": int(srt.get("level", 0)),
             "settings": settings_label(record.get("variant")),
             "finished": str(record.get("finished", "")),

@@ -20,6 +20,8 @@ TASKS: dict[str, str] = {
     "saliency": "tasks.saliency:SaliencyTask",
     "discovery": "tasks.discovery:DiscoveryTask",
     "toy": "tasks.toy:ToyTask",
+    "visualize": "tasks.visualize:VisualizeTask",
+    "distill": "tasks.distill:DistillTask",
 }
 
 T = TypeVar("T")
