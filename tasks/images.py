@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
 
+from srt.viz import SKIMAGE_PREFIX
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-SKIMAGE_PREFIX = "skimage:"
 
 
 def as_entries(value: Any, setting: str) -> list[str]:

@@ -214,3 +214,19 @@ def test_visualize_bad_input_is_named_before_a_model_is_built(tmp_path, monkeypa
         run.execute(compose_cfg(visualize(tmp_path, "task.image_size=40")))
     with pytest.raises(ValueError, match="srt.method=jitter is not valid here"):
         run.execute(compose_cfg(visualize(tmp_path, "srt=jitter")))
+
+
+def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
+    from tasks.images import item_id, list_images
+
+    for rel in ("b/2.png", "b/10.jpg", "a.jpg", "b/notes.txt", "c d/x.jpg", "c_d/x.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = list_images([tmp_path / "b", "skimage:coffee", tmp_path / "a.jpg"], "task.images")
+    assert found == [tmp_path / "b" / "10.jpg", tmp_path / "b" / "2.png", "skimage:coffee", tmp_path / "a.jpg"]
+    ids = [item_id(p, tmp_path) for p in list_images([tmp_path], "task.images")]
+    assert ids[:3] == ["a.jpg", "b/10.jpg", "b/2.png"] and len(set(ids)) == len(ids) == 5
+    assert ids[3].startswith("c_d/x.jpg-") and ids[4] == "c_d/x.jpg"  # "c d" renamed, so hashed apart
+    assert item_id("skimage:coffee") == "skimage/coffee"
+    with pytest.raises(ValueError, match=r"task.images: .*notes.txt is not an image file"):
+        list_images([tmp_path / "b" / "notes.txt"], "task.images")
