@@ -329,7 +329,7 @@ def backbone_columns(
     colours, bases = _fit_and_colour(groups, quantile, max_fit_samples, seed)
     flat = [c for g in colours for c in g]  # plain, srt, plain, srt, ... in image order either way
     rows = [[_panel(flat[2 * i], size), _panel(flat[2 * i + 1], size)] for i in range(len(fields))]
-    labels = ["plain", f"SRT L={cfg.level}"]
+    labels = ["plain", f"SRT L={cfg.level}" + (f" step {cfg.step}" if cfg.step > 1 else "")]
     stats = {
         "cosine_plain_srt": float(
             np.mean([F.cosine_similarity(f["plain"].float(), f["srt"].float(), dim=0).mean() for f in fields])
@@ -371,7 +371,7 @@ def level_columns(
     for lv in levels:  # level 0 is one plain pass, nearest-upsampled to the same grid
         cfg = dataclasses.replace(base, level=int(lv))
         if cfg.samples is not None:
-            cfg = dataclasses.replace(cfg, samples=min(cfg.samples, len(make_shifts(int(lv)))))
+            cfg = dataclasses.replace(cfg, samples=min(cfg.samples, len(make_shifts(int(lv), step=cfg.step))))
         fields.append(fields_of(image01, fn, cfg, stride, output)["srt"])
     colours, bases = _fit_and_colour([fields], quantile, max_fit_samples, seed)
     labels = [f"L={lv}" + (" (plain)" if lv == 0 else "") for lv in levels]

@@ -54,7 +54,7 @@ import srt
 from eval import davis as davis_eval
 
 from .base import FeatureExtractor, RunContext, Task
-from .davis import DINO_MEAN, DINO_STD, dino_frame_size, read_frame
+from .davis import DINO_MEAN, DINO_STD, frame_size, read_frame
 from .images import item_id, list_images
 from .results import atomic_write_bytes, atomic_write_text, config_hash
 
@@ -184,7 +184,7 @@ def teacher_backbone(extractor: FeatureExtractor) -> srt.Backbone:
         raise ValueError(
             "task=distill distils SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
         )
-    bb = getattr(extractor, "backbone", extractor)
+    bb = getattr(extractor, "wrapped", extractor)
     if not isinstance(bb, srt.Backbone):
         raise TypeError(f"task=distill needs an srt.Backbone inside the extractor; got {type(bb).__name__}")
     return bb
@@ -226,7 +226,7 @@ class DistillTask(Task):
 
         with Image.open(path) as im:
             w, h = im.size
-        size = dino_frame_size(w, h, self.cfg.short_side, self.cfg.long_side_multiple)
+        size = frame_size(w, h, patch, self.cfg.short_side, self.cfg.long_side_multiple)
         if size[0] % patch or size[1] % patch:
             raise ValueError(
                 f"{path} is resized to {size[0]}x{size[1]} (task.short_side={self.cfg.short_side}, "

@@ -104,7 +104,7 @@ def plain_and_config(extractor: FeatureExtractor) -> tuple[Any, srt.SRTConfig]:
             "task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
         )
     if isinstance(extractor, srt.StochasticResonance):
-        return extractor.backbone, extractor.config
+        return extractor.wrapped, extractor.config
     return extractor, srt.SRTConfig(level=0)
 
 
@@ -150,7 +150,7 @@ class VisualizeTask(Task):
         }
         atomic_save_png(out / "figure.png", viz.figure_from_columns(input_panels, [columns]))
         if cfg.strip:
-            levels = viz.strip_levels(srt_cfg.level, getattr(srt_cfg, "step", 1))
+            levels = viz.strip_levels(srt_cfg.level, srt_cfg.step)
             strip = viz.level_columns(inputs[cfg.strip_image], fn, levels, srt_cfg, cfg.stride, "tokens", **fit)
             manifest["strip"] = {
                 "input": manifest["inputs"][cfg.strip_image],

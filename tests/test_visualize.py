@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 import run  # noqa: E402
 import srt  # noqa: E402
 from srt import viz  # noqa: E402
+from tasks.visualize import COLUMN_ORDER  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 
@@ -230,3 +231,16 @@ def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
     assert item_id("skimage:coffee") == "skimage/coffee"
     with pytest.raises(ValueError, match=r"task.images: .*notes.txt is not an image file"):
         list_images([tmp_path / "b" / "notes.txt"], "task.images")
+
+
+def test_fig1_preset_is_the_papers_five_backbones_on_the_notebooks_shift_grid(tiny):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=fig1"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.backbone.split(",") == list(COLUMN_ORDER)
+    plan = run.plan(cfg)
+    shifts = srt.make_shifts(plan.srt.level, step=plan.srt.step, patch_size=16)
+    notebook = {(dy, dx) for dy in range(-6, 7, 2) for dx in range(-6, 7, 2)}  # visualization.ipynb's loops
+    assert plan.task.cfg.image_size == 224 and set(shifts) == notebook and len(shifts) == 49
+    assert viz.strip_levels(plan.srt.level, plan.srt.step) == [0, 2, 4, 6]
+    cols = viz.backbone_columns([torch.rand(3, 32, 32)], tiny, srt.SRTConfig(level=2, step=2), stride=8)
+    assert cols.labels == ["plain", "SRT L=2 step 2"]
