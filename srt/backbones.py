@@ -183,10 +183,16 @@ class Backbone(nn.Module):
     """A frozen timm ViT returning named token grids; see the module docstring for the outputs.
 
     Attributes: ``name``, ``patch_size``, ``embed_dim``, ``depth``, ``mean``, ``std``, ``weights``
-    (where the weights came from), ``stride`` (pixels per grid cell, = patch size), ``passes`` (1).
+    (where the weights came from), ``stride`` (pixels per grid cell, = patch size), ``passes`` (1),
+    ``distilled`` (the training record when the weights are a student of ``task=distill``, else None).
+    :meth:`trainable_copy` gives the one unfrozen variant: a distillation student.
     """
 
     passes = 1
+    #: False only for a :meth:`trainable_copy`; a frozen backbone stays in eval mode without gradients
+    frozen = True
+    #: the training record of a distilled student loaded from its safetensors file (see :func:`load_backbone`)
+    distilled: dict | None = None
 
     def __init__(
         self,
@@ -216,11 +222,6 @@ class Backbone(nn.Module):
         self.pos_embed_resampling = spec.reference_pos_embed if pos_embed == "reference" else None
         self.set_outputs(outputs)
         self.eval()
-
-    #: False only for a :meth:`trainable_copy`; a frozen backbone stays in eval mode without gradients
-    frozen = True
-    #: the training record of a distilled student loaded from its safetensors file (see :func:`load_backbone`)
-    distilled: dict | None = None
 
     def train(self, mode: bool = True) -> Backbone:
         """Frozen: always in eval mode (no dropout, no drop-path), whatever a caller asks."""
