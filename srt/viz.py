@@ -20,9 +20,12 @@ scaled per backbone.
 optional text column on the left. Figures are uint8 RGB arrays; ``path=`` writes them as PNG atomically.
 
 **Cost model** (per backbone, n images of S x S pixels, C channels, output stride s, T passes): n plain passes
-and n*T SRT passes (the SRT cost, see :mod:`srt.resonance`); memory: the 2n (3n with dispersion) fields of
-C x (S/s)^2 values, kept as float16 on the CPU until the basis is fitted (ViT-B at 224 px, s=1: 77 MB a
-field); the fit reads at most ``max_fit_samples`` pixel vectors (O(max_fit_samples C^2) for the covariance).
+and n*T SRT passes (the SRT cost, see :mod:`srt.resonance`); the fit reads at most ``max_fit_samples`` pixel
+vectors (O(max_fit_samples C^2) for the covariance), then every field is coloured (O(n C (S/s)^2)). Fields
+are float16, C x (S/s)^2 values each (ViT-B at 224 px, s=1: 77 MB). They pass through a
+:data:`FieldStore` between the fit and the colouring: by default in memory (all n images' fields at once);
+``task=visualize`` uses the run's item cache on disk, so it holds one image's fields at a time and resumes per
+image.
 """
 
 from __future__ import annotations
@@ -77,33 +80,27 @@ class PCABasis:
         """Fit on the pixel vectors of ``fields`` ([C,H,W] each, any H, W) taken together.
 
         When they hold more than ``max_samples`` pixels in all, a seeded uniform subset of that many is used
-        (every pixel equally likely, whichever field it is in)."""
+        (every pixel equally likely, whichever field it is in: :func:`sample_indices`)."""
         if not fields:
             raise ValueError("PCABasis.fit needs at least one field")
-        if not 0 <= quantile < 0.5:
-            raise ValueError(f"quantile={quantile} is not valid; expected 0 <= quantile < 0.5")
-        channels = {int(f.shape[0]) for f in fields}
-        if any(f.dim() != 3 for f in fields) or len(channels) != 1:
+        if any(f.dim() != 3 for f in fields) or len({int(f.shape[0]) for f in fields}) != 1:
             raise ValueError(
                 f"PCABasis.fit needs [C,H,W] fields with one C; got shapes {[tuple(f.shape) for f in fields]}"
             )
-        flat = [f.detach().reshape(f.shape[0], -1) for f in fields]
-        sizes = [x.shape[1] for x in flat]
-        total = sum(sizes)
-        if total > max_samples:
-            gen = torch.Generator().manual_seed(seed)
-            chosen = torch.randperm(total, generator=gen)[:max_samples].sort().values
-        else:
-            chosen = torch.arange(total)
-        rows, start = [], 0
-        for x, n in zip(flat, sizes):
-            idx = chosen[(chosen >= start) & (chosen < start + n)] - start
-            rows.append(x[:, idx.to(x.device)].T.double().cpu())
-            start += n
-        x = torch.cat(rows)  # [N, C] float64
+        picks = sample_indices([f.shape[1] * f.shape[2] for f in fields], max_samples, seed)
+        return cls.fit_rows(torch.cat([pixel_rows(f, idx) for f, idx in zip(fields, picks)]), quantile)
+
+    @classmethod
+    def fit_rows(cls, x: torch.Tensor, quantile: float = 0.01) -> PCABasis:
+        """Fit on feature vectors ``x`` [N, C] (e.g. gathered from fields one at a time with :func:`pixel_rows`)."""
+        if not 0 <= quantile < 0.5:
+            raise ValueError(f"quantile={quantile} is not valid; expected 0 <= quantile < 0.5")
+        if x.dim() != 2 or len(x) == 0:
+            raise ValueError(f"PCABasis.fit_rows needs a non-empty [N, C] matrix; got shape {tuple(x.shape)}")
+        x = x.double()
         mean = x.mean(0)
         xc = x - mean
-        cov = (xc.float().T @ xc.float()).double() / max(len(xc), 1)  # float32 product: the O(N C^2) step
+        cov = (xc.float().T @ xc.float()).double() / len(xc)  # float32 product: the O(N C^2) step
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         k = min(3, cov.shape[0])
         comps = evecs[:, -k:].flip(1)
@@ -132,6 +129,27 @@ class PCABasis:
     def rgb(self, field: torch.Tensor) -> np.ndarray:
         """uint8 [H,W,3] colours of a [C,H,W] field."""
         return _to_uint8(self.project(field).permute(1, 2, 0).numpy())
+
+
+def sample_indices(sizes: Sequence[int], max_samples: int, seed: int = 0) -> list[torch.Tensor]:
+    """Which pixels of each of several fields (``sizes[i]`` pixels each) a fit reads: all of them when they
+    hold at most ``max_samples`` in all, else a seeded uniform subset of that many over their union."""
+    total = int(sum(sizes))
+    if total > max_samples:
+        chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
+    else:
+        chosen = torch.arange(total)
+    out, start = [], 0
+    for n in sizes:
+        out.append(chosen[(chosen >= start) & (chosen < start + n)] - start)
+        start += int(n)
+    return out
+
+
+def pixel_rows(field: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The feature vectors [len(index), C] (float64, CPU) of a [C,H,W] field at flat pixel indices."""
+    flat = field.detach().reshape(field.shape[0], -1)
+    return flat[:, index.to(flat.device)].T.double().cpu()
 
 
 def pca_rgb(features: torch.Tensor, quantile: float = 0.01, basis: Optional[PCABasis] = None) -> np.ndarray:
@@ -254,13 +272,30 @@ def _shift_config(cfg: Union[SRTConfig, Mapping[str, Any], None], **changes: Any
     return dataclasses.replace(cfg, **changes)
 
 
+#: where fields live between the fit and the rendering: ``store(key, compute)`` returns the stored fields of
+#: ``key`` or stores and returns ``compute()`` (a dict of tensors or arrays), e.g. a per-item disk cache
+FieldStore = Callable[[str, Callable[[], Mapping[str, torch.Tensor]]], Mapping[str, Any]]
+
+
+def memory_store() -> FieldStore:
+    """The default :data:`FieldStore`: fields kept in memory (all images' fields at once)."""
+    memo: dict[str, Mapping[str, Any]] = {}
+
+    def get(key: str, compute: Callable[[], Mapping[str, torch.Tensor]]) -> Mapping[str, Any]:
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
+
+    return get
+
+
 def fields_of(
     image01: torch.Tensor, fn: Callable, cfg: SRTConfig, stride: int = 1, output: str = "tokens"
 ) -> dict[str, torch.Tensor]:
-    """Plain and SRT fields of one image ([3,S,S] in [0, 1]) at ``stride``, float16 on the CPU.
+    """Plain and SRT fields of one image ([3,S,S] in [0, 1]), float16 on the CPU.
 
-    ``plain``: one forward pass nearest-upsampled from the token grid; ``srt``: ``sr.dense(x, stride)``;
-    ``dispersion`` ([1,...]) when ``cfg.dispersion``."""
+    ``plain``: the token grid [C,S/p,S/p] of one forward pass; ``srt``: ``sr.dense(x, stride)``
+    [C,S/stride,S/stride]; ``dispersion`` ([1,S/stride,S/stride], float32) when ``cfg.dispersion``."""
     from .resonance import build_extractor
 
     p = fn.patch_size
@@ -271,19 +306,19 @@ def fields_of(
         tokens = fn(x)
         if output not in tokens:
             raise ValueError(f"output {output!r} is not among the backbone's outputs {sorted(tokens)}")
-        plain = tokens[output][0].float()
-        plain = plain.repeat_interleave(p // stride, 1).repeat_interleave(p // stride, 2)
         dense = build_extractor(fn, cfg).dense(x, stride)
-    out = {"plain": plain.half().cpu(), "srt": dense[output][0].half().cpu()}
+    out = {"plain": tokens[output][0].half().cpu(), "srt": dense[output][0].half().cpu()}
     if cfg.dispersion:
-        out["dispersion"] = dense[f"{output}_dispersion"][0].cpu()
+        out["dispersion"] = dense[f"{output}_dispersion"][0].float().cpu()
     return out
 
 
-def _fit_and_colour(groups: Sequence[Sequence[torch.Tensor]], quantile: float, max_samples: int, seed: int):
-    """One basis per group of fields; the colours of every field and the bases."""
-    bases = [PCABasis.fit(g, quantile=quantile, max_samples=max_samples, seed=seed) for g in groups]
-    return [[b.rgb(f) for f in g] for b, g in zip(bases, groups)], bases
+def _fetch(store: FieldStore, key: str, compute: Callable[[], Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Fields from the store as tensors, the plain token grid nearest-upsampled to the SRT field's grid."""
+    f = {k: torch.as_tensor(v) for k, v in store(key, compute).items()}
+    factor = f["srt"].shape[-1] // f["plain"].shape[-1]
+    f["plain"] = f["plain"].repeat_interleave(factor, 1).repeat_interleave(factor, 2)
+    return f
 
 
 def _panel(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -293,6 +328,35 @@ def _panel(rgb: np.ndarray, size: int) -> np.ndarray:
     ys = (np.arange(size) * rgb.shape[0] // size).clip(0, rgb.shape[0] - 1)
     xs = (np.arange(size) * rgb.shape[1] // size).clip(0, rgb.shape[1] - 1)
     return rgb[ys][:, xs]
+
+
+def _fit_groups(
+    groups: Sequence[Sequence[tuple[int, str]]],
+    fetch: Callable[[int], dict[str, torch.Tensor]],
+    count: int,
+    pixels: int,
+    quantile: float,
+    max_samples: int,
+    seed: int,
+    progress: Optional[str] = None,
+    visit: Optional[Callable[[int, dict[str, torch.Tensor]], None]] = None,
+) -> list[PCABasis]:
+    """One basis per group of (item, field name), reading the items' fields once each, in order (so a disk store
+    holds one item's fields in memory at a time). ``visit(i, fields)`` sees every item on the way."""
+    from tqdm.auto import tqdm
+
+    plans = [sample_indices([pixels] * len(g), max_samples, seed) for g in groups]
+    where = {member: (g, j) for g, group in enumerate(groups) for j, member in enumerate(group)}
+    rows: list[list[torch.Tensor]] = [[] for _ in groups]
+    for i in tqdm(range(count), desc=progress, disable=progress is None, leave=False):
+        f = fetch(i)
+        for name, value in f.items():
+            if (i, name) in where:
+                g, j = where[(i, name)]
+                rows[g].append(pixel_rows(value, plans[g][j]))
+        if visit is not None:
+            visit(i, f)
+    return [PCABasis.fit_rows(torch.cat(r), quantile) for r in rows]
 
 
 def backbone_columns(
@@ -306,42 +370,52 @@ def backbone_columns(
     max_fit_samples: int = 16384,
     seed: int = 0,
     progress: bool = False,
+    store: Optional[FieldStore] = None,
+    keys: Optional[Sequence[str]] = None,
 ) -> Columns:
     """The plain | SRT [| dispersion] columns of one backbone for images ([3,S,S] in [0, 1], one S).
 
     ``basis="backbone"``: one PCA basis over the plain and SRT fields of all images; ``"image"``: one per
-    image (its plain and SRT fields). Stats: ``cosine_plain_srt`` (mean per-pixel cosine between the two
-    fields), ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``."""
-    from tqdm.auto import tqdm
-
+    image (its plain and SRT fields). ``store``/``keys``: where each image's fields are kept between the fit
+    and the rendering (default: in memory; a disk store makes a run resumable per image and holds one image's
+    fields at a time). Stats: ``cosine_plain_srt`` (mean per-pixel cosine between the two fields),
+    ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``."""
     if basis not in ("backbone", "image"):
         raise ValueError(f"basis={basis!r} is not valid; expected backbone or image")
     cfg = _shift_config(srt_config)
     size = _one_size(images01)
-    fields = [
-        fields_of(im, fn, cfg, stride, output)
-        for im in tqdm(images01, desc=f"fields {fn.name}", disable=not progress, leave=False)
-    ]
+    store = store or memory_store()
+    keys = list(keys) if keys is not None else [f"image{i}" for i in range(len(images01))]
+
+    def fetch(i: int) -> dict[str, torch.Tensor]:
+        return _fetch(store, keys[i], lambda: fields_of(images01[i], fn, cfg, stride, output))
+
+    n = len(images01)
     if basis == "backbone":
-        groups = [[f[k] for f in fields for k in ("plain", "srt")]]
+        groups = [[(i, k) for i in range(n) for k in ("plain", "srt")]]
     else:
-        groups = [[f["plain"], f["srt"]] for f in fields]
-    colours, bases = _fit_and_colour(groups, quantile, max_fit_samples, seed)
-    flat = [c for g in colours for c in g]  # plain, srt, plain, srt, ... in image order either way
-    rows = [[_panel(flat[2 * i], size), _panel(flat[2 * i + 1], size)] for i in range(len(fields))]
+        groups = [[(i, "plain"), (i, "srt")] for i in range(n)]
+    cosines, dispersions = [], []
+
+    def visit(i: int, f: dict[str, torch.Tensor]) -> None:
+        cosines.append(float(F.cosine_similarity(f["plain"].float(), f["srt"].float(), dim=0).mean()))
+        if cfg.dispersion:
+            dispersions.append(f["dispersion"])
+
+    pixels = (size // stride) ** 2
+    progress_label = f"fields {fn.name}" if progress else None
+    bases = _fit_groups(groups, fetch, n, pixels, quantile, max_fit_samples, seed, progress_label, visit)
+    rows = []
+    for i in range(n):  # the fields again (from memory or the store): render with the fitted basis
+        f, b = fetch(i), bases[0 if basis == "backbone" else i]
+        rows.append([_panel(b.rgb(f["plain"]), size), _panel(b.rgb(f["srt"]), size)])
     labels = ["plain", f"SRT L={cfg.level}" + (f" step {cfg.step}" if cfg.step > 1 else "")]
-    stats = {
-        "cosine_plain_srt": float(
-            np.mean([F.cosine_similarity(f["plain"].float(), f["srt"].float(), dim=0).mean() for f in fields])
-        ),
-        "pca_explained": float(np.mean([b.explained for b in bases])),
-    }
+    stats = {"cosine_plain_srt": float(np.mean(cosines)), "pca_explained": float(np.mean([b.explained for b in bases]))}
     if cfg.dispersion:
-        maps = dispersion_rgb([f["dispersion"] for f in fields], quantile)
-        for row, m in zip(rows, maps):
+        for row, m in zip(rows, dispersion_rgb(dispersions, quantile)):
             row.append(_panel(m, size))
         labels.append("dispersion")
-        stats["dispersion_mean"] = float(np.mean([f["dispersion"].float().mean() for f in fields]))
+        stats["dispersion_mean"] = float(np.mean([d.float().mean() for d in dispersions]))
     return Columns(str(fn.name), labels, rows, stats)
 
 
@@ -360,6 +434,8 @@ def level_columns(
     quantile: float = 0.01,
     max_fit_samples: int = 16384,
     seed: int = 0,
+    store: Optional[FieldStore] = None,
+    key: str = "strip",
 ) -> Columns:
     """One backbone's SRT fields of one image at each level (level 0: the plain pass), coloured with one basis
     fitted on all of them. ``srt.samples``, when set, is capped at each level's number of shifts."""
@@ -367,15 +443,20 @@ def level_columns(
 
     base = _shift_config(srt_config, dispersion=False)
     size = _one_size([image01])
-    fields = []
-    for lv in levels:  # level 0 is one plain pass, nearest-upsampled to the same grid
-        cfg = dataclasses.replace(base, level=int(lv))
+    levels = [int(lv) for lv in levels]
+    store = store or memory_store()
+
+    def fetch(j: int) -> dict[str, torch.Tensor]:
+        cfg = dataclasses.replace(base, level=levels[j])  # level 0 is one plain pass, on the same grid
         if cfg.samples is not None:
-            cfg = dataclasses.replace(cfg, samples=min(cfg.samples, len(make_shifts(int(lv), step=cfg.step))))
-        fields.append(fields_of(image01, fn, cfg, stride, output)["srt"])
-    colours, bases = _fit_and_colour([fields], quantile, max_fit_samples, seed)
+            cfg = dataclasses.replace(cfg, samples=min(cfg.samples, len(make_shifts(levels[j], step=cfg.step))))
+        return _fetch(store, f"{key}/L{levels[j]}", lambda: fields_of(image01, fn, cfg, stride, output))
+
+    groups = [[(j, "srt") for j in range(len(levels))]]
+    [b] = _fit_groups(groups, fetch, len(levels), (size // stride) ** 2, quantile, max_fit_samples, seed)
+    panels = [_panel(b.rgb(fetch(j)["srt"]), size) for j in range(len(levels))]
     labels = [f"L={lv}" + (" (plain)" if lv == 0 else "") for lv in levels]
-    return Columns(str(fn.name), labels, [[_panel(c, size) for c in colours[0]]], {"pca_explained": bases[0].explained})
+    return Columns(str(fn.name), labels, [panels], {"pca_explained": b.explained})
 
 
 def _one_size(images01: Sequence[torch.Tensor]) -> int:

@@ -89,6 +89,9 @@ def test_plain_and_srt_panels_come_from_one_basis(tiny):
     cfg = srt.SRTConfig(level=2)
     cols = viz.backbone_columns(images, tiny, cfg, stride=2, quantile=0.05)
     fields = [viz.fields_of(im, tiny, cfg, stride=2) for im in images]
+    for f in fields:  # the plain token grid, nearest-upsampled by p / stride = 8 onto the SRT field's grid
+        assert f["plain"].shape == (64, 2, 2) and f["srt"].shape == (64, 16, 16)
+        f["plain"] = f["plain"].repeat_interleave(8, 1).repeat_interleave(8, 2)
     basis = viz.PCABasis.fit([f[k] for f in fields for k in ("plain", "srt")], quantile=0.05)
     for row, f in zip(cols.panels, fields):
         assert np.array_equal(row[0], viz._panel(basis.rgb(f["plain"]), 32))
@@ -181,6 +184,14 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     strip = np.asarray(Image.open(out / "level_strip.png"))
     assert manifest["strip"]["columns"] == ["L=0 (plain)", "L=1", "L=2"]
     assert strip.shape[0] == viz.GridLayout(1, 4, 32).size[0]
+    # the fields of 3 images and 3 strip levels, computed once, read back once to be drawn with the fitted basis
+    assert first["items"] == {"computed": 6, "loaded": 6}
+    # an interrupted run resumes from the cached fields and draws the same figure
+    (out / "metrics.json").unlink()
+    (out / "figure.png").unlink()
+    again = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
+    assert again["items"] == {"computed": 0, "loaded": 12} and again["metrics"] == first["metrics"]
+    assert np.array_equal(np.asarray(Image.open(out / "figure.png")), fig)
 
     second = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
     assert second["metrics"]["n_backbones_combined"] == 2
