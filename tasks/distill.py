@@ -55,7 +55,7 @@ from eval import davis as davis_eval
 
 from .base import FeatureExtractor, RunContext, Task
 from .davis import DINO_MEAN, DINO_STD, frame_size, read_frame
-from .images import item_id, list_images
+from .images import item_ids, list_images
 from .results import atomic_write_bytes, atomic_write_text, config_hash
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class DistillTask(Task):
         mean = cfg.mean if cfg.mean is not None else teacher.mean
         std = cfg.std if cfg.std is not None else teacher.std
         load = lambda path: self._load(path, p, mean, std)  # noqa: E731
-        ids = [item_id(path, base) for path in images]
+        ids = item_ids(images, base)
         dtype = getattr(torch, cfg.target_dtype)
 
         def compute_target(i: int) -> dict[str, torch.Tensor]:

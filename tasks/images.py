@@ -78,5 +78,20 @@ def item_id(path: Union[Path, str], root: Union[Path, None] = None) -> str:
     parts = [("_" + part) if part in (".", "..") else part for part in parts]
     safe = "/".join(parts)
     if safe != rel:
-        safe += "-" + hashlib.sha256(rel.encode("utf-8")).hexdigest()[:8]
+        safe += "-" + _short_hash(rel)
     return safe
+
+
+def item_ids(paths: Iterable[Union[Path, str]], root: Union[Path, None] = None) -> list[str]:
+    """:func:`item_id` of every path; ids that would repeat (same name in different folders) get a short hash of
+    the full path appended, so every image keeps its own cache entry and panel files."""
+    paths = list(paths)
+    ids = [item_id(p, root) for p in paths]
+    seen: dict[str, int] = {}
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+    return [i if seen[i] == 1 else f"{i}-{_short_hash(str(p))}" for i, p in zip(ids, paths)]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]

@@ -49,7 +49,7 @@ import srt
 from srt import viz
 
 from .base import FeatureExtractor, RunContext, Task
-from .images import as_entries, item_id, list_images
+from .images import as_entries, item_ids, list_images
 from .results import _locked, atomic_save_png, atomic_write_json, config_hash, now_iso, srt_key_part
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class VisualizeTask(Task):
         if p % cfg.stride:
             raise ValueError(f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}")
         inputs = [viz.square_image(viz.read_image(str(im)), cfg.image_size) for im in images]
-        ids = [item_id(im) for im in images]
+        ids = item_ids(images)
         fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)
 
         def store(key: str, compute):  # each image's fields in the item cache: resumable, one image in memory

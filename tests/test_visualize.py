@@ -229,7 +229,7 @@ def test_visualize_bad_input_is_named_before_a_model_is_built(tmp_path, monkeypa
 
 
 def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
-    from tasks.images import item_id, list_images
+    from tasks.images import item_id, item_ids, list_images
 
     for rel in ("b/2.png", "b/10.jpg", "a.jpg", "b/notes.txt", "c d/x.jpg", "c_d/x.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +240,9 @@ def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
     assert ids[:3] == ["a.jpg", "b/10.jpg", "b/2.png"] and len(set(ids)) == len(ids) == 5
     assert ids[3].startswith("c_d/x.jpg-") and ids[4] == "c_d/x.jpg"  # "c d" renamed, so hashed apart
     assert item_id("skimage:coffee") == "skimage/coffee"
+    same_name = item_ids([tmp_path / "b" / "2.png", tmp_path / "2.png", tmp_path / "a.jpg"])
+    assert same_name[0].startswith("2.png-") and same_name[1].startswith("2.png-") and same_name[2] == "a.jpg"
+    assert same_name[0] != same_name[1]
     with pytest.raises(ValueError, match=r"task.images: .*notes.txt is not an image file"):
         list_images([tmp_path / "b" / "notes.txt"], "task.images")
 
