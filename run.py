@@ -5,10 +5,12 @@
     python run.py -m +experiment=table1
 
 Nothing here is task-specific: tasks come from the registry in ``tasks/__init__.py`` and are driven
-through the contract in ``tasks/base.py``; results go through ``tasks/results.py``. Every setting is
-checked (unknown keys, types, values) before any model is built. The run directory is a function of the
-config, so re-running a command skips finished runs and resumes interrupted ones (``force=true``
-recomputes).
+through the contract in ``tasks/base.py``. Every setting's default lives in a dataclass (srt.SRTConfig,
+srt.BackboneConfig, the task's Config, tasks.loggers.LoggerConfig, RunnerConfig below), registered with
+Hydra's ConfigStore by :func:`register_configs`; every setting is checked (unknown keys, types, values)
+once, before any model is built. The run directory is a function of the run's identity
+(tasks/run_identity.py), so re-running a command skips finished runs and resumes interrupted ones
+(``force=true`` recomputes); the record of a run is eval/run_record.py's ``RunRecord``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,19 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from tasks import results
+from eval.run_record import RunRecord, non_default_settings, write_record
+from tasks import environment
+from tasks.config_schema import config_node, defaults_of, typed_config, unknown_setting
+from tasks.item_cache import item_cache_for
+from tasks.loggers import LoggerConfig, make_logger
+from tasks.run_identity import (
+    SRT_RESOURCE_KEYS,
+    config_hash,
+    finished_record,
+    run_key,
+    run_subdir_of_config,
+    task_key_part,
+)
 
 log = logging.getLogger("srt-bench")
 
@@ -58,7 +72,7 @@ class Plan:
     task: Any
     backbone: Any  # srt.BackboneConfig
     srt: Any  # srt.SRTConfig
-    logger: results.LoggerConfig
+    logger: LoggerConfig
     runner: RunnerConfig
     run_dir: Path
 
@@ -67,25 +81,57 @@ GROUPS = ("paths", "backbone", "srt", "task", "logger")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
+def group_schemas() -> dict[str, type]:
+    """The dataclass of each config group with one schema (``task``'s depends on the task)."""
+    import srt
+
+    return {"srt": srt.SRTConfig, "backbone": srt.BackboneConfig, "logger": LoggerConfig}
+
+
+def register_configs() -> None:
+    """Register every setting's default with Hydra's ConfigStore, generated from the dataclasses.
+
+    - ``backbone=<name>``: one entry per name of ``srt.BACKBONES`` (srt.BackboneConfig);
+    - ``srt=default``: srt.SRTConfig (conf/srt/ holds the presets baseline and jitter on top of it);
+    - ``logger=none``: LoggerConfig (conf/logger/ holds csv and wandb on top of it);
+    - ``runner_defaults`` (top-level settings, RunnerConfig) and ``task_<name>_defaults`` (each registered
+      task's Config), which conf/config.yaml and conf/task/<name>.yaml include. These are not group
+      options, so ``--help`` does not list them.
+
+    Called when this module is imported (tests that compose configs import it first).
+    """
+    from hydra.core.config_store import ConfigStore
+
+    import srt
+
+    store = ConfigStore.instance()
+    store.store(name="runner_defaults", node=config_node(RunnerConfig))
+    store.store(group="srt", name="default", node=config_node(srt.SRTConfig))
+    store.store(group="logger", name="none", node=config_node(LoggerConfig))
+    for name in srt.BACKBONES:
+        store.store(group="backbone", name=name, node=config_node(srt.BackboneConfig, name=name))
+    for name in tasks.TASKS:
+        try:
+            node = {"name": name, **config_node(tasks.task_class(name).Config)}
+        except tasks.TaskUnavailableError:
+            node = {"name": name}  # still composes; the runner then says why the task cannot be imported
+        store.store(name=f"task_{name}_defaults", node=node)
+
+
 def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
-    """Check every setting and build the task; raises ValueError naming the bad setting."""
+    """Check every setting (once) and build the task; raises ValueError naming the bad setting."""
     import srt
 
     cfg = job_config(cfg)
     top = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in GROUPS}
-    runner = tasks.typed_config(RunnerConfig, top, "(top level)")
-    backbone_values = OmegaConf.to_container(cfg.backbone, resolve=True)
-    if backbone_values.get("model_kwargs", {}) is None:
-        # null in conf/backbone/*.yaml: Hydra lets the command line assign a dict to a null key, but
-        # not add keys to an empty one (backbone.model_kwargs={depth:2} would fail on {})
-        backbone_values["model_kwargs"] = {}
-    backbone = tasks.typed_config(srt.BackboneConfig, backbone_values, "backbone")
-    srt_cfg = tasks.typed_config(srt.SRTConfig, cfg.srt, "srt")
-    srt_cfg.validate(patch_size=srt.BACKBONES[backbone.name].patch_size)
-    logger = tasks.typed_config(results.LoggerConfig, cfg.logger, "logger")
+    runner = typed_config(RunnerConfig, top, "(top level)").validate()
+    backbone = typed_config(srt.BackboneConfig, cfg.backbone, "backbone").validate(group="backbone")
+    patch_size = srt.BACKBONES[backbone.name].patch_size
+    srt_cfg = typed_config(srt.SRTConfig, cfg.srt, "srt").validate(patch_size=patch_size, group="srt")
+    logger = typed_config(LoggerConfig, cfg.logger, "logger").validate()
     task = tasks.build_task(cfg.task)
     if run_dir is None:
-        run_dir = Path(cfg.paths.results_root) / results.run_subdir(cfg.task, cfg.backbone, cfg.srt)
+        run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(cfg.task, cfg.backbone, cfg.srt)
     return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir))
 
 
@@ -106,14 +152,6 @@ def job_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
 
 
-def method_label(srt_cfg: Any, distilled: bool = False) -> str:
-    if distilled:  # weights of a self-distillation run (task=distill), at any level
-        return "distilled"
-    if srt_cfg.method == "jitter":
-        return "naive ensemble"
-    return "baseline" if srt_cfg.level == 0 else "+SRT"
-
-
 def _device(name: str):
     import torch
 
@@ -122,8 +160,8 @@ def _device(name: str):
     return torch.device(name)
 
 
-def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
-    """Run one configured job; return its metrics.json record."""
+def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
+    """Run one configured job; return its record (also written to ``<run dir>/metrics.json``)."""
     import torch
 
     import srt
@@ -131,30 +169,30 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
 
     cfg = job_config(cfg)
     p = plan(cfg, run_dir)
-    key = results.run_key(cfg.task, cfg.backbone, cfg.srt)
-    key_hash = results.config_hash(key)
-    p.run_dir.mkdir(parents=True, exist_ok=True)
-
-    done = None if p.runner.force else results.finished_run(p.run_dir, key_hash)
-    if done is not None:
-        log.info("already finished (force=true recomputes): %s", p.run_dir / results.METRICS_FILE)
-        log.info(results.format_summary(done))
-        return done
-
     try:
         p.task.check_data()  # a misplaced dataset fails here, before any model is built
+        data = p.task.data_identity()
     except FileNotFoundError as e:
         raise FileNotFoundError(
             f"{e}\n(datasets are read under paths.data_root={cfg.paths.data_root}: set SRT_DATA=/path/to/datasets or "
             "paths.data_root=..., or write synthetic sample data with scripts/make_sample_data.py --out data/sample)"
         ) from e
+    key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data))
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+
+    done = None if p.runner.force else finished_record(p.run_dir, key_hash)
+    if done is not None:
+        log.info("already finished (force=true recomputes): %s", p.run_dir)
+        log.info(done.summary_line())
+        return done
+
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
-    cache = results.item_cache_for(p.run_dir, p.backbone, p.srt, p.task.cache_key_config())
+    cache = item_cache_for(p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), data)
     if p.runner.force:
         cache.clear()
     device = _device(p.runner.device)
-    started, t0 = results.now_iso(), time.perf_counter()
+    started, t0 = environment.now_iso(), time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -178,71 +216,67 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict[str, Any]:
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise TypeError(f"task {cfg.task.name!r} returned {metrics!r}; expected a flat dict of numbers")
 
-    task_cfg = dataclasses.asdict(p.task.cfg) if dataclasses.is_dataclass(p.task.cfg) else dict(p.task.cfg)
-    raw_task = OmegaConf.to_container(cfg.task, resolve=False)
-    # settings that differ from the defaults name the variant in tables; paths (interpolated from
-    # ${paths...}) are where the data is, not what was computed
-    path_keys = tuple(k for k, v in raw_task.items() if isinstance(v, str) and "${" in v)
-    variant = {
-        **results.config_variant(
-            dataclasses.asdict(p.srt),
-            _defaults(srt.SRTConfig),
-            "srt",
-            skip=("method", "level", *results.SRT_RESOURCE_KEYS),
-        ),
-        **results.config_variant(task_cfg, _defaults(type(p.task).Config), "task", skip=("dataset", *path_keys)),
-        **{f"backbone.{k}": v for k, v in p.backbone.model_kwargs.items()},
-    }
-    if p.backbone.checkpoint_key is not None:
-        variant["backbone.checkpoint_key"] = p.backbone.checkpoint_key
-    if p.backbone.pos_embed != srt.BackboneConfig.pos_embed:
-        variant["backbone.pos_embed"] = p.backbone.pos_embed
-    record = {
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "method": method_label(p.srt, distilled=bb.distilled is not None),
-        "variant": variant,
-        "run_dir": str(p.run_dir),
-        "run_key_hash": key_hash,
-        "config": resolved,
-        "overrides": _overrides(),
-        "backbone": {
+    record = RunRecord(
+        metrics={k: float(v) for k, v in metrics.items()},
+        config=resolved,
+        variant=_variant(p),
+        data=data,
+        run_dir=str(p.run_dir),
+        run_key_hash=key_hash,
+        overrides=_overrides(),
+        backbone={
             "name": bb.name,
             "weights": bb.weights,
             "patch_size": bb.patch_size,
             "embed_dim": bb.embed_dim,
             "depth": bb.depth,
-            "distilled": bb.distilled,  # the training record of a distilled student (task=distill), else null
+            # a student distilled by SRT says so (eval.run_record labels its runs "distilled")
+            "distilled": bool(getattr(bb, "distilled", False)),
+            # ... and from which weights (its table row sits beside that teacher's baseline)
+            "distilled_from": (getattr(bb, "distilled", None) or {}).get("teacher_weights"),
         },
-        "srt": dataclasses.asdict(p.srt),
-        "passes": int(extractor.passes),
-        "items": {"computed": cache.computed, "loaded": cache.loaded},
-        "wall_time_s": round(time.perf_counter() - t0, 3),
-        "started": started,
-        "finished": results.now_iso(),
-        "memory": results.peak_memory(),
-        "device": str(device),
-        "versions": results.library_versions(),
-        "git": results.git_revision(),
-        "host": results.host(),
-        "command": sys.argv,
-    }
-    results.write_metrics(p.run_dir, record)
-    results.make_logger(p.logger).log_run(record, p.run_dir)
-    log.info(results.format_summary(record))
+        srt=dataclasses.asdict(p.srt),
+        passes=int(extractor.passes),
+        items={"computed": cache.computed, "loaded": cache.loaded},
+        wall_time_s=round(time.perf_counter() - t0, 3),
+        started=started,
+        finished=environment.now_iso(),
+        memory=environment.peak_memory(),
+        device=str(device),
+        versions=environment.library_versions(),
+        git=environment.git_revision(),
+        host=environment.host(),
+        command=list(sys.argv),
+    )
+    write_record(p.run_dir, record)
+    make_logger(p.logger).log_run(record, p.run_dir)
+    log.info(record.summary_line())
     if p.backbone.pretrained is False:
         log.warning(RANDOM_WEIGHTS_WARNING)
     return record
 
 
-def _defaults(schema: type) -> dict[str, Any]:
-    """Default values of a dataclass's fields (fields without a default are left out)."""
-    out = {}
-    for f in dataclasses.fields(schema):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
+def _variant(p: Plan) -> dict[str, Any]:
+    """Settings that differ from their defaults: they name the run's row in tables (the method, the level,
+    the dataset and where the data lies have their own columns or none)."""
+    import srt
+
+    backbone_skip = ("name", "pretrained", "model_kwargs", *(() if p.backbone.pretrained is False else ("init_seed",)))
+    return {
+        **non_default_settings(
+            dataclasses.asdict(p.srt), defaults_of(srt.SRTConfig), "srt", skip=("method", "level", *SRT_RESOURCE_KEYS)
+        ),
+        **non_default_settings(
+            dataclasses.asdict(p.task.cfg),
+            defaults_of(type(p.task).Config),
+            "task",
+            skip=("dataset", *p.task.data_location_settings),
+        ),
+        **non_default_settings(
+            dataclasses.asdict(p.backbone), defaults_of(srt.BackboneConfig), "backbone", skip=backbone_skip
+        ),
+        **{f"backbone.{k}": v for k, v in p.backbone.model_kwargs.items()},
+    }
 
 
 def _overrides() -> list[str]:
@@ -264,13 +298,7 @@ def check_override_keys(args: list[str]) -> None:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    import srt
-
-    schemas: dict[str, list[type]] = {
-        "srt": [srt.SRTConfig],
-        "backbone": [srt.BackboneConfig],
-        "logger": [results.LoggerConfig],
-    }
+    schemas: dict[str, list[type]] = {group: [schema] for group, schema in group_schemas().items()}
     top = [*GROUPS, *(f.name for f in dataclasses.fields(RunnerConfig))]
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
@@ -296,9 +324,10 @@ def check_override_keys(args: list[str]) -> None:
         for schema in schemas.get(head, []):
             valid = [f.name for f in dataclasses.fields(schema)]
             if sub not in valid:
-                raise SystemExit(
-                    f"error: {head}.{sub} is not a valid setting; valid settings of {head}: {', '.join(valid)}"
-                )
+                raise SystemExit(f"error: {unknown_setting(head, sub, valid)}")
+
+
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

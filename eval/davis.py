@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from skimage.morphology import disk
+
+from srt.io import atomic_write_text
 
 VOID_LABEL = 255
 #: column order of the official ``global_results-<set>.csv``
@@ -283,6 +283,23 @@ def image_paths(davis_root: Path, sequence: str, resolution: str = "480p") -> li
     return paths
 
 
+def files_read(
+    davis_root: Path | str,
+    split: str = "val",
+    sequences: Iterable[str] | None = None,
+    resolution: str = "480p",
+    max_frames: int | None = None,
+) -> list[Path]:
+    """Every file a propagation and scoring run reads: the split file and, per selected sequence, its frames
+    and annotations (the first ``max_frames`` of each when set). Lists folders, opens nothing."""
+    root = Path(davis_root)
+    paths = [root / "ImageSets" / "2017" / f"{split}.txt"]
+    for seq in select_sequences(root, split, sequences):
+        paths += image_paths(root, seq, resolution)[:max_frames]
+        paths += annotation_paths(root, seq, resolution)[:max_frames]
+    return paths
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """Object ids of an indexed (palette or 8-bit grey) PNG as uint8 ``[H, W]``; palette indices, not colours."""
     path = Path(path)
@@ -377,19 +394,6 @@ def evaluate_results(
     return scores
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # eval/ may not import tasks/ (where the runner's helpers live), hence this local temp-file + os.replace.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_official_csvs(scores: DavisScores, out_dir: Path | str, split: str = "val") -> tuple[Path, Path]:
     """Write ``global_results-<split>.csv`` and ``per-sequence_results-<split>.csv`` (official columns and
     float format), replacing any existing ones atomically. Returns both paths."""
@@ -400,8 +404,8 @@ def write_official_csvs(scores: DavisScores, out_dir: Path | str, split: str = "
     seq_path = out_dir / f"per-sequence_results-{split}.csv"
     table_g = pd.DataFrame([scores.global_metrics()], columns=list(GLOBAL_COLUMNS))
     table_s = pd.DataFrame(scores.per_object_rows(), columns=list(PER_OBJECT_COLUMNS))
-    _atomic_write_text(glob_path, table_g.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
-    _atomic_write_text(seq_path, table_s.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
+    atomic_write_text(glob_path, table_g.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
+    atomic_write_text(seq_path, table_s.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
     return glob_path, seq_path
 
 

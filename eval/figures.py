@@ -20,7 +20,9 @@ from typing import Optional
 
 import pandas as pd
 
-from .tables import load_results, rel_gain, write_atomic
+from srt.io import atomic_write_bytes
+
+from .tables import load_results, rel_gain
 
 LOWER_IS_BETTER = {"RMSE", "RMSE_log", "AbsRel", "SqRel"}
 
@@ -74,7 +76,7 @@ def make_sweep_figure(
     curves = sweep_curves(results, task, metric)
     if not curves:
         return None
-    write_atomic(out, plot_sweep(curves, f"{task}: {metric} vs perturbation level (cf. paper Fig. 3)"))
+    atomic_write_bytes(out, plot_sweep(curves, f"{task}: {metric} vs perturbation level (cf. paper Fig. 3)"))
     return Path(out)
 
 

@@ -11,12 +11,9 @@ lays the numbers out like the paper:
 - Table 4 (retrieval, discovery): ROxford mAP (Medium, Hard) and VOC07 CorLoc across perturbation levels;
 - one plain table per other task (no paper numbers).
 
-Method labels come from each run's config: ``srt.method=shift`` at level 0 is "baseline", at level > 0 "+SRT"
-(with ``task.output_ensemble`` "+OE"), ``srt.method=jitter`` is "naive ensemble", and a run whose backbone
-loaded a distilled student (``backbone.distilled`` in its record: weights written by ``task=distill``) is
-"distilled", with the weights kind of its teacher. Rows also carry the weights
-kind (pretrained, file, random), the level (L) and the settings that differ from the defaults (the run's
-``variant``); paper numbers (eval/paper_results.yaml) are joined only to rows with pretrained weights and
+Records are read and labelled by :mod:`eval.run_record` (method: baseline, +SRT, +OE, naive ensemble,
+distilled; see :func:`eval.run_record.method_label`). Rows also carry the weights kind (pretrained, file,
+random), the level (L) and the settings that differ from the defaults (the run's ``variant``); paper numbers (eval/paper_results.yaml) are joined only to rows with pretrained weights and
 default settings. Cells read "ours / paper", "-" where missing; "rel. gain" is the relative change over the
 same row's baseline (level 0), signed so that positive is better (lower-is-better metrics such as RMSE are
 flipped). In CSV the numbers are separate columns.
@@ -32,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +36,14 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from srt.io import atomic_write_text
+
+from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_record
+
 PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
 DASH = "-"
-METHOD_ORDER = ("baseline", "+OE", "+SRT", "naive ensemble", "distilled")
-WEIGHTS_ORDER = ("pretrained", "file", "random")
+METHOD_ORDER = METHOD_LABELS
+WEIGHTS_ORDER = WEIGHTS_KINDS
 HEAD_ORDER = ("", "linear", "dpt")
 #: the paper's backbones first, in its order; others follow alphabetically
 BACKBONE_ORDER = ("dino_vits16", "dino_vitb16", "dino_vits8", "dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14")
@@ -57,34 +57,6 @@ RANDOM_NOTE = (
 # Reading results
 
 
-def method_label(srt: dict, task: dict, record: Optional[dict] = None) -> str:
-    """The table label of a run's method (see the module docstring)."""
-    if _distilled(record):
-        return "distilled"
-    if srt.get("method", "shift") == "jitter":
-        return "naive ensemble"
-    if int(srt.get("level", 0)) == 0:
-        return "baseline"
-    return "+OE" if task.get("output_ensemble") else "+SRT"
-
-
-def _distilled(record: Optional[dict]) -> Optional[dict]:
-    """The training record of a distilled student the run loaded (run.py writes it as backbone.distilled)."""
-    found = (record or {}).get("backbone", {}).get("distilled")
-    return found if isinstance(found, dict) else None
-
-
-def weights_kind(record: dict) -> str:
-    """pretrained | file | random, from the backbone's weights string (else from the config); a distilled
-    student counts as the kind of its teacher's weights (its row sits beside that teacher's baseline)."""
-    distilled = _distilled(record)
-    text = str((distilled or {}).get("teacher_weights") or record.get("backbone", {}).get("weights", "")).split(" ")[0]
-    if text in WEIGHTS_ORDER:
-        return text
-    pretrained = record["config"].get("backbone", {}).get("pretrained", True)
-    return "pretrained" if pretrained is True else "random" if pretrained in (False, None) else "file"
-
-
 def settings_label(variant: Any) -> str:
     if not isinstance(variant, dict) or not variant:
         return ""
@@ -95,37 +67,21 @@ def _compact(v: Any) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
 
 
-def rows_of_record(path: Path, record: Any) -> list[dict[str, Any]]:
-    """One row per metric of a metrics.json record; ValueError naming the file if it is not valid."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    cfg, metrics = record.get("config"), record.get("metrics")
-    if not isinstance(cfg, dict) or not isinstance(metrics, dict):
-        raise ValueError(f"{path}: missing 'config' or 'metrics' object")
-    try:
-        task, backbone, srt = cfg["task"], cfg["backbone"], cfg["srt"]
-        base = {
-            "task": str(task["name"]),
-            "dataset": task.get("dataset") or "",
-            "head": task.get("head") or "",
-            "backbone": str(backbone["name"]),
-            "weights": weights_kind(record),
-            "method": method_label(srt, task, record),
-            "level": int(srt.get("level", 0)),
-            "settings": settings_label(record.get("variant")),
-            "finished": str(record.get("finished", "")),
-            "path": str(path),
-        }
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: config lacks task/backbone/srt fields ({type(e).__name__}: {e})") from e
-    rows = []
-    for name, value in metrics.items():
-        if value is None:  # NaN is written as null
-            value = math.nan
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{path}: metric {name!r} is {value!r}, not a number")
-        rows.append({**base, "metric": str(name), "value": float(value)})
-    return rows
+def rows_of_record(record: RunRecord, path: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per metric of a run record."""
+    base = {
+        "task": str(record.task["name"]),
+        "dataset": record.task.get("dataset") or "",
+        "head": record.task.get("head") or "",
+        "backbone": str(record.config["backbone"]["name"]),
+        "weights": record.weights_kind,
+        "method": record.method,
+        "level": record.level,
+        "settings": settings_label(record.variant),
+        "finished": record.finished,
+        "path": str(path),
+    }
+    return [{**base, "metric": name, "value": value} for name, value in record.metrics.items()]
 
 
 def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -138,13 +94,11 @@ def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str,
     if not root.is_dir():
         raise FileNotFoundError(f"results directory {root} does not exist")
     rows, skipped = [], []
-    for path in sorted(root.rglob("metrics.json")):
+    for path in sorted(root.rglob(METRICS_FILE)):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            rows += rows_of_record(path, record)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            reason = str(e) if isinstance(e, ValueError) and str(path) in str(e) else f"{path}: {e}"
-            skipped.append((str(path), reason))
+            rows += rows_of_record(read_record(path), path)
+        except ValueError as e:  # read_record names the file
+            skipped.append((str(path), str(e)))
     frame = pd.DataFrame(rows, columns=[*KEYS, "metric", "value", "finished", "path"])
     if not frame.empty:
         frame = frame.sort_values(["finished", "path"], kind="stable")
@@ -254,6 +208,7 @@ class SweepRow:
     metric: str
     label: str
     lower_is_better: bool = False
+    dataset: str = ""  # runs of another dataset stay out of the row (runs that name no dataset are kept)
 
 
 @dataclass(frozen=True)
@@ -270,8 +225,8 @@ TABLE4 = SweepSpec(
     4,
     "Image retrieval (ROxford5k, mAP) and object discovery (VOC07, CorLoc) across perturbation levels",
     (
-        SweepRow("retrieval", "mAP_M", "ROxford mAP Medium"),
-        SweepRow("retrieval", "mAP_H", "ROxford mAP Hard"),
+        SweepRow("retrieval", "mAP_M", "ROxford mAP Medium", dataset="roxford5k"),
+        SweepRow("retrieval", "mAP_H", "ROxford mAP Hard", dataset="roxford5k"),
         SweepRow("discovery", "CorLoc", "VOC07 CorLoc"),
     ),
     1,
@@ -408,7 +363,7 @@ def build_table(spec: TableSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes:
 def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, notes: list[str] = ()) -> Table:
     """Table 4 layout: levels as columns; only srt.method=shift runs (baseline and +SRT)."""
     shift = ("baseline", "+SRT")
-    ours = ours[ours["method"].isin(shift)]
+    ours = ours[ours["method"].isin(shift) & in_sweep_rows(ours, spec)]
     paper = paper[(paper["table"] == spec.number) & paper["method"].isin(shift)] if not paper.empty else paper
     keys = ("task", "metric", "backbone", "weights", "settings")
     ours_at, paper_at = _lookup(ours, (*keys, "level")), _lookup(paper, (*keys, "level"))
@@ -455,16 +410,25 @@ def build_sweep_table(spec: SweepSpec, ours: pd.DataFrame, paper: pd.DataFrame, 
     return Table(spec.number, spec.title, values, cells, _notes(notes, rows))
 
 
-def displayed(ours: pd.DataFrame) -> pd.Series:
-    """Which result rows the paper tables show."""
-    in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
-    in_sweep = {(r.task, r.metric) for r in TABLE4.rows}
-    pairs = list(zip(ours["task"], ours["metric"]))
+def in_sweep_rows(ours: pd.DataFrame, spec: SweepSpec) -> pd.Series:
+    """Which result rows belong to one of the sweep table's rows (task, metric and, if the row names one, dataset)."""
+    datasets = {(r.task, r.metric): r.dataset for r in spec.rows}
     return pd.Series(
-        [p in in_tables or (p in in_sweep and m in ("baseline", "+SRT")) for p, m in zip(pairs, ours["method"])],
+        [
+            (t, m) in datasets and d in ("", datasets[(t, m)] or d)
+            for t, m, d in zip(ours["task"], ours["metric"], ours["dataset"])
+        ],
         index=ours.index,
         dtype=bool,
     )
+
+
+def displayed(ours: pd.DataFrame) -> pd.Series:
+    """Which result rows the paper tables show."""
+    in_tables = {(s.task, c.metric) for s in TABLES for c in s.columns}
+    pairs = list(zip(ours["task"], ours["metric"]))
+    in_sweep = in_sweep_rows(ours, TABLE4) & ours["method"].isin(("baseline", "+SRT"))
+    return pd.Series([p in in_tables for p in pairs], index=ours.index, dtype=bool) | in_sweep
 
 
 def build_other_table(task: str, ours: pd.DataFrame, title: Optional[str] = None) -> Table:
@@ -583,21 +547,6 @@ def render(tables: list[Table], fmt: str) -> str:
     return "\n".join(RENDERERS[fmt](t) for t in tables)
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Temp file + rename, as tasks.results.atomic_write_bytes (eval does not import tasks)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Paper-style comparison tables from a results tree.")
     parser.add_argument("results", type=Path, help="results directory (searched recursively for metrics.json)")
@@ -615,7 +564,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"warning: skipped {reason}", file=sys.stderr)
     text = render(tables, args.format)
     if args.out:
-        write_atomic(args.out, text.encode("utf-8"))
+        atomic_write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -5,13 +5,54 @@ bb = srt.load_backbone("dino_vits16")                 # frozen timm ViT -> dict 
 sr = srt.StochasticResonance(bb, level=3)             # same call, SRT-ensembled outputs
 feats = sr(images)["tokens"]                           # [B,C,H/16,W/16], drop-in for bb(images)["tokens"]
 fine = sr.dense(images, stride=4)["tokens"]            # [B,C,H/4,W/4]
+
+The names below are imported on first use: ``import srt`` (and ``srt.io``, ``srt.config``) stays free of
+torch and timm, so the metric and table CLIs in ``eval/`` that write files through :mod:`srt.io` start fast.
 """
 
-from . import viz
-from .backbones import BACKBONES, Backbone, WeightsUnavailableError, load_backbone
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import BackboneConfig, SRTConfig
-from .resonance import JitterEnsemble, StochasticResonance, build_extractor
-from .shifts import ShiftSet, make_shifts, shift_image
+
+#: public name -> the submodule that defines it
+_LAZY = {
+    "BACKBONES": "backbones",
+    "Backbone": "backbones",
+    "WeightsUnavailableError": "backbones",
+    "load_backbone": "backbones",
+    "JitterEnsemble": "resonance",
+    "StochasticResonance": "resonance",
+    "build_extractor": "resonance",
+    "ShiftSet": "shifts",
+    "make_shifts": "shifts",
+    "shift_image": "shifts",
+}
+_SUBMODULES = ("aggregate", "backbones", "config", "io", "reference", "resonance", "shifts", "viz")
+
+if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports these on first use
+    from . import io, viz
+    from .backbones import BACKBONES, Backbone, WeightsUnavailableError, load_backbone
+    from .resonance import JitterEnsemble, StochasticResonance, build_extractor
+    from .shifts import ShiftSet, make_shifts, shift_image
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'srt' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+
 
 __all__ = [
     "BACKBONES",
@@ -23,6 +64,7 @@ __all__ = [
     "StochasticResonance",
     "WeightsUnavailableError",
     "build_extractor",
+    "io",
     "load_backbone",
     "make_shifts",
     "shift_image",

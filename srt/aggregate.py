@@ -284,9 +284,9 @@ class MedianBuffer:
         need = passes * math.prod(shape) * 4
         if need > budget_bytes:
             raise MemoryError(
-                f"srt.aggregate=median for {name!r} needs {need / 2**30:.2f} GiB to buffer {passes} passes of "
-                f"{tuple(shape)} floats, above srt.median_budget_gb={budget_bytes / 2**30:.2f}; raise the budget, "
-                "use a coarser srt.stride, fewer srt.samples, or srt.aggregate=mean"
+                f"aggregate=median for {name!r} needs {need / 2**30:.2f} GiB to buffer {passes} passes of "
+                f"{tuple(shape)} floats, above median_budget_gb={budget_bytes / 2**30:.2f}; raise the budget, "
+                "use a coarser stride, fewer samples, or aggregate=mean (srt.* settings in the runner)"
             )
         self.values = torch.full((passes, *shape), float("nan"), device=device)
 

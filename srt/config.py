@@ -1,7 +1,10 @@
 """Typed settings of the SRT wrapper and the backbone, shared by the library and the Hydra runner.
 
-One place holds every name, default and valid value; ``validate()`` raises a ValueError that names
-the setting and lists what is allowed.
+One place holds every name, default and valid value: the runner registers these dataclasses' defaults
+with Hydra (run.py), so no YAML file repeats them, and a field added here is a setting at once.
+``validate()`` raises a ValueError that names the setting and lists what is allowed, phrased for whoever
+set it: ``level=-1 ...`` for a library call such as ``StochasticResonance(bb, level=-1)``, and
+``srt.level=-1 ...`` under the runner, which passes ``group="srt"``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ BORDERS = ("official", "normalized")
 AGGREGATES = ("mean", "median")
 OUTPUTS = ("pooled", "dense")
 POS_EMBEDS = ("reference", "timm")
+
+
+def setting_name(group: str, key: str) -> str:
+    """How a setting is named in messages: ``key`` for library arguments, ``group.key`` for the runner."""
+    return f"{group}.{key}" if group else key
 
 
 def _check_choice(setting: str, value: Any, choices: tuple) -> None:
@@ -49,51 +57,54 @@ class SRTConfig:
     jitter_passes: Optional[int] = None  # method=jitter: passes (default: as many as SRT at this level)
     jitter_strength: float = 0.4  # method=jitter: brightness/contrast/saturation jitter amplitude
 
-    def validate(self, patch_size: Optional[int] = None) -> SRTConfig:
-        _check_choice("srt.method", self.method, METHODS)
-        _check_choice("srt.sampling", self.sampling, SAMPLINGS)
-        _check_choice("srt.fill", self.fill, FILLS)
-        _check_choice("srt.border", self.border, BORDERS)
-        _check_choice("srt.aggregate", self.aggregate, AGGREGATES)
-        _check_choice("srt.output", self.output, OUTPUTS)
+    def validate(self, patch_size: Optional[int] = None, group: str = "") -> SRTConfig:
+        """Check every value (against ``patch_size`` when given); ``group`` prefixes the names in messages."""
+        n = lambda key: setting_name(group, key)  # noqa: E731
+        _check_choice(n("method"), self.method, METHODS)
+        _check_choice(n("sampling"), self.sampling, SAMPLINGS)
+        _check_choice(n("fill"), self.fill, FILLS)
+        _check_choice(n("border"), self.border, BORDERS)
+        _check_choice(n("aggregate"), self.aggregate, AGGREGATES)
+        _check_choice(n("output"), self.output, OUTPUTS)
         if self.level < 0:
-            raise ValueError(f"srt.level={self.level} is not valid; expected an integer >= 0")
+            raise ValueError(f"{n('level')}={self.level} is not valid; expected an integer >= 0")
         if patch_size is not None and self.level >= patch_size:
             raise ValueError(
-                f"srt.level={self.level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size}"
+                f"{n('level')}={self.level} is not valid for patch size {patch_size}; "
+                f"expected 0 <= level < {patch_size}"
             )
         if self.step < 1 or (self.level > 0 and self.step > self.level):
             raise ValueError(
-                f"srt.step={self.step} is not valid at srt.level={self.level}; expected 1 <= step <= level"
+                f"{n('step')}={self.step} is not valid at {n('level')}={self.level}; expected 1 <= step <= level"
             )
         if self.method == "jitter" and self.output == "dense":
             raise ValueError(
-                "srt.output=dense is not valid with srt.method=jitter: colour-jittered passes are not shifted, so "
-                "they hold nothing finer than the token grid; use srt.method=shift for a dense grid"
+                f"{n('output')}=dense is not valid with {n('method')}=jitter: colour-jittered passes are not "
+                f"shifted, so they hold nothing finer than the token grid; use {n('method')}=shift for a dense grid"
             )
         if self.samples is not None and self.samples < 1:
-            raise ValueError(f"srt.samples={self.samples} is not valid; expected null or an integer >= 1")
+            raise ValueError(f"{n('samples')}={self.samples} is not valid; expected null or an integer >= 1")
         grid_size = (2 * (self.level // self.step) + 1) ** 2
         if self.samples is not None and self.samples > grid_size:
             raise ValueError(
-                f"srt.samples={self.samples} is not valid at srt.level={self.level}; "
+                f"{n('samples')}={self.samples} is not valid at {n('level')}={self.level}; "
                 f"expected at most {grid_size} (the number of grid shifts)"
             )
         if self.batch_size < 1:
-            raise ValueError(f"srt.batch_size={self.batch_size} is not valid; expected an integer >= 1")
+            raise ValueError(f"{n('batch_size')}={self.batch_size} is not valid; expected an integer >= 1")
         if self.stride is not None:
             if self.stride < 1 or (patch_size is not None and patch_size % self.stride):
                 valid = [s for s in range(1, (patch_size or 0) + 1) if patch_size and patch_size % s == 0]
                 raise ValueError(
-                    f"srt.stride={self.stride} is not valid; expected a divisor of the patch size"
+                    f"{n('stride')}={self.stride} is not valid; expected a divisor of the patch size"
                     + (f" {patch_size}: {valid}" if valid else "")
                 )
         if self.median_budget_gb <= 0:
-            raise ValueError(f"srt.median_budget_gb={self.median_budget_gb} is not valid; expected > 0")
+            raise ValueError(f"{n('median_budget_gb')}={self.median_budget_gb} is not valid; expected > 0")
         if self.jitter_passes is not None and self.jitter_passes < 1:
-            raise ValueError(f"srt.jitter_passes={self.jitter_passes} is not valid; expected null or >= 1")
+            raise ValueError(f"{n('jitter_passes')}={self.jitter_passes} is not valid; expected null or >= 1")
         if not 0 <= self.jitter_strength < 1:
-            raise ValueError(f"srt.jitter_strength={self.jitter_strength} is not valid; expected 0 <= value < 1")
+            raise ValueError(f"{n('jitter_strength')}={self.jitter_strength} is not valid; expected 0 <= value < 1")
         return self
 
 
@@ -101,20 +112,22 @@ class SRTConfig:
 class BackboneConfig:
     """Which ViT and which weights. ``pretrained``: true (timm / hub cache), false (random init) or a file path."""
 
-    name: str = "dino_vits16"
+    name: str  # a key of srt.BACKBONES (the runner's default choice: conf/config.yaml)
     pretrained: Any = True
     checkpoint_key: Optional[str] = None  # key of the state dict inside a checkpoint file (DINO: teacher); auto if null
     init_seed: int = 0  # seed of the random initialisation when pretrained=false
     model_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model, e.g. depth=2 for tiny test models
     pos_embed: str = "reference"  # reference: resample position embeddings as the original DINO/DINOv2 code | timm
 
-    def validate(self) -> BackboneConfig:
+    def validate(self, group: str = "") -> BackboneConfig:
+        """Check every value; ``group`` prefixes the names in messages (``backbone`` under the runner)."""
         from .backbones import BACKBONES  # local import: the registry lives with the models
 
-        _check_choice("backbone.name", self.name, tuple(BACKBONES))
-        _check_choice("backbone.pos_embed", self.pos_embed, POS_EMBEDS)
+        _check_choice(setting_name(group, "name"), self.name, tuple(BACKBONES))
+        _check_choice(setting_name(group, "pos_embed"), self.pos_embed, POS_EMBEDS)
         if not isinstance(self.pretrained, (bool, str)):
             raise ValueError(
-                f"backbone.pretrained={self.pretrained!r} is not valid; expected true, false or a checkpoint file path"
+                f"{setting_name(group, 'pretrained')}={self.pretrained!r} is not valid; "
+                "expected true, false or a checkpoint file path"
             )
         return self

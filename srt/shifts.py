@@ -88,29 +88,29 @@ def make_shifts(
       image is counted twice (50 passes at L=3; PROTOCOLS.md 1.2).
     """
     if level < 0:
-        raise ValueError(f"srt.level={level} is not valid; expected an integer >= 0")
+        raise ValueError(f"level={level} is not valid; expected an integer >= 0")
     if step < 1 or (level > 0 and step > level):
-        raise ValueError(f"srt.step={step} is not valid at srt.level={level}; expected 1 <= step <= level")
+        raise ValueError(f"step={step} is not valid at level={level}; expected 1 <= step <= level")
     if patch_size is not None:
         if level >= patch_size:
             raise ValueError(
-                f"srt.level={level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size} "
+                f"level={level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size} "
                 "(a shift of a whole token or more is no longer sub-token)"
             )
         if level > patch_size / 2:
             warnings.warn(
-                f"srt.level={level} exceeds half the patch size ({patch_size}/2): the paper bounds shifts by p/2; "
+                f"level={level} exceeds half the patch size ({patch_size}/2): the paper bounds shifts by p/2; "
                 "larger shifts revisit the same token offsets and lose more of the border",
                 stacklevel=2,
             )
-    _check_choice("srt.sampling", sampling, SAMPLINGS)
+    _check_choice("sampling", sampling, SAMPLINGS)
     grid = grid_shifts(level, step)
     description = f"grid L={level}" + (f" step {step}" if step > 1 else "")
     if samples is not None:
         if not 1 <= samples <= len(grid):
             raise ValueError(
-                f"srt.samples={samples} is not valid at srt.level={level}"
-                + (f", srt.step={step}" if step > 1 else "")
+                f"samples={samples} is not valid at level={level}"
+                + (f", step={step}" if step > 1 else "")
                 + f"; expected 1 <= samples <= {len(grid)}"
             )
         if sampling == "random":
@@ -128,13 +128,13 @@ def make_shifts(
 
 def pad_for_shifts(images: torch.Tensor, margin: int, fill: str) -> torch.Tensor:
     """Pad all four sides by ``margin`` once, so that every shift is a slice of the result."""
-    _check_choice("srt.fill", fill, FILLS)
+    _check_choice("fill", fill, FILLS)
     if margin == 0:
         return images
     mode = "constant" if fill == "zero" else fill
     if fill == "reflect" and margin >= min(images.shape[-2:]):
         raise ValueError(
-            f"srt.fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}"
+            f"fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}"
         )
     return F.pad(images, (margin, margin, margin, margin), mode=mode)
 

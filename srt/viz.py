@@ -31,9 +31,7 @@ image.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import SRTConfig
+from .io import atomic_save_png
 
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 SKIMAGE_PREFIX = "skimage:"
@@ -213,16 +212,29 @@ def read_image(source: ImageLike) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+#: photographs that live inside the installed scikit-image package (others would need a download)
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field", "motorcycle_left", "rocket")
+
+
 def _skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 
-    # only the images that live inside the installed package (others would need a download)
-    local = sorted(
-        n for n in ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "hubble_deep_field", "camera")
-    )
-    if name not in local:
-        raise ValueError(f"image 'skimage:{name}' is not available offline; expected one of skimage:{', '.join(local)}")
+    if name not in SKIMAGE_PHOTOS:
+        raise ValueError(
+            f"image 'skimage:{name}' is not available offline; expected one of skimage:{', skimage:'.join(SKIMAGE_PHOTOS)}"
+        )
     return getattr(skimage.data, name)()
+
+
+def skimage_file(source: str) -> Path:
+    """The file inside scikit-image's data folder that ``"skimage:<name>"`` reads."""
+    import skimage.data
+
+    name = source[len(SKIMAGE_PREFIX) :] if source.startswith(SKIMAGE_PREFIX) else source
+    if name not in SKIMAGE_PHOTOS:
+        _skimage_photo(name)  # raises the error naming the valid photographs
+    [path] = sorted(Path(skimage.data.data_dir).glob(f"{name}.*"))
+    return path
 
 
 def square_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -666,23 +678,8 @@ def _check_sizes(size: int, backbones: Sequence[Callable]) -> None:
 
 
 def write_png(path: Union[str, os.PathLike], image: np.ndarray) -> Path:
-    """Write a uint8 [H,W,3] (or [H,W]) array as PNG atomically (temp file in the same folder, rename)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image)).save(buf, format="PNG")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a uint8 [H,W,3] (or [H,W]) array as PNG atomically (:func:`srt.io.atomic_save_png`)."""
+    return atomic_save_png(path, np.asarray(image))
 
 
 def save_pca_png(features: torch.Tensor, path: Union[str, os.PathLike], **kwargs: Any) -> Path:

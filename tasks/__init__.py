@@ -3,28 +3,25 @@
 Task modules are imported only when asked for, so a task whose module (or optional dependency) is
 missing gives a clear error for that task and never breaks the others. ``build_task`` turns the
 ``task`` config node into a task instance: the node's ``name`` picks the class, the rest is merged into
-the class's ``Config`` dataclass (unknown keys and wrong types are errors naming the key), then
-``Config.validate()`` runs if defined, then ``from_config``.
+the class's ``Config`` dataclass (:func:`tasks.config_schema.typed_config`: unknown keys and wrong types are
+errors naming the key), then ``Config.validate()`` runs if defined, then ``from_config``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 #: task name -> "module:Class"
 TASKS: dict[str, str] = {
     "davis": "tasks.davis:DavisTask",
     "saliency": "tasks.saliency:SaliencyTask",
     "discovery": "tasks.discovery:DiscoveryTask",
+    "retrieval": "tasks.retrieval:RetrievalTask",
     "toy": "tasks.toy:ToyTask",
     "visualize": "tasks.visualize:VisualizeTask",
     "distill": "tasks.distill:DistillTask",
 }
-
-T = TypeVar("T")
 
 
 class TaskUnavailableError(ImportError):
@@ -64,45 +61,14 @@ def importable_tasks() -> list[str]:
     return out
 
 
-def typed_config(schema: type[T], values: Any, prefix: str) -> T:
-    """Merge ``values`` (a mapping or DictConfig) into the dataclass ``schema``; return the validated instance.
+def build_task(task_cfg: Any, validate: bool = True):
+    """A task instance from the ``task`` config node (``name`` + the fields of the task's Config).
 
-    Errors are ValueErrors naming ``<prefix>.<key>``: unknown keys list the valid keys, wrong types
-    name the expected type; then ``schema.validate()`` (if any) checks the values.
-    """
+    ``validate=False`` skips ``Config.validate()`` (the run directory's name is computed before the runner
+    checks the settings, which it does once)."""
     from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-    if isinstance(values, DictConfig):
-        values = OmegaConf.to_container(values, resolve=True)
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{prefix}: expected a mapping of settings, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        raise ValueError(
-            f"{prefix}.{unknown[0]} is not a valid setting; valid settings of {prefix}: {', '.join(fields)}"
-        )
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        obj = OmegaConf.to_object(merged)
-    except ConfigKeyError as e:  # pragma: no cover - unknown keys are caught above
-        raise ValueError(f"{prefix}: {e.msg}; valid settings: {', '.join(fields)}") from e
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-        key = str(key).split(".")[0]
-        f = fields.get(key)
-        expected = getattr(f.type, "__name__", str(f.type)) if f is not None else "?"
-        raise ValueError(f"{prefix}.{key}={values.get(key)!r} has the wrong type; expected {expected}") from e
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
-    return obj
-
-
-def build_task(task_cfg: Any):
-    """A task instance from the ``task`` config node (``name`` + the fields of the task's Config)."""
-    from omegaconf import DictConfig, OmegaConf
+    from .config_schema import typed_config
 
     values = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else dict(task_cfg)
     if "name" not in values:
@@ -110,4 +76,6 @@ def build_task(task_cfg: Any):
     name = values.pop("name")
     cls = task_class(name)
     cfg = typed_config(cls.Config, values, "task")
+    if validate and callable(getattr(cfg, "validate", None)):
+        cfg.validate()
     return cls.from_config(cfg)

@@ -15,11 +15,12 @@ A feature extractor is any callable ``images [B,3,H,W] -> dict[str, Tensor]`` (t
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Optional, Protocol
 
 import torch
 
@@ -40,24 +41,60 @@ class RunContext:
     """What a task gets besides its config and the extractor."""
 
     out_dir: Path  # the run directory; tasks write predictions under it
-    cache: Any  # tasks.results.ItemCache: per-item outputs, so interrupted runs resume
+    cache: Any  # tasks.item_cache.ItemCache: per-item outputs, so interrupted runs resume
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = True  # show tqdm bars
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. the full resolved config, for tasks that need it
 
 
+@dataclass(frozen=True)
+class DataFiles:
+    """The dataset files a run reads: what identifies its data wherever the dataset folder lies.
+
+    ``files`` maps each file's path relative to the dataset folder (the same on every machine) to where it
+    is on this one. :meth:`identity` is the dataset's name, the number of files and a sha256 of the sorted
+    relative paths with their sizes: moving the folder keeps it; adding, removing, renaming or resizing a
+    file changes it (a same-size edit does not: contents are not read). Cost: one ``stat`` per file.
+    """
+
+    name: str  # the dataset, e.g. "DAVIS-2017", "ECSSD", "VOC2007"
+    files: Mapping[str, Path]
+
+    @classmethod
+    def under(cls, name: str, root: str | Path, paths: Iterable[str | Path]) -> DataFiles:
+        """The files ``paths`` (inside ``root``), named by their path relative to ``root``."""
+        root = Path(root)
+        return cls(name, {Path(p).relative_to(root).as_posix(): Path(p) for p in paths})
+
+    def identity(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for rel in sorted(self.files):
+            path = self.files[rel]
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{path} does not exist (a file of the {self.name} dataset)") from e
+            digest.update(f"{rel}\0{size}\n".encode())
+        return {"name": self.name, "files": len(self.files), "sha256": digest.hexdigest()}
+
+
 class Task(ABC):
     """A benchmark task. Subclasses set ``name``, ``outputs`` and ``Config`` and implement ``run``.
 
-    ``Config`` is a dataclass: the schema of the ``task`` config group. The runner merges the
-    user's ``task`` config into it (unknown keys and wrong types are errors), then calls
-    ``Config.validate()`` if defined (invalid values are errors), then ``from_config``.
+    ``Config`` is a dataclass: the schema of the ``task`` config group, and the one place its defaults
+    live (run.py registers them with Hydra). The runner merges the user's ``task`` config into it
+    (unknown keys and wrong types are errors), then calls ``Config.validate()`` if defined (invalid values
+    are errors), then ``from_config``. ``data_files()`` names the files a run reads: with the settings
+    (minus ``data_location_settings``) they are the run's identity.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type]
     #: backbone outputs the task consumes (names of ``srt.load_backbone(outputs=...)``)
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
+    #: settings that say where the data lies on this machine: left out of the run identity and the item
+    #: cache key, which use :meth:`data_files` instead (so a moved dataset finds its finished runs)
+    data_location_settings: ClassVar[tuple[str, ...]] = ("root",)
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -72,12 +109,33 @@ class Task(ABC):
 
         The runner calls it first, so a misplaced dataset costs seconds, not a model load."""
 
+    def data_files(self) -> Optional[DataFiles]:
+        """The dataset files a run reads (None: the task reads no files); they identify the run's data.
+
+        Default: every file under each location setting (:attr:`data_location_settings`). Override it
+        with the files the run actually reads: cheaper, and a file added beside them (another split,
+        another resolution) then leaves finished runs finished."""
+        roots = {k: Path(getattr(self.cfg, k)) for k in self.data_location_settings if getattr(self.cfg, k, None)}
+        files: dict[str, Path] = {}
+        for key, root in roots.items():
+            if not root.is_dir():
+                raise FileNotFoundError(f"task.{key}={root} is not a folder")
+            prefix = f"{key}/" if len(roots) > 1 else ""
+            files.update({prefix + p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()})
+        return DataFiles(getattr(self.cfg, "dataset", None) or self.name, files) if roots else None
+
+    def data_identity(self) -> Optional[dict[str, Any]]:
+        """:meth:`DataFiles.identity` of :meth:`data_files` (recorded in metrics.json as ``data``)."""
+        files = self.data_files()
+        return None if files is None else files.identity()
+
     @abstractmethod
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         """Run the protocol; return flat metrics (name -> float)."""
 
     def cache_key_config(self) -> Mapping[str, Any]:
-        """Task config that changes per-item outputs (keys the item cache, with backbone and srt config).
+        """Task config that changes per-item outputs (keys the item cache, with backbone and srt config and
+        the dataset's identity; the data location settings are dropped by the runner).
 
         Defaults to all of it; override to drop keys that only affect scoring or logging."""
         from dataclasses import asdict, is_dataclass

@@ -47,9 +47,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval import davis as davis_eval
+from srt.io import atomic_save_png
 
-from .base import FeatureExtractor, RunContext, Task
-from .results import atomic_save_png
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +433,11 @@ class DavisTask(Task):
         root = Path(self.cfg.root)
         for seq in davis_eval.select_sequences(root, self.cfg.split, self.cfg.sequences):
             self._first_annotation(root, seq, davis_eval.image_paths(root, seq, self.cfg.resolution))
+
+    def data_files(self) -> DataFiles:
+        cfg = self.cfg
+        files = davis_eval.files_read(cfg.root, cfg.split, cfg.sequences, cfg.resolution, cfg.max_frames)
+        return DataFiles.under("DAVIS-2017", cfg.root, files)
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         from tqdm import tqdm

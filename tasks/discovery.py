@@ -23,9 +23,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.discovery import box_iou, corloc, is_hit, read_image_set, read_voc_boxes, voc_dir
+from srt.io import atomic_write_text
 
-from .base import FeatureExtractor, RunContext, Task
-from .results import atomic_write_text
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 from .tokencut import TokenCutConfig, component_box, normalised_tensor, tokencut_image
 
 
@@ -55,6 +55,16 @@ class DiscoveryTask(Task):
     def check_data(self) -> None:
         # the layout and the image list; run() reads every annotation before computing any feature
         read_image_set(voc_dir(self.cfg.root, self.cfg.year), self.cfg.image_set)
+
+    def data_files(self) -> DataFiles:
+        cfg = self.cfg
+        voc = voc_dir(cfg.root, cfg.year)
+        ids = read_image_set(voc, cfg.image_set)[: cfg.max_images]
+        files = [voc / "ImageSets" / "Main" / f"{cfg.image_set}.txt"]
+        files += [
+            voc / folder / f"{i}{ext}" for i in ids for folder, ext in (("Annotations", ".xml"), ("JPEGImages", ".jpg"))
+        ]
+        return DataFiles.under(f"VOC{cfg.year}", cfg.root, files)
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: DiscoveryConfig = self.cfg

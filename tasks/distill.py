@@ -52,11 +52,12 @@ from tqdm import tqdm
 
 import srt
 from eval import davis as davis_eval
+from srt.io import atomic_write_bytes, atomic_write_text
 
-from .base import FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 from .davis import DINO_MEAN, DINO_STD, frame_size, read_frame
 from .images import item_ids, list_images
-from .results import atomic_write_bytes, atomic_write_text, config_hash
+from .run_identity import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -85,30 +86,33 @@ TRAINING_KEYS = (
 
 @dataclass
 class DistillConfig:
-    """Schema of ``conf/task/distill.yaml``. Defaults are the official code's (see the module docstring)."""
+    """The ``task.*`` settings of task=distill. Defaults are the official code's (see the module docstring)."""
 
     images: Optional[str] = None  # a folder of images (searched recursively) or one file; null: DAVIS `split` frames
     root: str = "???"  # DAVIS root (JPEGImages/<resolution>/<seq>/*.jpg, ImageSets/2017/<split>.txt)
-    split: str = "train"
+    split: str = "train"  # the paper distils on the DAVIS-2017 train frames
     resolution: str = "480p"
-    short_side: int = 480  # images resized: short side -> 480, long side floored to a multiple of 64
+    short_side: int = 480  # images resized as DAVIS frames: short side -> 480, long side floored to a multiple of 64
     long_side_multiple: int = 64
-    mean: Optional[list[float]] = field(default_factory=lambda: list(DINO_MEAN))  # null: the backbone's
-    std: Optional[list[float]] = field(default_factory=lambda: list(DINO_STD))  # null: the backbone's
-    max_images: Optional[int] = None  # TEST/DEBUG ONLY: the first N images
-    target_dtype: str = "float16"  # how the cached teacher targets are stored
+    # normalised once (the official dataset normalises a second time by mistake); DINO's DAVIS std 0.228 kept
+    # for parity with task=davis; null: the backbone's own
+    mean: Optional[list[float]] = field(default_factory=lambda: list(DINO_MEAN))
+    std: Optional[list[float]] = field(default_factory=lambda: list(DINO_STD))
+    max_images: Optional[int] = None  # TEST/DEBUG ONLY: the first N images; null = all
+    target_dtype: str = "float16"  # the cached teacher targets: float16 (half the disk) | float32
     epochs: int = 50
     batch_size: int = 1  # images per step (the official code: 1); a batch's images must share a size
-    lr: float = 3e-4
+    lr: float = 3e-4  # AdamW
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0  # AdamW's decoupled weight decay (official: 0)
     norm_penalty: float = 1e-5  # the official term: + norm_penalty * sqrt(sum of squared trainable weights)
+    # lr * lr_decay^(number of milestones < epoch), epochs counted from 0 (the official adjust_lr)
     lr_milestones: list[int] = field(default_factory=lambda: [25, 40])
     lr_decay: float = 0.1
     loss: str = "mse"  # mse | l1 | cosine (1 - cosine per token)
     unfreeze: str = "all"  # all | bias | last (last block + final norm) | last2
     shuffle: bool = True  # a seeded permutation per epoch; false: the official fixed order
-    seed: int = 0
+    seed: int = 0  # seeds the shuffling
     autocast: bool = True  # bfloat16 autocast on CUDA (no effect on CPU)
     student_file: str = "student.safetensors"  # under the run directory
 
@@ -194,6 +198,8 @@ class DistillTask(Task):
     name: ClassVar[str] = "distill"
     Config: ClassVar[type] = DistillConfig
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
+    #: where the images lie; the run identity uses the image files themselves (:meth:`data_files`)
+    data_location_settings: ClassVar[tuple[str, ...]] = ("root", "images")
 
     # -- data --------------------------------------------------------------------------------------
 
@@ -217,6 +223,10 @@ class DistillTask(Task):
 
     def check_data(self) -> None:
         self.images, self.base = self.image_list()
+
+    def data_files(self) -> DataFiles:
+        images, base = self.image_list()
+        return DataFiles.under("DAVIS-2017" if self.cfg.images is None else "images", base, images)
 
     def cache_key_config(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self.cfg).items() if k not in TRAINING_KEYS}

@@ -24,9 +24,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.saliency import ImageScores, aggregate, image_scores, read_mask
+from srt.io import atomic_save_png, atomic_write_text
 
-from .base import FeatureExtractor, RunContext, Task
-from .results import atomic_save_png, atomic_write_text
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 from .tokencut import TokenCutConfig, normalised_tensor, tokencut_image
 
 #: dataset -> (image folder, ground-truth folder) inside the dataset root, as the datasets are distributed
@@ -103,6 +103,10 @@ class SaliencyTask(Task):
 
     def check_data(self) -> None:
         list_pairs(self.cfg.root, self.cfg.dataset)
+
+    def data_files(self) -> DataFiles:
+        pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]
+        return DataFiles.under(self.cfg.dataset, self.cfg.root, [path for pair in pairs for path in pair])
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: SaliencyConfig = self.cfg

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from srt.io import atomic_write_text
+
 from .base import FeatureExtractor, RunContext, Task
-from .results import atomic_write_text
 
 
 @dataclass
@@ -52,6 +53,10 @@ class ToyTask(Task):
     name: ClassVar[str] = "toy"
     Config: ClassVar[type] = ToyConfig
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
+    data_location_settings: ClassVar[tuple[str, ...]] = ()
+
+    def data_files(self) -> None:
+        return None  # synthetic images: a function of the settings, which are part of the run identity anyway
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg = self.cfg

@@ -47,10 +47,13 @@ import numpy as np
 
 import srt
 from srt import viz
+from srt.io import atomic_save_png, atomic_write_json
 
-from .base import FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .environment import now_iso
 from .images import as_entries, item_ids, list_images
-from .results import _locked, atomic_save_png, atomic_write_json, config_hash, now_iso, srt_key_part
+from .loggers import _locked
+from .run_identity import config_hash, srt_key_part
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +118,16 @@ class VisualizeTask(Task):
     name: ClassVar[str] = "visualize"
     Config: ClassVar[type] = VisualizeConfig
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
+    #: where the images lie; the run identity uses the image files themselves (:meth:`data_files`)
+    data_location_settings: ClassVar[tuple[str, ...]] = ("images",)
 
     def check_data(self) -> None:
         self.images = self.cfg.image_list()
+
+    def data_files(self) -> DataFiles:
+        images = self.cfg.image_list()
+        files = [viz.skimage_file(str(im)) if str(im).startswith(viz.SKIMAGE_PREFIX) else Path(im) for im in images]
+        return DataFiles("images", dict(zip(item_ids(images), files)))
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg = self.cfg

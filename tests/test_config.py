@@ -22,10 +22,10 @@ CONF = REPO / "conf"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402  (the entry point module; importing it does not start Hydra)
+import run  # noqa: E402  (the entry point module; importing it registers the configs, it does not start Hydra)
 import srt  # noqa: E402
 import tasks  # noqa: E402
-from tasks import results  # noqa: E402
+from eval.run_record import method_label, method_tag  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:\s*'hydra/launcher/\S+' is validated against ConfigStore schema:UserWarning"
@@ -40,8 +40,17 @@ def compose_cfg(overrides: list[str], hydra_cfg: bool = False):
 
 
 def options(group: str) -> list[str]:
-    """Every option of a config group, including nested ones (task=demo/davis)."""
-    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+    """Every option of a config group, including nested ones (task=demo/davis): YAML files and the entries
+    run.py registers in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.object_type import ObjectType
+
+    files = {str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml")}
+    store = ConfigStore.instance()
+    stored = (
+        {n.removesuffix(".yaml") for n in store.list(group)} if store.get_type(group) == ObjectType.GROUP else set()
+    )
+    return sorted(files | stored)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +96,8 @@ def test_srt_option_composes_and_validates(name):
     expected = {"default": ("shift", 3), "baseline": ("shift", 0), "jitter": ("jitter", 3)}
     if name in expected:
         assert (plan.srt.method, plan.srt.level) == expected[name]
-        assert (
-            run.method_label(plan.srt) == {"default": "+SRT", "baseline": "baseline", "jitter": "naive ensemble"}[name]
-        )
+        label = method_label(OmegaConf.to_container(cfg.srt), OmegaConf.to_container(cfg.task))
+        assert label == {"default": "+SRT", "baseline": "baseline", "jitter": "naive ensemble"}[name]
 
 
 @pytest.mark.parametrize("name", options("logger"))
@@ -291,4 +299,171 @@ def test_task_config_without_name_is_an_error():
 
 def test_results_resolver_is_registered_on_import():
     assert OmegaConf.has_resolver("srt_run_subdir")
-    assert results.method_tag("shift", 0) == "baseline" and results.method_tag("shift", 4) == "srt-L4"
+    assert method_tag({"method": "shift", "level": 0}, {}) == "baseline"
+    assert method_tag({"method": "shift", "level": 4}, {}) == "srt-L4"
+
+
+# ----------------------------------------------------------------------------------------------
+# Defaults live in the dataclasses
+
+
+def _defaults(schema) -> dict:
+    from tasks.config_schema import defaults_of
+
+    return {k: (None if v == {} else v) for k, v in defaults_of(schema).items()}
+
+
+def _composed(cfg_node) -> dict:
+    return OmegaConf.to_container(cfg_node, resolve=True)
+
+
+def test_composed_defaults_are_the_dataclass_defaults(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = compose_cfg(["task=toy"])
+    assert _composed(cfg.srt) == _defaults(srt.SRTConfig)
+    assert _composed(cfg.logger) == _defaults(run.LoggerConfig)
+    assert {k: cfg[k] for k in _defaults(run.RunnerConfig)} == _defaults(run.RunnerConfig)
+    for name in srt.BACKBONES:
+        composed = _composed(compose_cfg([f"backbone={name}", "task=toy"]).backbone)
+        assert composed == {**_defaults(srt.BackboneConfig), "name": name}, name
+    for name in tasks.importable_tasks():
+        composed = _composed(compose_cfg([f"task={name}", "paths.data_root=/d"]).task)
+        expected = {"name": name, **_defaults(tasks.task_class(name).Config)}
+        root = composed.pop("root", None)
+        expected.pop("root", None)
+        assert composed == expected, name
+        assert root is None or root.startswith("/d/"), (name, root)  # the one thing a task's YAML adds
+    # presets change only what they are about
+    assert _composed(compose_cfg(["srt=baseline", "task=toy"]).srt) == {**_defaults(srt.SRTConfig), "level": 0}
+    assert _composed(compose_cfg(["srt=jitter", "task=toy"]).srt) == {**_defaults(srt.SRTConfig), "method": "jitter"}
+    csv_logger = _composed(compose_cfg(["logger=csv", "task=toy", "paths.results_root=/r"]).logger)
+    assert csv_logger == {**_defaults(run.LoggerConfig), "name": "csv", "path": "/r/runs.csv"}
+    assert _composed(compose_cfg(["logger=wandb", "task=toy"]).logger) == {
+        **_defaults(run.LoggerConfig),
+        "name": "wandb",
+    }
+
+
+@pytest.mark.parametrize("path", sorted(p for g in ("srt", "logger", "task") for p in (CONF / g).rglob("*.yaml")))
+def test_yaml_files_hold_only_what_differs_from_the_dataclass(path):
+    group = path.relative_to(CONF).parts[0]
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    values.pop("defaults", None)
+    if group == "task":
+        name = path.stem
+        schema = tasks.task_class(name).Config
+        base = _defaults(schema) if path.parent == CONF / "task" else _composed(compose_cfg([f"task={name}"]).task)
+    else:
+        schema = {"srt": srt.SRTConfig, "logger": run.LoggerConfig}[group]
+        base = _defaults(schema)
+    assert set(values) <= {f.name for f in schema.__dataclass_fields__.values()}, path
+    repeated = {k: v for k, v in values.items() if k in base and base[k] == v}
+    assert repeated == {}, f"{path.relative_to(REPO)} repeats defaults of {schema.__name__}: {repeated}"
+
+
+def test_backbone_options_come_from_the_registry_not_yaml():
+    assert not (CONF / "backbone").exists()
+    assert not (CONF / "srt" / "default.yaml").exists() and not (CONF / "logger" / "none.yaml").exists()
+
+
+def test_a_new_dataclass_field_is_a_setting_without_yaml_edits(monkeypatch):
+    """Registration reads the fields: srt.step and backbone.pos_embed (added to the dataclasses only) are
+    settings, and so is any field added later."""
+    import dataclasses
+
+    cfg = compose_cfg(["task=toy", "srt.step=2", "backbone.pos_embed=timm"])
+    assert cfg.srt.step == 2 and cfg.backbone.pos_embed == "timm"
+    set_in_yaml = {k for p in CONF.rglob("*.yaml") for k in (OmegaConf.load(p) or {}) if isinstance(k, str)}
+    assert not {"step", "pos_embed"} & set_in_yaml
+
+    grown = dataclasses.make_dataclass(
+        "SRTConfig", [("novel_setting", int, dataclasses.field(default=1))], bases=(srt.SRTConfig,)
+    )
+    monkeypatch.setattr(srt, "SRTConfig", grown)
+    try:
+        run.register_configs()
+        assert compose_cfg(["task=toy"]).srt.novel_setting == 1
+        plan = run.plan(compose_cfg(["task=toy", "srt.novel_setting=2"]))
+        assert plan.srt.novel_setting == 2
+        run.check_override_keys(["task=toy", "srt.novel_setting=2"])  # the command-line check knows it too
+    finally:
+        monkeypatch.undo()
+        run.register_configs()
+    assert "novel_setting" not in compose_cfg(["task=toy"]).srt
+
+
+def test_validation_runs_once_per_group(monkeypatch):
+    calls = []
+    for schema in (
+        srt.SRTConfig,
+        srt.BackboneConfig,
+        run.LoggerConfig,
+        run.RunnerConfig,
+        tasks.task_class("toy").Config,
+    ):
+        real = schema.validate
+
+        def counted(self, *args, _real=real, _name=schema.__name__, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(schema, "validate", counted)
+    run.plan(compose_cfg(["task=toy"]))
+    assert sorted(calls) == sorted(["SRTConfig", "BackboneConfig", "LoggerConfig", "RunnerConfig", "ToyConfig"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Messages: the library names its arguments, the runner its settings
+
+
+@pytest.mark.parametrize(
+    "kwargs,library,runner",
+    [
+        ({"level": -1}, "level=-1 is not valid; expected an integer >= 0", "srt.level=-1 is not valid"),
+        ({"level": 16}, "level=16 is not valid for patch size 16", "srt.level=16 is not valid for patch size 16"),
+        ({"fill": "blurry"}, "fill='blurry' is not valid; expected one of zero", "srt.fill='blurry' is not valid"),
+        (
+            {"level": 1, "samples": 10},
+            "samples=10 is not valid at level=1",
+            "srt.samples=10 is not valid at srt.level=1",
+        ),
+        ({"stride": 5}, "stride=5 is not valid; expected a divisor of the patch size 16", "srt.stride=5 is not valid"),
+    ],
+)
+def test_library_and_runner_phrase_the_same_check_for_their_users(kwargs, library, runner, tiny_kwargs):
+    bb = srt.load_backbone("dino_vits16", pretrained=False, **tiny_kwargs)
+    with pytest.raises(ValueError) as err:
+        srt.StochasticResonance(bb, **kwargs)
+    assert str(err.value).startswith(library) and "srt." not in str(err.value)
+    with pytest.raises(ValueError) as err:
+        run.plan(compose_cfg(["task=toy", *(f"srt.{k}={v}" for k, v in kwargs.items())]))
+    assert str(err.value).startswith(runner)
+
+
+def test_backbone_settings_are_phrased_for_the_library_and_the_runner():
+    with pytest.raises(ValueError, match=r"^name='vit_huge' is not valid; expected one of dino_vits16"):
+        srt.BackboneConfig(name="vit_huge").validate()
+    with pytest.raises(ValueError, match=r"^backbone.name='vit_huge' is not valid"):
+        run.plan(compose_cfg(["task=toy", "backbone.name=vit_huge"]))
+
+
+@pytest.mark.slow
+def test_help_and_cfg_job_show_the_groups_and_the_settings():
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(REPO)}
+    helped = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True, text=True, env=env)
+    assert helped.returncode == 0, helped.stderr
+    assert "backbone: " + ", ".join(sorted(srt.BACKBONES)) in helped.stdout
+    assert "srt: baseline, default, jitter" in helped.stdout and "logger: csv, none, wandb" in helped.stdout
+    assert "srt.SRTConfig" in helped.stdout and "_defaults" not in helped.stdout  # hidden nodes are not options
+    job = subprocess.run(
+        [sys.executable, "run.py", "--cfg", "job", "task=toy", "srt.level=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert job.returncode == 0, job.stderr
+    printed = OmegaConf.create(job.stdout)
+    assert printed.srt.level == 2 and set(printed.srt) == set(srt.SRTConfig.__dataclass_fields__)

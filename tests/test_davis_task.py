@@ -13,7 +13,7 @@ from PIL import Image
 from eval import davis as ev
 from tasks.base import RunContext
 from tasks.davis import DavisConfig, DavisTask
-from tasks.results import ItemCache
+from tasks.item_cache import ItemCache
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_OVERRIDES = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
@@ -48,6 +48,8 @@ def tiny_backbone(tiny_kwargs):
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import run  # noqa: F401  (registers the dataclass configs with Hydra)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -154,7 +156,7 @@ def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
     record = run.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(ALL_METRICS) <= set(written["metrics"])
-    assert written["metrics"]["J&F-Mean"] == pytest.approx(record["metrics"]["J&F-Mean"])
+    assert written["metrics"]["J&F-Mean"] == pytest.approx(record.metrics["J&F-Mean"])
     assert written["passes"] == 9
     pred = tmp_path / "run" / "davis_predictions" / "dog"
     assert len(list(pred.glob("*.png"))) == 4

@@ -16,7 +16,7 @@ from PIL import Image
 from eval import discovery as disc
 from tasks.base import RunContext
 from tasks.discovery import DiscoveryConfig, DiscoveryTask
-from tasks.results import ItemCache
+from tasks.item_cache import ItemCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -219,6 +219,7 @@ def test_fixture_run_with_tiny_vit_and_srt_dense_grid(fixtures_dir, tmp_path, ti
 def test_table4_experiment_composes():
     from hydra import compose, initialize_config_dir
 
+    import run  # noqa: F401  (registers the dataclass configs with Hydra)
     import tasks
 
     conf = Path(__file__).resolve().parents[1] / "conf"

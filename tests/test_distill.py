@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 import run  # noqa: E402
 import srt  # noqa: E402
 from eval import tables  # noqa: E402
+from eval.run_record import read_record  # noqa: E402
 from tasks import distill  # noqa: E402
 from tasks.davis import DINO_MEAN, DINO_STD, dino_frame_size, read_frame  # noqa: E402
 
@@ -116,7 +117,7 @@ def _images(frames: Path, n: int = 4) -> list[torch.Tensor]:
 
 def test_the_student_moves_to_the_srt_features_and_away_from_its_own(tmp_path, frames):
     record = run.execute(compose_cfg(args(tmp_path, frames)))
-    m, out = record["metrics"], Path(record["run_dir"])
+    m, out = record.metrics, Path(record.run_dir)
     assert m["loss_last_epoch"] < 0.5 * m["loss_first_epoch"]
     assert [m[f"loss_epoch_{k}"] for k in (1, 8)] == [m["loss_first_epoch"], m["loss_last_epoch"]]
     assert m["target_distance_final"] < 0.5 * m["target_distance_initial"]
@@ -158,10 +159,10 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, frames, monkey
         run.execute(compose_cfg(args(tmp_path / "resumed", frames)))
     monkeypatch.setattr(distill, "save_checkpoint", real_save)
     resumed = run.execute(compose_cfg(args(tmp_path / "resumed", frames)))
-    assert resumed["items"] == {"computed": 0, "loaded": 4}  # teacher targets were not recomputed
-    assert resumed["metrics"] == clean["metrics"]
-    a = load_file(Path(clean["run_dir"]) / "student.safetensors")
-    b = load_file(Path(resumed["run_dir"]) / "student.safetensors")
+    assert resumed.items == {"computed": 0, "loaded": 4}  # teacher targets were not recomputed
+    assert resumed.metrics == clean.metrics
+    a = load_file(Path(clean.run_dir) / "student.safetensors")
+    b = load_file(Path(resumed.run_dir) / "student.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -189,17 +190,17 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, frames):
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming after epoch" in proc.stdout + proc.stderr
-    [record] = [json.loads(p.read_text()) for p in killed.rglob("metrics.json")]
+    [record] = [read_record(p) for p in killed.rglob("metrics.json")]
     clean = run.execute(compose_cfg(args(tmp_path / "clean", frames, epochs=epochs)))
-    assert record["metrics"] == clean["metrics"]
-    a = load_file(Path(clean["run_dir"]) / "student.safetensors")
-    b = load_file(Path(record["run_dir"]) / "student.safetensors")
+    assert record.metrics == clean.metrics
+    a = load_file(Path(clean.run_dir) / "student.safetensors")
+    b = load_file(Path(record.run_dir) / "student.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_saved_student_loads_in_a_task_as_the_distilled_row(tmp_path, frames):
     trained = run.execute(compose_cfg(args(tmp_path, frames, epochs=2)))
-    student = Path(trained["run_dir"]) / "student.safetensors"
+    student = Path(trained.run_dir) / "student.safetensors"
     used = run.execute(
         compose_cfg(
             [
@@ -215,11 +216,12 @@ def test_the_saved_student_loads_in_a_task_as_the_distilled_row(tmp_path, frames
             ]
         )
     )
-    assert used["method"] == "distilled" and used["backbone"]["weights"].endswith("distilled student)")
-    distilled = used["backbone"]["distilled"]
-    assert distilled["backbone"] == "dino_vits16" and distilled["teacher_weights"].startswith("random")
-    assert distilled["distill"]["epochs"] == 2 and distilled["srt"]["level"] == 2
-    [row, *_] = tables.rows_of_record(Path("metrics.json"), used)
+    assert used.method == "distilled" and used.backbone["weights"].endswith("distilled student)")
+    assert used.backbone["distilled"] is True and used.backbone["distilled_from"].startswith("random")
+    trained_how = srt.backbones.read_student_record(student)  # the training record in the file's metadata
+    assert trained_how["backbone"] == "dino_vits16" and trained_how["teacher_weights"].startswith("random")
+    assert trained_how["distill"]["epochs"] == 2 and trained_how["srt"]["level"] == 2
+    [row, *_] = tables.rows_of_record(used, Path("metrics.json"))
     assert (row["method"], row["weights"], row["level"]) == ("distilled", "random", 0)
     with pytest.raises(ValueError, match="distilled from backbone 'dino_vits16'; load it as that backbone"):
         srt.load_backbone("dino_vits8", pretrained=student, **TINY_KW)
@@ -246,7 +248,7 @@ def test_bad_input_gets_named_errors(tmp_path, frames, monkeypatch):
 
     # a corrupt checkpoint is named, not silently restarted from scratch
     done = run.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
-    run_dir = Path(done["run_dir"])
+    run_dir = Path(done.run_dir)
     (run_dir / "metrics.json").unlink()
     (run_dir / distill.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"distill checkpoint .*checkpoint.pt cannot be read"):
@@ -277,18 +279,23 @@ def test_default_images_are_the_davis_train_frames(tmp_path):
 
 
 def test_a_distilled_pretrained_student_is_the_distill_by_srt_row_of_table_1(tmp_path):
-    def write(rel: str, weights: str, distilled: dict | None, jf: float) -> None:
+    def write(rel: str, weights: str, distilled_from: str | None, jf: float) -> None:
         record = {
             "metrics": {"J&F-Mean": jf},
             "finished": "2026-01-02T00:00:00+00:00",
-            "backbone": {"name": "dino_vits16", "weights": weights, "distilled": distilled},
+            "backbone": {
+                "name": "dino_vits16",
+                "weights": weights,
+                "distilled": distilled_from is not None,
+                "distilled_from": distilled_from,
+            },
             "config": {"task": {"name": "davis"}, "backbone": {"name": "dino_vits16"}, "srt": {"level": 0}},
         }
         (tmp_path / rel).mkdir(parents=True)
         (tmp_path / rel / "metrics.json").write_text(json.dumps(record))
 
     write("base", "pretrained timm/vit_small_patch16_224.dino (cache model.safetensors)", None, 0.600)
-    teacher = {"backbone": "dino_vits16", "teacher_weights": "pretrained timm/vit_small_patch16_224.dino (cache x)"}
+    teacher = "pretrained timm/vit_small_patch16_224.dino (cache x)"
     write("student", "file /r/student.safetensors (sha256 ab, distilled student)", teacher, 0.612)
     [t1] = tables.build_tables(tmp_path, only=1)[0]
     row = t1.values.set_index(["backbone", "weights", "method", "L"]).loc[("dino_vits16", "pretrained", "distilled", 0)]

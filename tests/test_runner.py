@@ -27,6 +27,7 @@ if str(REPO) not in sys.path:
 import run  # noqa: E402
 import srt  # noqa: E402
 from eval import tables  # noqa: E402
+from eval.run_record import read_record  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 
@@ -59,7 +60,7 @@ def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 def test_a_run_writes_a_complete_metrics_json(tmp_path):
     cfg = compose_cfg(toy(tmp_path, "srt.level=1"))
     record = run.execute(cfg)
-    run_dir = Path(record["run_dir"])
+    run_dir = Path(record.run_dir)
     assert run_dir.parent == tmp_path / "toy" / "dino_vits16-random" and run_dir.name.startswith("srt-L1-")
     data = json.loads((run_dir / "metrics.json").read_text())
     assert set(data["metrics"]) == {"flip_cosine", "feature_norm"}
@@ -75,6 +76,7 @@ def test_a_run_writes_a_complete_metrics_json(tmp_path):
         "backbone.num_heads": 2,
     }
     assert data["items"] == {"computed": 3, "loaded": 0}
+    assert data["data"] is None  # the toy task reads no files
     for key in ("wall_time_s", "started", "finished", "memory", "versions", "git", "host", "run_key_hash"):
         assert key in data, key
     assert data["versions"]["torch"] and data["memory"]["process_peak_rss_mib"] > 0
@@ -90,13 +92,13 @@ def test_finished_runs_are_skipped_and_force_recomputes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(srt, "load_backbone", no_model)
     again = run.execute(compose_cfg(toy(tmp_path, "srt.level=0")))
-    assert again["metrics"] == first["metrics"] and again["finished"] == first["finished"]
+    assert again.metrics == first.metrics and again.finished == first.finished
 
     monkeypatch.setattr(srt, "load_backbone", real_load)
     forced = run.execute(compose_cfg(toy(tmp_path, "srt.level=0", "force=true")))
-    assert forced["items"] == {"computed": 3, "loaded": 0}  # the cache was cleared too
-    assert forced["metrics"] == pytest.approx(first["metrics"], rel=1e-6)
-    assert forced["run_dir"] == first["run_dir"]
+    assert forced.items == {"computed": 3, "loaded": 0}  # the cache was cleared too
+    assert forced.metrics == pytest.approx(first.metrics, rel=1e-6)
+    assert forced.run_dir == first.run_dir
 
 
 def test_csv_logger_appends_one_row_per_run(tmp_path):
@@ -170,13 +172,13 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     resumed = cli([*args, f"paths.results_root={killed_root}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     [path] = killed_root.rglob("metrics.json")
-    record = json.loads(path.read_text())
-    assert record["items"]["loaded"] == cached and record["items"]["computed"] == n - cached
+    record = read_record(path)
+    assert record.items["loaded"] == cached and record.items["computed"] == n - cached
 
     clean = run.execute(compose_cfg([*args, f"paths.results_root={clean_root}"]))
-    assert clean["items"] == {"computed": n, "loaded": 0}
-    assert record["metrics"] == clean["metrics"]
-    assert Path(record["run_dir"]).relative_to(killed_root) == Path(clean["run_dir"]).relative_to(clean_root)
+    assert clean.items == {"computed": n, "loaded": 0}
+    assert record.metrics == clean.metrics
+    assert Path(record.run_dir).relative_to(killed_root) == Path(clean.run_dir).relative_to(clean_root)
 
 
 @pytest.mark.parametrize("task", ["davis", "saliency", "discovery"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from eval import saliency as sal
 from tasks.base import RunContext
-from tasks.results import ItemCache
+from tasks.item_cache import ItemCache
 from tasks.saliency import LAYOUTS, SaliencyConfig, SaliencyTask, list_pairs, resize_to_patches, upsample_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -349,7 +349,7 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
         )
     record = run.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert written["metrics"]["maxF"] == pytest.approx(record["metrics"]["maxF"])
+    assert written["metrics"]["maxF"] == pytest.approx(record.metrics["maxF"])
     mask = sal.read_mask(tmp_path / "run" / "masks" / "0001.png")
     assert mask.shape == sal.read_mask(fixtures_dir / "saliency" / "ECSSD" / "ground_truth_mask" / "0001.png").shape
     assert os.path.isfile(tmp_path / "run" / "per_image.csv")
@@ -358,6 +358,7 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
 def test_table3_experiment_composes():
     from hydra import compose, initialize_config_dir
 
+    import run  # noqa: F401  (registers the dataclass configs with Hydra)
     import tasks
 
     conf = Path(__file__).resolve().parents[1] / "conf"

@@ -204,6 +204,6 @@ def test_every_available_task_runs_on_the_sample_data(sample, tmp_path):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         record = run.execute(cfg)
-        assert record["metrics"] and all(np.isfinite(v) for v in record["metrics"].values()), (name, record["metrics"])
-        assert record["items"]["computed"] >= 1, name
+        assert record.metrics and all(np.isfinite(v) for v in record.metrics.values()), (name, record.metrics)
+        assert record.items["computed"] >= 1, name
         assert cfg.task.name in tasks.TASKS

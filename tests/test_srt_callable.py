@@ -133,7 +133,7 @@ def test_at_block_is_srt_over_front_then_back(deep_bb):
 def test_jitter_is_a_sibling_without_dense(deep_bb, tmp_path):
     je = srt.JitterEnsemble(deep_bb, passes=3)
     assert not isinstance(je, srt.StochasticResonance) and not hasattr(je, "dense")
-    with pytest.raises(ValueError, match="output=dense is not valid with srt.method=jitter"):
+    with pytest.raises(ValueError, match="^output=dense is not valid with method=jitter"):
         srt.build_extractor(deep_bb, {"method": "jitter", "output": "dense"})
     from tasks.tokencut import key_grid
 

@@ -215,19 +215,19 @@ def test_bad_input_names_the_setting(tiny_bb):
         sr(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
         sr(torch.randn(1, 3, 30, 32))
-    with pytest.raises(ValueError, match="srt.level=-1"):
+    with pytest.raises(ValueError, match="^level=-1"):
         srt.StochasticResonance(tiny_bb, level=-1)
-    with pytest.raises(ValueError, match=r"srt.level=16 .* 0 <= level < 16"):
+    with pytest.raises(ValueError, match=r"^level=16 .* 0 <= level < 16"):
         srt.StochasticResonance(tiny_bb, level=16)
     with pytest.warns(UserWarning, match="half the patch size"):
         srt.StochasticResonance(tiny_bb, level=9)
-    with pytest.raises(ValueError, match=r"srt.samples=50 .* at most 49"):
+    with pytest.raises(ValueError, match=r"^samples=50 .* at most 49"):
         srt.StochasticResonance(tiny_bb, level=3, samples=50)
-    with pytest.raises(ValueError, match="srt.border='edge'.*official, normalized"):
+    with pytest.raises(ValueError, match="^border='edge'.*official, normalized"):
         srt.StochasticResonance(tiny_bb, border="edge")
-    with pytest.raises(ValueError, match="srt.fill='mirror'"):
+    with pytest.raises(ValueError, match="^fill='mirror'"):
         srt.StochasticResonance(tiny_bb, fill="mirror")
-    with pytest.raises(ValueError, match="srt.stride=3 .*divisor"):
+    with pytest.raises(ValueError, match="^stride=3 .*divisor"):
         srt.StochasticResonance(tiny_bb, output="dense", stride=3)
     with pytest.raises(ValueError, match="stride=5 .*divisor"):
         sr.dense(torch.randn(1, 3, 32, 32), stride=5)

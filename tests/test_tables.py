@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from eval import figures, tables
+from eval.run_record import method_label
 
 GOLDEN = Path(__file__).parent / "golden"
 WEIGHTS = {
@@ -172,10 +173,10 @@ def test_an_empty_tree_gives_paper_only_tables(tmp_path):
 
 
 def test_method_labels_come_from_the_config():
-    assert tables.method_label({"method": "shift", "level": 0}, {}) == "baseline"
-    assert tables.method_label({"method": "shift", "level": 2}, {}) == "+SRT"
-    assert tables.method_label({"method": "shift", "level": 3}, {"output_ensemble": True}) == "+OE"
-    assert tables.method_label({"method": "jitter", "level": 3}, {}) == "naive ensemble"
+    assert method_label({"method": "shift", "level": 0}, {}) == "baseline"
+    assert method_label({"method": "shift", "level": 2}, {}) == "+SRT"
+    assert method_label({"method": "shift", "level": 3}, {"output_ensemble": True}) == "+OE"
+    assert method_label({"method": "jitter", "level": 3}, {}) == "naive ensemble"
 
 
 def test_relative_gain_sign_convention():

@@ -168,9 +168,9 @@ def visualize(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     first = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
-    out = Path(first["run_dir"])
-    assert first["method"] == "+SRT" and first["metrics"]["n_images"] == 3
-    assert first["metrics"]["n_backbones_combined"] == 1
+    out = Path(first.run_dir)
+    assert first.method == "+SRT" and first.metrics["n_images"] == 3
+    assert first.metrics["n_backbones_combined"] == 1
     fig = np.asarray(Image.open(out / "figure.png"))
     layout = viz.GridLayout(rows=3, cols=4, panel=32, header_rows=2)  # input | plain | SRT | dispersion
     assert fig.shape == (*layout.size, 3)
@@ -185,16 +185,16 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     assert manifest["strip"]["columns"] == ["L=0 (plain)", "L=1", "L=2"]
     assert strip.shape[0] == viz.GridLayout(1, 4, 32).size[0]
     # the fields of 3 images and 3 strip levels, computed once, read back once to be drawn with the fitted basis
-    assert first["items"] == {"computed": 6, "loaded": 6}
+    assert first.items == {"computed": 6, "loaded": 6}
     # an interrupted run resumes from the cached fields and draws the same figure
     (out / "metrics.json").unlink()
     (out / "figure.png").unlink()
     again = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
-    assert again["items"] == {"computed": 0, "loaded": 12} and again["metrics"] == first["metrics"]
+    assert again.items == {"computed": 0, "loaded": 12} and again.metrics == first.metrics
     assert np.array_equal(np.asarray(Image.open(out / "figure.png")), fig)
 
     second = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
-    assert second["metrics"]["n_backbones_combined"] == 2
+    assert second.metrics["n_backbones_combined"] == 2
     [combined] = (tmp_path / "visualize").glob("figure-*.png")
     both = np.asarray(Image.open(combined))
     assert both.shape == (*viz.GridLayout(rows=3, cols=1 + 2 * 3, panel=32, header_rows=2).size, 3)
@@ -202,9 +202,7 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     assert np.asarray(Image.open(combined_strip)).shape[0] == viz.GridLayout(2, 4, 32).size[0]
     # another setting is another figure, not a third column of this one
     third = run.execute(compose_cfg(visualize(tmp_path, "backbone=dino_vits8")))
-    assert (
-        third["metrics"]["n_backbones_combined"] == 1 and len(list((tmp_path / "visualize").glob("figure-*.png"))) == 2
-    )
+    assert third.metrics["n_backbones_combined"] == 1 and len(list((tmp_path / "visualize").glob("figure-*.png"))) == 2
 
 
 def test_visualize_bad_input_is_named_before_a_model_is_built(tmp_path, monkeypatch):
