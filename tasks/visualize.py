@@ -65,7 +65,7 @@ COLUMN_ORDER = ("clip_vitb16", "sup_vitb16", "dino_vitb16", "sam_vitb16", "mae_v
 
 @dataclass
 class VisualizeConfig:
-    """Schema of ``conf/task/visualize.yaml``."""
+    """The ``task.*`` settings of task=visualize."""
 
     images: Any = None  # a path or a list of files / folders / skimage:<name>; null = srt.viz.DEFAULT_IMAGES
     image_size: int = 224  # panels are image_size x image_size (a multiple of the patch size)
