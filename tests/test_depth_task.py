@@ -362,3 +362,55 @@ def test_cli_on_saved_predictions(sample, tmp_path, capsys):
     assert depth_eval.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(sample / "NYU")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["a1"] == 1.0 and out["RMSE"] == 0.0 and out["n_images"] == len(items)
+
+
+# ----------------------------------------------------------------------------------------------- Table 2
+
+
+def write_depth_run(root: Path, rel: str, level: int, rmse: float, variant: dict, **task) -> None:
+    """A metrics.json as run.py writes it for task=depth (variant: the non-default settings)."""
+    from eval.tables import DEPTH_METRICS
+
+    task = {"name": "depth", "protocol": "toolbox", "head": "linear", "output_ensemble": False, **task}
+    record = {
+        "metrics": {m: (rmse if m == "RMSE" else 0.5) for m in DEPTH_METRICS},
+        "variant": variant,
+        "finished": "2026-01-01T00:00:00+00:00",
+        "backbone": {"name": "dinov2_vits14", "weights": "pretrained timm/vit_small_patch14_dinov2.lvd142m"},
+        "config": {"task": task, "backbone": {"name": "dinov2_vits14"}, "srt": {"method": "shift", "level": level}},
+    }
+    (root / rel).mkdir(parents=True)
+    (root / rel / "metrics.json").write_text(json.dumps(record))
+
+
+def test_table2_rows_and_protocol_columns(tmp_path):
+    from eval import tables
+
+    srt_dpt = {"task.protocol": "srt", "task.head": "dpt"}
+    write_depth_run(tmp_path, "a", 0, 0.400, srt_dpt, protocol="srt", head="dpt")
+    write_depth_run(tmp_path, "b", 3, 0.300, srt_dpt, protocol="srt", head="dpt")
+    write_depth_run(
+        tmp_path,
+        "c",
+        3,
+        0.500,
+        {**srt_dpt, "task.output_ensemble": True},
+        protocol="srt",
+        head="dpt",
+        output_ensemble=True,
+    )
+    write_depth_run(tmp_path, "d", 0, 0.360, {"task.head": "dpt"}, head="dpt")
+    [t2] = tables.build_tables(tmp_path, only=2)[0]
+    v = t2.values.set_index(["backbone", "head", "method"])
+    assert "settings" not in t2.values  # head, +OE and protocol are labels, not variants
+    row = v.loc[("dinov2_vits14", "dpt", "+SRT")]
+    assert row["srt RMSE"] == 0.300 and row["srt RMSE (paper)"] == 0.334
+    assert row["rel. gain srt RMSE %"] == pytest.approx(25.0)  # 0.400 -> 0.300
+    oe = v.loc[("dinov2_vits14", "dpt", "+OE")]
+    assert (
+        oe["srt RMSE"] == 0.500
+        and oe["srt RMSE (paper)"] == 0.347
+        and oe["rel. gain srt RMSE %"] == pytest.approx(-25.0)
+    )
+    base = v.loc[("dinov2_vits14", "dpt", "baseline")]
+    assert base["toolbox RMSE"] == 0.360 and math.isnan(base["toolbox RMSE (paper)"]) and base["srt RMSE"] == 0.400
