@@ -162,7 +162,7 @@ class DepthOutput:
 
 def normalise(rgb: np.ndarray) -> torch.Tensor:
     """uint8 [H,W,3] RGB -> [1,3,H,W] float, normalised as the depth protocols do."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
     mean = torch.tensor(DEPTH_MEAN).view(3, 1, 1)
     std = torch.tensor(DEPTH_STD).view(3, 1, 1)
     return ((x - mean) / std)[None]
