@@ -276,12 +276,14 @@ class DepthConfig:
 
 def _srt_setup(extractor: FeatureExtractor) -> tuple[srt.Backbone, srt.SRTConfig]:
     """The backbone and the SRT settings of the extractor run.py built (the task builds its own SRT on them)."""
-    backbone, cfg = getattr(extractor, "backbone", None), getattr(extractor, "config", None)
     if isinstance(extractor, srt.Backbone):
-        backbone, cfg = extractor, srt.SRTConfig(level=0)
+        return extractor, srt.SRTConfig(level=0)
+    backbone, cfg = getattr(extractor, "wrapped", None), getattr(extractor, "config", None)
+    if isinstance(extractor, srt.JitterEnsemble):
+        raise ValueError("task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble")
     if not isinstance(backbone, srt.Backbone) or not isinstance(cfg, srt.SRTConfig):
         raise TypeError(
-            f"task depth needs an srt.Backbone or an SRT wrapper around one; got {type(extractor).__name__}"
+            f"task depth needs an srt.Backbone or srt.StochasticResonance around one; got {type(extractor).__name__}"
         )
     if cfg.output != "pooled":
         raise ValueError("task depth feeds token grids to the head: srt.output must be pooled")
@@ -356,7 +358,7 @@ class DepthTask(Task):
     def predictor(self, depther: Depther, srt_cfg: srt.SRTConfig):
         """images [1,3,H,W] -> depth [1,1,H,W] for the configured method (before flip averaging)."""
         cfg: DepthConfig = self.cfg
-        if srt_cfg.level == 0 and srt_cfg.method == "shift":
+        if srt_cfg.level == 0:
             return depther
         if cfg.output_ensemble:
             oe_cfg = dataclasses.replace(srt_cfg, batch_size=cfg.oe_batch_size or srt_cfg.batch_size)

@@ -45,9 +45,9 @@ def tiny_depther(head: str = "linear", seed: int = 0) -> Depther:
     bb = srt.load_backbone("dinov2_vits14", pretrained=False, outputs=block_outputs(BLOCKS[head]), **TINY_V2)
     torch.manual_seed(seed)
     h = build_head(head, bb.embed_dim)
-    with torch.no_grad():  # a head whose output varies over the image (random init is nearly flat for linear)
+    with torch.no_grad():  # outputs that vary over the image inside (0.001, 10) (random init is nearly flat)
         for p in h.parameters():
-            p.mul_(4.0)
+            p.mul_(2.0 if head == "dpt" else 4.0)
     return Depther(bb, h.eval(), BLOCKS[head]).eval()
 
 
@@ -155,7 +155,7 @@ def test_block_outputs_are_unnormed_patch_tokens_and_cls():
     x = torch.randn(1, 3, 28, 42)
     with torch.no_grad():
         out = bb(x)
-        tokens = m.norm_pre(m._pos_embed(m.patch_embed(x)))
+        tokens = bb.embed(x)
         for blk in m.blocks:
             tokens = blk(tokens)
     np_ = m.num_prefix_tokens
@@ -206,7 +206,7 @@ def test_level0_is_the_plain_depther():
 def test_srt_on_features_equals_the_official_extractor(head, unshift_16):
     dep = tiny_depther(head)
     task = task_for(head, official_unshift_16=unshift_16)
-    x = image(30, 45, seed=3)
+    x = image(30, 45, seed=3) if head == "linear" else image(20, 30, seed=3)  # DPT's cost grows fast with the grid
     cfg = srt.SRTConfig(level=2, official_parity=True, batch_size=7)  # the official 26 passes, incl. the duplicate
     with torch.no_grad():
         ours = task.predictor(dep, cfg)(x)
@@ -230,13 +230,14 @@ def test_unshift_16_differs_from_14():
 def test_output_ensemble_equals_the_official_extractor(head):
     dep = tiny_depther(head)
     task = task_for(head, output_ensemble=True, oe_batch_size=5)
-    x = image(30, 45, seed=5)
+    x = image(30, 45, seed=5) if head == "linear" else image(20, 30, seed=5)
     cfg = srt.SRTConfig(level=1, official_parity=True)
     with torch.no_grad():
         ours = task.predictor(dep, cfg)(x)
         ref = official_output_ensemble(dep, x, 1)
+        plain = dep(x)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    assert float(ours[0, 0, 0].mean()) < float(dep(x)[0, 0, 0].mean())  # zero-filled border rows pull row 0 down
+    assert (ours - plain).abs().max() > 1e-3  # the ensemble changed the prediction: the comparison is not vacuous
 
 
 # ----------------------------------------------------------------------------------------------- the task
@@ -302,12 +303,12 @@ def test_task_end_to_end_resumes_and_rescores(sample, tmp_path, protocol):
     root = sample / ("NYU" if protocol == "toolbox" else "nyu_v2")
     task = task_for("linear", protocol, root, max_images=2, n_visualizations=1)
     bb = srt.load_backbone("dinov2_vits14", pretrained=False, **TINY_V2)
-    extractor = srt.build_extractor(bb, srt.SRTConfig(level=1, batch_size=9))
+    extractor = srt.build_extractor(bb, srt.SRTConfig(level=1, samples=3, batch_size=9))
     with pytest.warns(UserWarning, match="RANDOM"):
         metrics, ctx = run_task(task, extractor, tmp_path / "run")
     names = depth_eval.TOOLBOX_METRICS if protocol == "toolbox" else depth_eval.SRT_METRICS
     assert set(names) <= set(metrics) and all(np.isfinite(metrics[k]) for k in names)
-    assert metrics["n_images"] == 2 and metrics["passes_per_image"] == 9 * (2 if protocol == "toolbox" else 1)
+    assert metrics["n_images"] == 2 and metrics["passes_per_image"] == 3 * (2 if protocol == "toolbox" else 1)
     assert ctx.cache.computed == 2
     items = depth_eval.list_items(root, protocol)[:2]
     for it in items:
@@ -336,7 +337,7 @@ def test_task_end_to_end_resumes_and_rescores(sample, tmp_path, protocol):
 @pytest.mark.slow
 def test_literal_and_output_ensemble_run(sample, tmp_path):
     bb = srt.load_backbone("dinov2_vits14", pretrained=False, **TINY_V2)
-    extractor = srt.build_extractor(bb, srt.SRTConfig(level=1))
+    extractor = srt.build_extractor(bb, srt.SRTConfig(level=1, samples=3))
     task = task_for("linear", "srt", sample / "nyu_v2", max_images=1, srt_literal_mask=True, output_ensemble=True)
     with pytest.warns(UserWarning, match="rows 0 and 1"):
         metrics, _ = run_task(task, extractor, tmp_path / "lit")
