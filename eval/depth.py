@@ -351,8 +351,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.per_image:
-        args.per_image.parent.mkdir(parents=True, exist_ok=True)
-        args.per_image.write_text(per_image_csv(result))
+        from eval.tables import write_atomic
+
+        write_atomic(args.per_image, per_image_csv(result).encode("utf-8"))
     print(
         json.dumps(
             {"protocol": args.protocol, "literal": args.literal, "n_images": len(result["ids"]), **result["mean"]},

@@ -30,10 +30,12 @@ per-image cache, so an interrupted run resumes, and ``python -m eval.depth --pre
 prediction | absolute error; depth colour scale shared by GT and prediction, black = no ground truth) and
 ``per_image.csv``.
 
-Cost model (T = SRT passes, F = 2 with flip else 1): baseline F backbone+head passes per image; +SRT F*T backbone
-passes (in chunks of ``srt.batch_size``) plus F head passes and the pooled SRT aggregation, O(16 C h w) per pass
-and block; +OE F*T backbone+head passes (chunks of ``task.oe_batch_size``: a DPT head at 480x640 holds ~0.3 GB
-of activations per image) plus a per-pixel accumulation. ``scripts/bench_depth.py`` measures the ratios.
+Cost model (T = SRT passes, F = 2 with flip else 1; per 480x640 image with ViT-S/14: backbone ~70 GFLOP, linear
+head ~10, DPT head ~420, :mod:`tasks.depth_heads`): baseline F backbone+head passes; +SRT F*T backbone passes (in
+chunks of ``srt.batch_size``) plus F head passes and the pooled SRT aggregation, O(16 C h w) per pass and block;
++OE F*T backbone+head passes (chunks of ``task.oe_batch_size``: a DPT head at 480x640 holds ~0.3 GB of activations
+per image) plus a per-pixel accumulation. With DPT the head dominates, so +SRT costs a fraction of +OE.
+``scripts/bench_depth.py`` measures the ratios.
 """
 
 from __future__ import annotations

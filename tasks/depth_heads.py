@@ -27,9 +27,11 @@ Blocks (:func:`head_blocks`): S/B [2, 5, 8, 11], L [4, 11, 17, 23], g [9, 19, 29
 the last block for linear. NYU depth range (0.001, 10) (the mmcv NYU configs; dinov2's hub code hard-codes
 max_depth=80 for the linear head, which is KITTI's range).
 
-Cost model (E channels, h x w tokens, n blocks): linear: O(n E h w * 16) for the resize and a 1x1 conv of
-2nE x 256 channels at 4h x 4w; dpt: dominated by the 3x3 convs of 256 channels at up to 8h_r x 8w_r
-(about 4.5 GFLOP per 35x46-token image at E=384), small against a ViT-S forward (about 20 GFLOP).
+Cost model (E channels, h x w tokens, n blocks; FLOPs counted with torch's FlopCounterMode for a 480x640 image,
+35x46 tokens, E=384): linear: the 4x resize and a 1x1 conv of 2nE -> 256 channels at 4h x 4w, about 10 GFLOP;
+dpt: dominated by the 3x3 convs of 256 channels at up to 8h_r x 8w_r (h_r = 2 ceil(h/2)) and the depth head at
+16h_r x 16w_r, about 420 GFLOP, six times the ViT-S/14 forward (about 70 GFLOP). So SRT on the features (head
+once) costs far less than the output ensemble (head on every pass) with DPT: ``scripts/bench_depth.py``.
 """
 
 from __future__ import annotations
