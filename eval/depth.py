@@ -351,9 +351,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.per_image:
-        from eval.tables import write_atomic
+        from srt.io import atomic_write_text
 
-        write_atomic(args.per_image, per_image_csv(result).encode("utf-8"))
+        atomic_write_text(args.per_image, per_image_csv(result))
     print(
         json.dumps(
             {"protocol": args.protocol, "literal": args.literal, "n_images": len(result["ids"]), **result["mean"]},

@@ -59,8 +59,9 @@ from tqdm import tqdm
 
 import srt
 from eval import depth as depth_eval
+from srt.io import atomic_save_png, atomic_write_text
 
-from .base import FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task
 from .depth_heads import (
     HEADS,
     NYU_DEPTH_RANGE,
@@ -70,7 +71,6 @@ from .depth_heads import (
     load_head_weights,
     resolve_head_checkpoint,
 )
-from .results import atomic_save_png, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -224,23 +224,27 @@ def depth_panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray
 
 @dataclass
 class DepthConfig:
-    """Schema of ``conf/task/depth.yaml`` (every field is commented there)."""
+    """Settings of ``task=depth`` (conf/task/depth.yaml only says where the data lies)."""
 
-    protocol: str = "toolbox"  # toolbox | srt (eval.depth)
-    toolbox_root: str = "???"  # NYU root of the toolbox layout (split file, <scene>/rgb_*.jpg, sync_depth_*.png)
-    srt_root: str = "???"  # nyu_v2 root of the SRT layout (testing/images, testing/depths)
-    split: str = depth_eval.DEFAULT_SPLIT  # toolbox split file under toolbox_root
-    head: str = "linear"  # linear | linear4 | dpt
-    head_weights: str = "official"  # official (DINOv2's file in the torch hub cache) | random | /path/to/head.pth
-    blocks: Optional[list[int]] = None  # blocks the head reads; null = DINOv2's choice for 12/24/40-block backbones
+    # toolbox: DINOv2's evaluation (split file, Eigen crop, 1e-3 < gt < 10, no scaling, metres = PNG / 1000) |
+    # srt: the SRT repository's (testing/{images,depths}, median scaling, no crop, metres = PNG / 256), Table 2's
+    protocol: str = "toolbox"
+    toolbox_root: str = "???"  # protocol toolbox: <root>/<split> and the files it lists
+    srt_root: str = "???"  # protocol srt: <root>/testing/images/*.png and <root>/testing/depths/*.png
+    split: str = depth_eval.DEFAULT_SPLIT  # protocol toolbox: the split file under toolbox_root
+    head: str = "linear"  # linear (last block) | linear4 (4 blocks) | dpt (4 blocks): DINOv2's NYU heads
+    # official: dinov2_<arch>_nyu_<head>_head.pth from $TORCH_HOME/hub/checkpoints (downloaded when reachable) |
+    # /path/to/head.pth | random (explicitly random weights, warned: tests, demo)
+    head_weights: str = "official"
+    blocks: Optional[list[int]] = None  # blocks the head reads (0-based); null = DINOv2's for 12/24/40-block models
     flip: Optional[bool] = None  # horizontal-flip averaging; null = the protocol's choice (toolbox yes, srt no)
-    output_ensemble: bool = False  # +OE: ensemble the depth maps of the shifted images instead of the features
+    output_ensemble: bool = False  # +OE: SRT's shifts on the whole depther, depth maps averaged
     official_unshift_16: bool = False  # un-shift SRT features on a 16-px grid (the official code's default)
     srt_literal_mask: bool = False  # protocol srt: score with the published integer-mask bug (rows 0-1 only)
-    oe_batch_size: Optional[int] = 4  # +OE: (image, shift) pairs per depther call; null = srt.batch_size
+    oe_batch_size: Optional[int] = 4  # +OE: (image, shift) pairs per depther call (DPT: ~0.3 GB each); null = srt's
     max_images: Optional[int] = None  # first n images only (quick checks); null = all
-    n_visualizations: int = 4  # colour-mapped pictures of the first n images
-    predictions_dir: str = "depth_predictions"
+    n_visualizations: int = 4  # colour-mapped input | GT | prediction | error pictures of the first n images
+    predictions_dir: str = "depth_predictions"  # under the run directory: <item id>.png, uint16 mm (the cache)
     visualizations_dir: str = "depth_visualizations"
 
     @property
@@ -306,10 +310,20 @@ class DepthTask(Task):
     Config: ClassVar[type] = DepthConfig
     #: what run.py loads; the task asks the backbone for the blocks its head reads (block_outputs)
     outputs: ClassVar[tuple[str, ...]] = ("block-1", "block-1_cls")
+    data_location_settings: ClassVar[tuple[str, ...]] = ("toolbox_root", "srt_root")
 
     def items(self) -> list[depth_eval.DepthItem]:
         cfg: DepthConfig = self.cfg
         return depth_eval.list_items(cfg.root, cfg.protocol, cfg.split)[: cfg.max_images]
+
+    def data_files(self) -> DataFiles:
+        """The protocol's files: the split file (toolbox), every image and depth map the run reads."""
+        cfg: DepthConfig = self.cfg
+        items = self.items()
+        paths = [p for it in items for p in (it.image, it.depth)]
+        if cfg.protocol == "toolbox":
+            paths.append(Path(cfg.root) / cfg.split)
+        return DataFiles.under(f"NYU-v2 ({cfg.protocol} layout)", cfg.root, paths)
 
     def check_data(self) -> None:
         """Every listed file exists, depth maps are 16-bit and of their image's size (headers only)."""

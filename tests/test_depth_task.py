@@ -34,7 +34,7 @@ from tasks.depth import (
     depth_panel,
 )
 from tasks.depth_heads import build_head
-from tasks.results import ItemCache
+from tasks.item_cache import ItemCache
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_V2 = dict(depth=4, embed_dim=64, num_heads=2)
