@@ -415,3 +415,13 @@ def test_table2_rows_and_protocol_columns(tmp_path):
     )
     base = v.loc[("dinov2_vits14", "dpt", "baseline")]
     assert base["toolbox RMSE"] == 0.360 and math.isnan(base["toolbox RMSE (paper)"]) and base["srt RMSE"] == 0.400
+
+
+def test_data_files_are_the_protocols_files(sample):
+    toolbox = task_for(protocol="toolbox", root=sample / "NYU").data_files()
+    assert (
+        len(toolbox.files) == 7 and "nyu_test.txt" in toolbox.files and "kitchen/sync_depth_00007.png" in toolbox.files
+    )
+    srt_files = task_for(protocol="srt", root=sample / "nyu_v2", max_images=2).data_files()
+    assert sorted(srt_files.files) == [f"testing/{d}/0000{i}.png" for d in ("depths", "images") for i in (0, 1)]
+    assert toolbox.identity()["name"] == "NYU-v2 (toolbox layout)"
