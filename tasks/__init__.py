@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "discovery": "tasks.discovery:DiscoveryTask",
     "retrieval": "tasks.retrieval:RetrievalTask",
     "toy": "tasks.toy:ToyTask",
+    "depth": "tasks.depth:DepthTask",
     "visualize": "tasks.visualize:VisualizeTask",
     "distill": "tasks.distill:DistillTask",
 }
