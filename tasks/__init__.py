@@ -20,6 +20,8 @@ TASKS: dict[str, str] = {
     "retrieval": "tasks.retrieval:RetrievalTask",
     "toy": "tasks.toy:ToyTask",
     "depth": "tasks.depth:DepthTask",
+    "visualize": "tasks.visualize:VisualizeTask",
+    "distill": "tasks.distill:DistillTask",
 }
 
 
