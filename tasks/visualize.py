@@ -47,12 +47,11 @@ import numpy as np
 
 import srt
 from srt import viz
-from srt.io import atomic_save_png, atomic_write_json
+from srt.io import atomic_save_png, atomic_write_json, file_lock
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task
 from .environment import now_iso
 from .images import as_entries, item_ids, list_images
-from .loggers import _locked
 from .run_identity import config_hash, srt_key_part
 
 log = logging.getLogger(__name__)
@@ -230,7 +229,7 @@ def _order(name: str) -> tuple[int, str]:
 def combine_runs(root: Path, group: str) -> int:
     """Write ``<root>/figure-<group>.png`` (and ``level_strip-<group>.png``) from every finished visualize run
     under ``root`` with this group key, one per backbone (the latest); return how many backbones it shows."""
-    with _locked(root / f".combine-{group}"):
+    with file_lock(root / f".combine-{group}"):
         latest: dict[str, tuple[str, Path, dict]] = {}
         for path in root.rglob(MANIFEST):
             try:
