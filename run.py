@@ -281,6 +281,8 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
             "depth": bb.depth,
             # a student distilled by SRT says so (eval.run_record labels its runs "distilled")
             "distilled": bool(getattr(bb, "distilled", False)),
+            # ... and from which weights (its table row sits beside that teacher's baseline)
+            "distilled_from": (getattr(bb, "distilled", None) or {}).get("teacher_weights"),
         },
         srt=dataclasses.asdict(p.srt),
         passes=int(extractor.passes),

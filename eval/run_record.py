@@ -89,8 +89,11 @@ def path_part(value: Any) -> str:
 
 
 def weights_kind(backbone: Mapping[str, Any], backbone_config: Mapping[str, Any]) -> str:
-    """pretrained | file | random: from the loaded backbone's weights string, else from ``backbone.pretrained``."""
-    text = str(backbone.get("weights", "")).split(" ")[0]
+    """pretrained | file | random: from the loaded backbone's weights string, else from ``backbone.pretrained``.
+
+    A distilled student counts as the kind of its teacher's weights (``backbone.distilled_from``), so its
+    "distilled" row sits beside that teacher's baseline (and the paper's "Distill by SRT" row)."""
+    text = str(backbone.get("distilled_from") or backbone.get("weights", "")).split(" ")[0]
     if text in WEIGHTS_KINDS:
         return text
     pretrained = backbone_config.get("pretrained", True)

@@ -6,7 +6,8 @@ Reads every ``metrics.json`` under RESULTS_DIR (written by run.py), labels each 
 lays the numbers out like the paper:
 
 - Table 1 (davis): rows backbone x method, columns J&F-Mean, J-Mean, J-Recall, F-Mean, F-Recall;
-- Table 2 (depth): rows backbone x head x method (baseline, +OE, +SRT), columns RMSE ... a3;
+- Table 2 (depth): rows backbone x head x method (baseline, +OE, +SRT), columns RMSE ... a3 under each protocol
+  (``task.protocol``: srt, the SRT repository's, which the paper's numbers use; toolbox, DINOv2's);
 - Table 3 (saliency): rows backbone x method, columns maxF / IoU / Acc per dataset (ECSSD, DUTS-TE, DUT-OMRON);
 - Table 4 (retrieval, discovery): ROxford mAP (Medium, Hard) and VOC07 CorLoc across perturbation levels;
 - one plain table per other task (no paper numbers).
@@ -58,10 +59,14 @@ RANDOM_NOTE = (
 # Reading results
 
 
+#: settings a table shows as a row or column label (head, method +OE, the depth protocol's columns), not as a variant
+LABEL_SETTINGS = ("task.head", "task.output_ensemble", "task.protocol")
+
+
 def settings_label(variant: Any) -> str:
     if not isinstance(variant, dict) or not variant:
         return ""
-    return ", ".join(f"{k}={_compact(v)}" for k, v in sorted(variant.items()))
+    return ", ".join(f"{k}={_compact(v)}" for k, v in sorted(variant.items()) if k not in LABEL_SETTINGS)
 
 
 def _compact(v: Any) -> str:
@@ -72,7 +77,7 @@ def rows_of_record(record: RunRecord, path: str | os.PathLike) -> list[dict[str,
     """One row per metric of a run record."""
     base = {
         "task": str(record.task["name"]),
-        "dataset": record.task.get("dataset") or "",
+        "dataset": record.task.get("dataset") or record.task.get("protocol") or "",  # depth: its protocol
         "head": record.task.get("head") or "",
         "backbone": str(record.config["backbone"]["name"]),
         "weights": record.weights_kind,
@@ -172,6 +177,7 @@ def _cols(metrics: Iterable[str], dataset: str = "", lower: Iterable[str] = ()) 
 
 DEPTH_METRICS = ("RMSE", "RMSE_log", "AbsRel", "SqRel", "a1", "a2", "a3")
 DEPTH_LOWER = ("RMSE", "RMSE_log", "AbsRel", "SqRel")
+DEPTH_PROTOCOLS = ("srt", "toolbox")  # the paper's numbers are under srt (eval/depth.py)
 SALIENCY_DATASETS = ("ECSSD", "DUTS-TE", "DUT-OMRON")
 
 TABLES = (
@@ -187,8 +193,8 @@ TABLES = (
         2,
         "NYU-v2 monocular depth (DINOv2 heads)",
         "depth",
-        _cols(DEPTH_METRICS, lower=DEPTH_LOWER),
-        _cols(("RMSE", "RMSE_log"), lower=DEPTH_LOWER),
+        tuple(c for p in DEPTH_PROTOCOLS for c in _cols(DEPTH_METRICS, p, DEPTH_LOWER)),
+        tuple(c for p in DEPTH_PROTOCOLS for c in _cols(("RMSE", "RMSE_log"), p, DEPTH_LOWER)),
         3,
         by_head=True,
     ),

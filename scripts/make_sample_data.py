@@ -7,7 +7,10 @@ Layout under OUT (the same layouts as the real datasets; point ``paths.data_root
 
     DAVIS/JPEGImages/480p/<seq>/00000.jpg ...   DAVIS/Annotations/480p/<seq>/00000.png (palette PNG: 0 bg, 1..K)
     DAVIS/ImageSets/2017/{val,train}.txt        (val has a 2-object sequence)
-    nyu_v2/testing/images/*.png                 nyu_v2/testing/depths/*.png (uint16, metres * 256, 0 = invalid)
+    nyu_v2/testing/images/*.png                 nyu_v2/testing/depths/*.png (uint16, metres * 256, 0 = invalid;
+                                                the SRT repository's layout)
+    NYU/nyu_test.txt                            NYU/<scene>/rgb_NNNNN.jpg, NYU/<scene>/sync_depth_NNNNN.png (uint16,
+                                                millimetres; the DINOv2 / depth-toolbox layout; the same 3 scenes)
     ECSSD/images/*.jpg                          ECSSD/ground_truth_mask/*.png ({0,255})
     DUTS-TE/DUTS-TE-Image/*.jpg                 DUTS-TE/DUTS-TE-Mask/*.png (soft edges, 0..255)
     DUT-OMRON/DUT-OMRON-image/*.jpg             DUT-OMRON/pixelwiseGT-new-PNG/*.png ({0,255})
@@ -36,7 +39,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from srt.errors import report_user_errors  # noqa: E402
 
-VERSION = 2
+VERSION = 3
 STAMP = ".complete"
 SEED = 20240721
 
@@ -179,14 +182,21 @@ def make_davis(out: Path, rng: np.random.Generator) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# NYU-Depth-v2 (the SRT repository's layout: nyu_v2/testing/{images,depths}, paired by sorted name)
+# NYU-Depth-v2 in both layouts of paper Table 2's protocols (eval/depth.py): the SRT repository's
+# nyu_v2/testing/{images,depths} (PNG images, depth PNG = metres * 256, paired by sorted name) and the
+# DINOv2 / Monocular-Depth-Estimation-Toolbox one (split file nyu_test.txt, JPEG images, depth PNG = millimetres)
 
 
 NYU_H, NYU_W, NYU_IMAGES = 480, 640, 3
+#: toolbox names of the sample scenes (scene folder, frame number), as in NYU's official test split
+NYU_TOOLBOX_NAMES = (("bathroom", 45), ("bedroom", 1062), ("kitchen", 7))
+NYU_FOCAL = 518.8579  # the third column of the toolbox split file (unused by the evaluation)
 
 
 def make_nyu(out: Path, rng: np.random.Generator) -> None:
     root = out / "nyu_v2" / "testing"
+    toolbox = out / "NYU"
+    split = []
     yy, xx = np.mgrid[0:NYU_H, 0:NYU_W].astype(np.float64)
     for i in range(NYU_IMAGES):
         # a room: a back wall at 6-9 m, a floor approaching the camera at the bottom, two boxes in front
@@ -203,11 +213,19 @@ def make_nyu(out: Path, rng: np.random.Generator) -> None:
             depth[m] = rng.uniform(1.5, 4.0)
             albedo[m] = textured(rng, NYU_H, NYU_W, rng.uniform(0.3, 0.9, 3), 9.0, rng.uniform(0, np.pi))[m]
         shading = np.clip(1.15 - depth / 12.0, 0.3, 1.0)[..., None]  # nearer is brighter
-        save_png(root / "images" / f"{i:05d}.png", to_uint8(albedo * shading))
-        depth_png = np.round(depth * 256).astype(np.uint16)
-        depth_png[:6, :] = 0  # invalid pixels (no depth) as in real scans
-        depth_png[ellipse_mask(NYU_H, NYU_W, rng.uniform(100, 380), rng.uniform(100, 540), 12, 20)] = 0
-        save_png(root / "depths" / f"{i:05d}.png", depth_png)
+        rgb = to_uint8(albedo * shading)
+        save_png(root / "images" / f"{i:05d}.png", rgb)
+        invalid = np.zeros((NYU_H, NYU_W), dtype=bool)
+        invalid[:6, :] = True  # pixels without depth, as in real scans
+        invalid[ellipse_mask(NYU_H, NYU_W, rng.uniform(100, 380), rng.uniform(100, 540), 12, 20)] = True
+        save_png(root / "depths" / f"{i:05d}.png", np.where(invalid, 0, np.round(depth * 256)).astype(np.uint16))
+        scene, k = NYU_TOOLBOX_NAMES[i]
+        save_jpg(toolbox / scene / f"rgb_{k:05d}.jpg", rgb / 255.0)
+        save_png(
+            toolbox / scene / f"sync_depth_{k:05d}.png", np.where(invalid, 0, np.round(depth * 1000)).astype(np.uint16)
+        )
+        split.append(f"/{scene}/rgb_{k:05d}.jpg /{scene}/sync_depth_{k:05d}.png {NYU_FOCAL}")
+    write_lines(toolbox / "nyu_test.txt", split)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +438,7 @@ def make_voc(out: Path, rng: np.random.Generator) -> None:
 
 
 DATASETS = {"davis": make_davis, "nyu": make_nyu, "saliency": make_saliency, "roxford": make_roxford, "voc": make_voc}
-TOP_DIRS = ("DAVIS", "nyu_v2", "ECSSD", "DUTS-TE", "DUT-OMRON", "revisitop", "VOC2007")
+TOP_DIRS = ("DAVIS", "nyu_v2", "NYU", "ECSSD", "DUTS-TE", "DUT-OMRON", "revisitop", "VOC2007")
 
 
 def make_sample_data(out: Path, force: bool = False) -> bool:
@@ -437,7 +455,7 @@ def make_sample_data(out: Path, force: bool = False) -> bool:
         make(out, np.random.default_rng([SEED, i]))  # one stream per dataset: datasets do not shift each other
     (out / "README.txt").write_text(
         "Synthetic sample data written by scripts/make_sample_data.py (srt-bench). It has the on-disk layouts of\n"
-        "DAVIS-2017, NYU-v2 (SRT layout), ECSSD, DUTS-TE, DUT-OMRON, ROxford5k and VOC2007, but the images are\n"
+        "DAVIS-2017, NYU-v2 (SRT and toolbox layouts), ECSSD, DUTS-TE, DUT-OMRON, ROxford5k and VOC2007, but the images are\n"
         "synthetic: numbers computed on it only show that the pipeline runs.\n"
     )
     stamp.write_text(f"version {VERSION}\n")  # last: its presence means the set is complete

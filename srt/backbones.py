@@ -19,8 +19,10 @@ can ensemble the tokens after any block and feed them through the remaining bloc
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
+import json
 import math
 import os
 import re
@@ -186,10 +188,16 @@ class Backbone(nn.Module):
     """A frozen timm ViT returning named token grids; see the module docstring for the outputs.
 
     Attributes: ``name``, ``patch_size``, ``embed_dim``, ``depth``, ``mean``, ``std``, ``weights``
-    (where the weights came from), ``stride`` (pixels per grid cell, = patch size), ``passes`` (1).
+    (where the weights came from), ``stride`` (pixels per grid cell, = patch size), ``passes`` (1),
+    ``distilled`` (the training record when the weights are a student of ``task=distill``, else None).
+    :meth:`trainable_copy` gives the one unfrozen variant: a distillation student.
     """
 
     passes = 1
+    #: False only for a :meth:`trainable_copy`; a frozen backbone stays in eval mode without gradients
+    frozen = True
+    #: the training record of a distilled student loaded from its safetensors file (see :func:`load_backbone`)
+    distilled: dict | None = None
 
     def __init__(
         self,
@@ -222,7 +230,15 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True) -> Backbone:
         """Frozen: always in eval mode (no dropout, no drop-path), whatever a caller asks."""
-        return super().train(False)
+        return super().train(mode and not self.frozen)
+
+    def trainable_copy(self) -> Backbone:
+        """A deep copy whose parameters train (``requires_grad``, ``train()`` honoured) and that returns the same
+        named outputs: the student of self-distillation. The original stays frozen."""
+        student = copy.deepcopy(self)
+        student.frozen = False
+        student.model.requires_grad_(True)
+        return student
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -577,6 +593,40 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+#: safetensors metadata key holding the training record of a distilled student (JSON)
+STUDENT_METADATA_KEY = "srt_distilled"
+
+
+def student_file_bytes(student: Backbone, record: Mapping[str, Any]) -> bytes:
+    """A distilled student as safetensors bytes: its timm state dict, and ``record`` (JSON: what it was distilled
+    from and how, see tasks/distill.py) in the metadata. ``load_backbone(name, pretrained=<file>)`` loads it."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}
+    record = {"backbone": student.name, **record}
+    return save(tensors, metadata={STUDENT_METADATA_KEY: json.dumps(record, sort_keys=True, default=str)})
+
+
+def read_student_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The training record of a distilled student file, or None for any other checkpoint."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(STUDENT_METADATA_KEY)
+    except Exception as e:  # noqa: BLE001 - name the file, whatever safetensors raised
+        raise UserError(f"cannot read checkpoint {path} as safetensors: {e}") from e
+    if text is None:
+        return None
+    try:
+        return dict(json.loads(text))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: the {STUDENT_METADATA_KEY!r} metadata is not a JSON object ({e})") from e
+
+
 def _unwrap_state_dict(obj: Mapping[str, Any], checkpoint_key: str | None, path: Path) -> dict[str, torch.Tensor]:
     """Find the model's tensors inside a checkpoint (DINO full checkpoints keep them under 'teacher')."""
     if checkpoint_key is not None:
@@ -725,7 +775,16 @@ def load_backbone(
             raise _weights_unavailable(name, spec, repo_id)
     else:
         path = Path(pretrained).expanduser()
+        distilled = read_student_record(path)
+        if distilled is not None and distilled.get("backbone") != name:
+            raise UserError(
+                f"{path} is a student distilled from backbone {distilled.get('backbone')!r}; "
+                f"load it as that backbone, not {name!r}"
+            )
         model = create(pretrained=False)
         _load_file_into(model, spec, path, checkpoint_key)
-        weights = f"file {path} (sha256 {_sha256(path)[:16]})"
+        weights = f"file {path} (sha256 {_sha256(path)[:16]}" + (", distilled student)" if distilled else ")")
+        bb = Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)
+        bb.distilled = distilled
+        return bb
     return Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)

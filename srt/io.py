@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -45,6 +46,7 @@ __all__ = [
     "atomic_write_text",
     "cache_dir",
     "check_image",
+    "file_lock",
     "file_sha256",
     "read_image",
     "to_json",
@@ -146,6 +148,20 @@ def atomic_save_png(
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` for read-modify-write of a file shared by parallel jobs (a CSV log
+    that launcher jobs append to, a figure combined from several runs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ TASKS: dict[str, str] = {
     "discovery": "tasks.discovery:DiscoveryTask",
     "retrieval": "tasks.retrieval:RetrievalTask",
     "toy": "tasks.toy:ToyTask",
+    "depth": "tasks.depth:DepthTask",
+    "visualize": "tasks.visualize:VisualizeTask",
+    "distill": "tasks.distill:DistillTask",
 }
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import io
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from eval.run_record import RunRecord
 from srt.errors import UserError
-from srt.io import atomic_write_text
+from srt.io import atomic_write_text, file_lock
 
 
 @dataclass
@@ -42,18 +39,6 @@ class LoggerConfig:
         return self
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside ``path`` (parallel launcher jobs append to the same CSV)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 class CsvLogger:
     """Appends one row per run to a CSV; new metric columns widen the file (rewritten atomically)."""
 
@@ -64,7 +49,7 @@ class CsvLogger:
         import csv
 
         row = {k: ("" if v is None else v) for k, v in record.summary_row().items()}
-        with _locked(self.path):
+        with file_lock(self.path):
             rows, fields = [], []
             if self.path.is_file():
                 with open(self.path, newline="", encoding="utf-8") as f:

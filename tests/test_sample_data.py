@@ -164,7 +164,10 @@ def test_voc_layout_and_xml_match_the_fixture(sample, fixtures_dir):
     )
 
 
-def test_nyu_layout(sample):
+def test_nyu_layouts(sample):
+    """Both NYU layouts (eval.depth reads them), holding the same scenes: depth /256 (srt) and /1000 (toolbox)."""
+    from eval.depth import list_items, read_depth
+
     root = sample / "nyu_v2" / "testing"
     images, depths = sorted((root / "images").glob("*.png")), sorted((root / "depths").glob("*.png"))
     assert len(images) == len(depths) == msd.NYU_IMAGES and [p.name for p in images] == [p.name for p in depths]
@@ -173,6 +176,12 @@ def test_nyu_layout(sample):
         assert d.dtype == np.uint16 and Image.open(image).mode == "RGB" and Image.open(image).size == d.shape[::-1]
         metres = d[d > 0] / 256.0
         assert (d == 0).any() and 0.5 < metres.min() and metres.max() <= 10.0
+    srt_items = list_items(sample / "nyu_v2", "srt")
+    toolbox_items = list_items(sample / "NYU", "toolbox")
+    assert [it.id for it in toolbox_items] == [f"{s}/rgb_{k:05d}" for s, k in msd.NYU_TOOLBOX_NAMES]
+    for a, b in zip(srt_items, toolbox_items):
+        assert Image.open(b.image).format == "JPEG" and Image.open(b.image).size == Image.open(a.image).size
+        np.testing.assert_allclose(read_depth(a.depth, "srt"), read_depth(b.depth, "toolbox"), atol=2.5e-3)
 
 
 def test_davis_palette_is_the_pascal_colour_map():

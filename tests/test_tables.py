@@ -205,7 +205,7 @@ def test_paper_numbers_reproduce_the_gains_the_paper_claims(tmp_path):
 
     def depth_avg(metric: str, head: str) -> float:
         gains = [
-            _paper_gain(t2, f"rel. gain {metric} % (paper)", backbone=b, head=head, method="+SRT")
+            _paper_gain(t2, f"rel. gain srt {metric} % (paper)", backbone=b, head=head, method="+SRT")
             for b in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14")
         ]
         return round(sum(gains) / 3, 1)
