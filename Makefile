@@ -35,6 +35,7 @@ bench: setup
 	$(PY) scripts/bench_srt.py $(BENCH_ARGS)
 	$(PY) scripts/bench_davis.py
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/bench_tokencut.py
+	$(PY) scripts/bench_data_checks.py
 	$(PY) scripts/bench_depth.py
 
 # --- demo and tables (runner) -----------------------------------------------------------------------------

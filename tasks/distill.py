@@ -227,8 +227,8 @@ class DistillTask(Task):
             )
         if srt_cfg.output != "pooled":
             raise UserError(
-                "task=distill needs the teacher's SRT features on the token grid: srt.output must be pooled "
-                f"(got srt.output={srt_cfg.output})"
+                f"srt.output={srt_cfg.output} is not valid for task=distill: the teacher's SRT features must be on the "
+                "token grid; expected srt.output=pooled"
             )
         self._patch_size = model.patch_size
 

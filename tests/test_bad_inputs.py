@@ -253,6 +253,19 @@ def _data_case(cid, task, dataset, bad, named, mutate, expect, overrides=()):
     return Case(cid, f"runner data: {task}", bad, named, go, expect, data=True)
 
 
+#: the depth task on the sample data's NYU-v2 (srt layout) with an explicitly random head (no download)
+DEPTH = ["task=depth", "task.protocol=srt", "task.head_weights=random"]
+
+
+def _folder_with_a_truncated_jpeg(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    noise = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)  # mostly entropy-coded data
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray(noise).save(folder / name, quality=95)
+    truncate(folder / "b.jpg")
+    return folder
+
+
 def _later_annotation_wrong_size(env: Env) -> Path:
     root, ann, _ = davis(env)
     write_palette_png(ann / "00003.png", np.zeros((40, 50), np.uint8))
@@ -515,6 +528,46 @@ CASES: list[Case] = [
             "backbone.pretrained=/path/to/file",
         ),
     ),
+    Case(
+        "depth-jitter",
+        "runner settings",
+        "`task=depth srt=jitter`",
+        "the task and the methods it supports",
+        lambda e: runner(e, ["task=depth", "srt=jitter"]),
+        (r"task depth supports srt\.method=shift \(baseline, \+SRT, \+OE\)",),
+    ),
+    Case(
+        "depth-no-official-head",
+        "runner settings",
+        "`task=depth` with a backbone DINOv2 publishes no depth head for",
+        "the backbone, those with heads and the settings that help",
+        lambda e: runner(e, ["task=depth"]),
+        (r"DINOv2 publishes NYU depth heads for .* only, not 'dino_vits16'", r"task\.head_weights="),
+    ),
+    Case(
+        "depth-blocks",
+        "runner settings",
+        "`task=depth task.head=linear4 task.blocks=[0,1,2,9]` on a 2-block model",
+        "the setting and the valid range",
+        lambda e: runner(e, ["task=depth", "task.head=linear4", "task.blocks=[0,1,2,9]", "task.head_weights=random"]),
+        (r"task\.blocks=\[0, 1, 2, 9\]: \[2, 9\] out of range for a 2-block backbone",),
+    ),
+    Case(
+        "visualize-image-size",
+        "runner settings",
+        "`task=visualize task.image_size=40` (patch 16)",
+        "the setting, the patch size and a valid size",
+        lambda e: runner(e, ["task=visualize", "task.image_size=40"]),
+        (r"task\.image_size=40 is not a multiple of the patch size 16 of dino_vits16; use e\.g\. 32",),
+    ),
+    Case(
+        "distill-dense",
+        "runner settings",
+        "`task=distill srt.output=dense`",
+        "the setting the task needs",
+        lambda e: runner(e, ["task=distill", "srt.output=dense"]),
+        (r"srt\.output=dense is not valid for task=distill: .*expected srt\.output=pooled",),
+    ),
     # --- runner: data, checked before any model is built ----------------------------------------------------------
     Case(
         "davis-missing",
@@ -684,6 +737,64 @@ CASES: list[Case] = [
         "both files and sizes",
         lambda r: Image.new("RGB", (64, 32)).save(r / "VOC2007/VOCdevkit/VOC2007/JPEGImages/000001.jpg"),
         (r"VOC image .*000001\.jpg is 64x32 but its annotation .*000001\.xml says 200x150",),
+    ),
+    _data_case(
+        "depth-map-8bit",
+        "depth",
+        "nyu_v2",
+        "an 8-bit depth map",
+        "the file, its mode and the expected one",
+        lambda r: Image.new("L", (640, 480)).save(r / "nyu_v2/testing/depths/00001.png"),
+        (r"depth map .*depths/00001\.png is a L image of shape \(480, 640\); expected a 16-bit",),
+        overrides=DEPTH,
+    ),
+    _data_case(
+        "depth-map-truncated",
+        "depth",
+        "nyu_v2",
+        "a truncated depth map",
+        "the file",
+        lambda r: truncate(r / "nyu_v2/testing/depths/00002.png"),
+        (r"cannot read depth map .*depths/00002\.png",),
+        overrides=DEPTH,
+    ),
+    _data_case(
+        "depth-sizes",
+        "depth",
+        "nyu_v2",
+        "an image of another size than its depth map",
+        "both files and sizes",
+        lambda r: Image.new("RGB", (320, 240)).save(r / "nyu_v2/testing/images/00000.png"),
+        (r"image .*images/00000\.png is 320x240 but its depth map .*depths/00000\.png is 640x480",),
+        overrides=DEPTH,
+    ),
+    _data_case(
+        "depth-head-missing",
+        "depth",
+        "nyu_v2",
+        "`task.head_weights=/missing.pth`",
+        "the file (before any model is built)",
+        lambda r: None,
+        (r"head checkpoint /nowhere/head\.pth \(task\.head_weights\) does not exist",),
+        overrides=["task=depth", "task.protocol=srt", "task.head_weights=/nowhere/head.pth"],
+    ),
+    Case(
+        "visualize-image-truncated",
+        "runner data: visualize",
+        "`task=visualize task.images=` a folder with a truncated JPEG",
+        "the file",
+        lambda e: runner(e, ["task=visualize", f"task.images={_folder_with_a_truncated_jpeg(e.tmp / 'imgs')}"]),
+        (r"image .*imgs/b\.jpg is truncated or corrupt",),
+        data=True,
+    ),
+    Case(
+        "distill-image-truncated",
+        "runner data: distill",
+        "`task=distill task.images=` a folder with a truncated JPEG",
+        "the file",
+        lambda e: runner(e, ["task=distill", f"task.images={_folder_with_a_truncated_jpeg(e.tmp / 'imgs')}"]),
+        (r"image .*imgs/b\.jpg is truncated or corrupt",),
+        data=True,
     ),
     Case(
         "gnd-unsafe-pickle",
@@ -1068,7 +1179,7 @@ def test_the_catalogue_is_large_and_covers_every_area():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)) and len(CASES) >= 40
     areas = {c.area for c in CASES}
-    for task in ("davis", "saliency", "discovery", "retrieval"):
+    for task in ("davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill"):
         assert f"runner data: {task}" in areas
     assert {"runner settings", "checkpoint", "library", "CLI"} <= areas
 
