@@ -227,11 +227,12 @@ def check_image(path: str | os.PathLike, what: str = "image", allow_truncated: b
     marker, e.g. bytes appended after the image, or another format), the image is decoded fully instead,
     which decides. Errors are :class:`srt.errors.UserError` naming the file.
 
-    Cost, measured on the fixtures (``tests/test_bad_inputs.py`` docstring): about 0.05 ms per image against
-    3-17 ms for a full decode (DAVIS 854x480 frames: 6.5 ms; ROxford 1024x768: 17 ms), so checking every
-    input image of a dataset before the first forward pass costs well under 1% of the run even for a plain
-    (level 0) pass on a GPU. Corruption inside a JPEG's entropy-coded data that leaves its end intact is found
-    when the image is decoded for its features, by :func:`read_image`, which names the file.
+    Cost, measured on the fixtures (``scripts/bench_data_checks.py``): 0.1-0.16 ms per image against 2-18 ms
+    for a full decode (DAVIS 854x480 frames: 0.16 vs 4.2 ms; ROxford 1024x768: 0.12 vs 18 ms), 1-6% of it. A
+    full decode of every input would cost as much as reading the images again for the run, which for a plain
+    (level 0) pass on a GPU is a large share of the run; this check is not. Corruption inside a JPEG's
+    entropy-coded data that leaves its end intact is found when the image is decoded for its features, by
+    :func:`read_image`, which names the file.
     """
     from PIL import Image
 

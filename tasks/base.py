@@ -71,7 +71,7 @@ class DataFiles:
     exactly the small files that matter most (ground truth); an mtime changes on every copy, so a dataset
     copied to a cluster's scratch disk would look new and every finished run would be recomputed. Content
     hashes are remembered per file by size and mtime (:class:`srt.io.FileHashes`), so a dataset is read once
-    per machine (or copy) until a file changes: about 0.35 ms per 60 KB frame the first time (DAVIS-2017 val,
+    per machine (or copy) until a file changes: about 0.3 ms per 60 KB frame the first time (DAVIS-2017 val,
     ~2000 frames and annotations: under a second; ROxford's 5063 images: a few seconds), then one ``stat``
     per file.
     """

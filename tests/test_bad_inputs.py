@@ -16,13 +16,13 @@ Each :class:`Case` below sets up one bad input in a temporary folder and runs it
 The README's "What happens on bad input" table is generated from this catalogue
 (``python tests/test_bad_inputs.py`` rewrites it) and ``test_readme_lists_the_catalogue`` fails if they drift.
 
-Which data checks decode in full and which read headers (measured on the fixtures, one 2-core CPU, see
-``srt.io.check_image``): annotations and ground truth (DAVIS PNGs, saliency masks, VOC XML, the revisitop
-pickle) are decoded in full before the first forward pass, ~1-3 ms each, because a bad one would otherwise be
-found only when scoring, after every feature was computed. Input images get a header and end-marker check,
-~0.05 ms each against 3-17 ms for a full decode (DAVIS 854x480 frame 6.5 ms, ROxford 1024x768 17 ms): a
-truncated or non-image file fails before the first forward pass; a file corrupt inside its JPEG data is named
-when it is decoded for its features (cached items are kept, so the run resumes once it is replaced).
+Which data checks decode in full and which read headers (``scripts/bench_data_checks.py`` on the fixtures):
+annotations and ground truth (DAVIS PNGs, saliency masks, depth maps, VOC XML, the revisitop pickle) are decoded
+in full before the first forward pass, 0.5-2 ms each, because a bad one would otherwise be found only when
+scoring, after every feature was computed. Input images get a header and end-marker check, 0.1-0.16 ms each
+against 2-18 ms for a full decode (1-6% of it): a truncated or non-image file fails before the first forward
+pass; a file corrupt inside its JPEG data is named when it is decoded for its features (cached items are kept,
+so the run resumes once it is replaced).
 """
 
 from __future__ import annotations
