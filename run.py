@@ -337,6 +337,23 @@ def _overrides() -> list[str]:
         return []
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``backbone=<option>``): YAML files under conf/<group> (nested ones as
+    ``demo/davis``) and the entries :func:`register_configs` put in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.object_type import ObjectType
+
+    folder = CONF_DIR / group
+    files = {str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")} if folder.is_dir() else set()
+    store = ConfigStore.instance()
+    stored = set()
+    if store.get_type(group) == ObjectType.GROUP:
+        stored = {
+            n.removesuffix(".yaml") for n in store.list(group) if store.get_type(f"{group}/{n}") == ObjectType.CONFIG
+        }
+    return sorted(files | stored)
+
+
 def check_override_keys(args: list[str]) -> None:
     """Reject unknown setting names on the command line with the list of valid ones.
 
@@ -368,6 +385,14 @@ def check_override_keys(args: list[str]) -> None:
         if not rest:
             if head not in top and not (CONF_DIR / head).is_dir():
                 raise SystemExit(f"error: {head!r} is not a setting; top-level settings: {', '.join(top)}")
+            valid = group_options(head) if head in GROUPS else []
+            try:
+                chosen = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+            except Exception:  # noqa: BLE001 - sweeps Hydra expands itself (glob): Hydra checks them
+                continue
+            unknown = [c for c in chosen if valid and c not in valid]
+            if unknown:  # Hydra says so too, over a dozen lines with its search path
+                raise SystemExit(f"error: {head}={unknown[0]} is not an option of {head}; options: {', '.join(valid)}")
             continue
         sub = rest.split(".")[0]
         for schema in schemas.get(head, []):

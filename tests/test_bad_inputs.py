@@ -1004,6 +1004,14 @@ CASES: list[Case] = [
         (r"srt\.levle is not a valid setting; valid settings of srt: method, level",),
     ),
     Case(
+        "cli-unknown-option",
+        "CLI",
+        "`python run.py backbone=vit_tiny` (not an option of the group)",
+        "the option and the group's options",
+        lambda e: _system_exit(lambda: run.check_override_keys(["backbone=vit_tiny"])),
+        (r"backbone=vit_tiny is not an option of backbone; options: clip_vitb16, dino_vitb16",),
+    ),
+    Case(
         "cli-tables-empty",
         "CLI",
         "`python -m eval.tables` on a folder without runs",
