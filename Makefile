@@ -35,6 +35,7 @@ bench: setup
 	$(PY) scripts/bench_srt.py $(BENCH_ARGS)
 	$(PY) scripts/bench_davis.py
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/bench_tokencut.py
+	$(PY) scripts/bench_data_checks.py
 	$(PY) scripts/bench_depth.py
 
 # --- demo and tables (runner) -----------------------------------------------------------------------------
@@ -63,7 +64,8 @@ tables: setup
 	$(PY) -m eval.tables $(RESULTS) --format md --out $(RESULTS)/tables.md
 	$(PY) -m eval.tables $(RESULTS) --format tex --out $(RESULTS)/tables.tex
 	$(PY) -m eval.tables $(RESULTS) --format csv --out $(RESULTS)/tables.csv
-	$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
+	@# no DAVIS sweep under RESULTS is not an error of the tables: the figure says why and the target goes on
+	-$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
 	@cat $(RESULTS)/tables.md
 
 clean-venv:

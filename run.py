@@ -11,23 +11,35 @@ Hydra's ConfigStore by :func:`register_configs`; every setting is checked (unkno
 once, before any model is built. The run directory is a function of the run's identity
 (tasks/run_identity.py), so re-running a command skips finished runs and resumes interrupted ones
 (``force=true`` recomputes); the record of a run is eval/run_record.py's ``RunRecord``.
+
+Bad input stops a run early with one paragraph (:class:`srt.errors.UserError`, caught in :func:`main`, the one
+catching place of this entry point): settings and the model's shape before anything is read, the device, then
+the dataset's layout, then (unless the run is already finished) every annotation decoded and every input image
+checked (``Task.check_data``), all before any model is built. A run that fails leaves no directory behind unless
+it cached items (then re-running resumes it). ``debug=true`` or ``HYDRA_FULL_ERROR=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from eval.run_record import RunRecord, non_default_settings, write_record
+from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
+from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
 from tasks import environment
 from tasks.config_schema import config_node, defaults_of, typed_config, unknown_setting
 from tasks.item_cache import item_cache_for
@@ -58,10 +70,12 @@ class RunnerConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N | mps
     progress: bool = True  # tqdm bars
     seed: int = 0  # torch's global seed before the task runs
+    debug: bool = False  # show the traceback of errors in the input too (as HYDRA_FULL_ERROR=1)
 
     def validate(self) -> RunnerConfig:
-        if not (self.device in ("cpu", "cuda", "mps", "auto") or self.device.startswith("cuda:")):
-            raise ValueError(f"device={self.device!r} is not valid; expected cpu, cuda, cuda:N, mps or auto")
+        device = self.device
+        if not (device in ("cpu", "cuda", "mps", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise UserError(f"device={device!r} is not valid; expected cpu, cuda, cuda:N, mps or auto")
         return self
 
 
@@ -126,10 +140,14 @@ def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
     top = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in GROUPS}
     runner = typed_config(RunnerConfig, top, "(top level)").validate()
     backbone = typed_config(srt.BackboneConfig, cfg.backbone, "backbone").validate(group="backbone")
-    patch_size = srt.BACKBONES[backbone.name].patch_size
-    srt_cfg = typed_config(srt.SRTConfig, cfg.srt, "srt").validate(patch_size=patch_size, group="srt")
+    # the model's depth and width without building it; names a model_kwargs key or value timm refuses
+    model = srt.model_info(backbone.name, setting="backbone.model_kwargs", **backbone.model_kwargs)
+    srt_cfg = typed_config(srt.SRTConfig, cfg.srt, "srt").validate(
+        patch_size=model.patch_size, depth=model.depth, group="srt"
+    )
     logger = typed_config(LoggerConfig, cfg.logger, "logger").validate()
     task = tasks.build_task(cfg.task)
+    task.check_settings(model, srt_cfg)
     if run_dir is None:
         run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(cfg.task, cfg.backbone, cfg.srt)
     return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir))
@@ -152,16 +170,50 @@ def job_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
 
 
-def _device(name: str):
+def resolve_device(name: str):
+    """The torch device ``device=`` names (``auto``: cuda if available, else cpu); UserError naming the setting
+    when that device is not on this machine, before any model is built."""
     import torch
 
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = device.index or 0
+        if index >= count:
+            found = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+            raise UserError(
+                f"device={name}: this machine has {found}; expected an available device "
+                f"(device=cpu, or device=auto to use CUDA when there is one)"
+            )
+    if device.type == "mps" and not (torch.backends.mps.is_available()):
+        raise UserError(
+            "device=mps: Apple's Metal backend is not available on this machine (torch.backends.mps.is_available() "
+            "is false); expected device=cpu, cuda or auto"
+        )
+    return device
+
+
+@contextlib.contextmanager
+def _dataset_hint(cfg: DictConfig) -> Iterator[None]:
+    """A missing dataset file says where datasets are read from and how to get sample data."""
+    try:
+        yield
+    except MissingFileError as e:
+        raise MissingFileError(
+            f"{e} (datasets are read under paths.data_root={cfg.paths.data_root}: set SRT_DATA=/path/to/datasets or "
+            "paths.data_root=..., or write synthetic sample data with scripts/make_sample_data.py --out data/sample)"
+        ) from e
 
 
 def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
-    """Run one configured job; return its record (also written to ``<run dir>/metrics.json``)."""
+    """Run one configured job; return its record (also written to ``<run dir>/metrics.json``).
+
+    Order (each step can stop the run with a :class:`srt.errors.UserError`; no model exists before the last):
+    settings and the model's shape (:func:`plan`), the device, the dataset's files and their identity, the
+    weights (there, and their identity), the finished-run check, the data itself (``Task.check_data``: decodes every annotation),
+    then the model and the task's loop."""
     import torch
 
     import srt
@@ -169,15 +221,11 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
 
     cfg = job_config(cfg)
     p = plan(cfg, run_dir)
-    try:
-        p.task.check_data()  # a misplaced dataset fails here, before any model is built
-        data = p.task.data_identity()
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{e}\n(datasets are read under paths.data_root={cfg.paths.data_root}: set SRT_DATA=/path/to/datasets or "
-            "paths.data_root=..., or write synthetic sample data with scripts/make_sample_data.py --out data/sample)"
-        ) from e
-    key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data))
+    device = resolve_device(p.runner.device)
+    with _dataset_hint(cfg):
+        data = p.task.data_identity()  # the layout (a misplaced dataset fails here) and the files' content hashes
+    srt.backbones.check_weights(p.backbone.name, p.backbone.pretrained)  # e.g. offline without them
+    key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data))  # hashes a weights file's content
     p.run_dir.mkdir(parents=True, exist_ok=True)
 
     done = None if p.runner.force else finished_record(p.run_dir, key_hash)
@@ -186,12 +234,13 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
         log.info(done.summary_line())
         return done
 
+    with _dataset_hint(cfg):
+        p.task.check_data()  # every annotation decoded, every input image checked: before any feature
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
     cache = item_cache_for(p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), data)
     if p.runner.force:
         cache.clear()
-    device = _device(p.runner.device)
     started, t0 = environment.now_iso(), time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -288,6 +337,23 @@ def _overrides() -> list[str]:
         return []
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``backbone=<option>``): YAML files under conf/<group> (nested ones as
+    ``demo/davis``) and the entries :func:`register_configs` put in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.object_type import ObjectType
+
+    folder = CONF_DIR / group
+    files = {str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")} if folder.is_dir() else set()
+    store = ConfigStore.instance()
+    stored = set()
+    if store.get_type(group) == ObjectType.GROUP:
+        stored = {
+            n.removesuffix(".yaml") for n in store.list(group) if store.get_type(f"{group}/{n}") == ObjectType.CONFIG
+        }
+    return sorted(files | stored)
+
+
 def check_override_keys(args: list[str]) -> None:
     """Reject unknown setting names on the command line with the list of valid ones.
 
@@ -319,12 +385,84 @@ def check_override_keys(args: list[str]) -> None:
         if not rest:
             if head not in top and not (CONF_DIR / head).is_dir():
                 raise SystemExit(f"error: {head!r} is not a setting; top-level settings: {', '.join(top)}")
+            valid = group_options(head) if head in GROUPS else []
+            try:
+                chosen = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+            except Exception:  # noqa: BLE001 - sweeps Hydra expands itself (glob): Hydra checks them
+                continue
+            unknown = [c for c in chosen if valid and c not in valid]
+            if unknown:  # Hydra says so too, over a dozen lines with its search path
+                raise SystemExit(f"error: {head}={unknown[0]} is not an option of {head}; options: {', '.join(valid)}")
             continue
         sub = rest.split(".")[0]
         for schema in schemas.get(head, []):
             valid = [f.name for f in dataclasses.fields(schema)]
             if sub not in valid:
                 raise SystemExit(f"error: {unknown_setting(head, sub, valid)}")
+
+
+class RunFailed(CompactHydraException):
+    """A job stopped by bad input, raised where the job cannot report it itself (a launcher running jobs in other
+    processes): Hydra then prints its message, one paragraph, after its "Error executing job" line."""
+
+
+#: what a run directory holds before the run computed anything (Hydra's record and log, the cache's key)
+_SCAFFOLDING = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "run.log")
+#: the process of ``python run.py``: jobs running in it print their own bad-input paragraph (see run_job)
+_ENTRY_PID: Optional[int] = None
+#: the paragraphs of this process's jobs that stopped on bad input (the exit code is 1 when there are any)
+FAILED_JOBS: list[str] = []
+
+
+def discard_failed_run_dir(run_dir: Path, results_root: Optional[Path] = None) -> bool:
+    """Remove the directory of a run that failed before it produced anything, so that it does not look like a
+    run: only when it holds no metrics.json and no cached item, and only the files Hydra and the cache wrote
+    before any work (then the folders left empty, up to ``results_root``). Returns whether it was removed."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or (run_dir / METRICS_FILE).exists() or any(run_dir.glob("cache/*/*.npz")):
+        return False
+    files = [f for f in run_dir.rglob("*") if f.is_file()]
+    known = {run_dir / rel for rel in _SCAFFOLDING}
+    if any(f not in known and not (f.name == "key.json" and f.parent.parent == run_dir / "cache") for f in files):
+        return False  # something else was written: keep it
+    shutil.rmtree(run_dir)
+    parent = run_dir.parent
+    stop = Path(results_root).resolve() if results_root is not None else None
+    while stop is not None and parent.resolve() != stop and stop in parent.resolve().parents:
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            break
+        parent = parent.parent
+    return True
+
+
+def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[RunRecord]:
+    """:func:`execute` as a Hydra job runs it: the one place run.py catches errors.
+
+    On any error, the run directory is removed if the run produced nothing (:func:`discard_failed_run_dir`).
+    A user error (:func:`srt.errors.is_user_error`) is then reported as one paragraph, ``error: <message>``:
+    with ``report`` (jobs in the process of ``python run.py``: single runs and the basic launcher's sweeps)
+    it is printed to stderr here and recorded in :data:`FAILED_JOBS` (the process exits with 1 after the last
+    job, and a sweep goes on with its other jobs); otherwise it is raised as :class:`RunFailed`. With
+    ``debug=true`` or ``HYDRA_FULL_ERROR=1`` it propagates with its traceback, as every other error (a bug)
+    does.
+    """
+    try:
+        return execute(cfg, run_dir)
+    except Exception as e:
+        results_root = OmegaConf.select(cfg, "paths.results_root", default=None)
+        discard_failed_run_dir(run_dir, Path(results_root) if results_root else None)
+        debug = OmegaConf.select(cfg, "debug", default=False) is True or debug_requested()
+        if not is_user_error(e) or debug:
+            raise
+        message = f"error: {paragraph(e)}"
+        if not report:
+            raise RunFailed(message) from e
+        # printed here, not raised: Hydra would precede it with "Error executing job with overrides: [...]"
+        print(message, file=sys.stderr, flush=True)
+        FAILED_JOBS.append(message)
+        return None
 
 
 register_configs()
@@ -334,9 +472,13 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_job(cfg, Path(HydraConfig.get().runtime.output_dir), report=os.getpid() == _ENTRY_PID)
 
 
 if __name__ == "__main__":
+    _ENTRY_PID = os.getpid()
     check_override_keys(sys.argv[1:])
     main()
+    if len(FAILED_JOBS) > 1:
+        print(f"error: {len(FAILED_JOBS)} jobs stopped on bad input (each named above)", file=sys.stderr)
+    sys.exit(1 if FAILED_JOBS else 0)

@@ -12,9 +12,17 @@ Re-implements the semi-supervised mode of the official davis2017-evaluation pack
 - global numbers are means over objects (not sequences); J&F-Mean = (J-Mean + F-Mean) / 2.
 
 Deliberate differences from the official tool, all on inputs it mishandles:
+- the object ids of a first annotation must be exactly 1..N (:func:`object_count`). The official tool takes
+  N = the largest id and scores every id up to it, so an id absent from the first frame (ids {1, 3}, or a
+  stray 200) becomes an object that is empty in the ground truth and, predicted empty, scores J = F = 1:
+  a first frame with ids {2, 200} gives 200 objects of which 198 are perfect, and J&F jumps towards 1.
+  Such a file is an error naming it, the ids found and the ids expected; a first annotation with no object
+  at all (e.g. a DAVIS-2016 mask, whose object is 255, DAVIS-2017's void) too;
+- ids in later annotations that the first frame does not have are ignored by the scoring, as the official
+  tool does, but named in a warning; annotations of another size than the first are an error;
 - sequences annotated only in their first frame (test-dev style) are skipped and reported, not a crash;
 - result CSVs are always recomputed (the official script silently reuses existing ones);
-- label errors raise ValueError naming the file instead of ``sys.exit``;
+- label errors raise a UserError (a ValueError) naming the file instead of ``sys.exit``;
 - decay bin edges use int64 (the official uint8 cast wraps for sequences longer than 256 frames).
 
 Also a small CLI writing the official CSVs::
@@ -28,6 +36,7 @@ place that knows the DAVIS annotation layout; ``tasks/davis.py`` uses them too.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -39,7 +48,10 @@ import numpy as np
 from PIL import Image
 from skimage.morphology import disk
 
-from srt.io import atomic_write_text
+from srt.errors import MissingFileError, UserError, report_user_errors
+from srt.io import atomic_write_text, check_image
+
+log = logging.getLogger(__name__)
 
 VOID_LABEL = 255
 #: column order of the official ``global_results-<set>.csv``
@@ -57,7 +69,7 @@ def region_similarity(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """J (Jaccard) of binary masks ``[..., H, W]``; 1 where the union is empty (davis:metrics.py)."""
     gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
     if gt.shape != pred.shape:
-        raise ValueError(f"region_similarity: gt shape {gt.shape} and prediction shape {pred.shape} differ")
+        raise UserError(f"region_similarity: gt shape {gt.shape} and prediction shape {pred.shape} differ")
     inter = np.count_nonzero(gt & pred, axis=(-2, -1))
     union = np.count_nonzero(gt | pred, axis=(-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -75,7 +87,7 @@ def seg2bmap(mask: np.ndarray) -> np.ndarray:
     """
     seg = np.asarray(mask, dtype=bool)
     if seg.ndim != 2:
-        raise ValueError(f"seg2bmap expects a 2-D mask, got shape {seg.shape}")
+        raise UserError(f"seg2bmap expects a 2-D mask, got shape {seg.shape}")
     padded = np.pad(seg, ((0, 1), (0, 1)), mode="edge")
     east, south, south_east = padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
     return (seg ^ east) | (seg ^ south) | (seg ^ south_east)
@@ -92,7 +104,7 @@ def boundary_f_measure(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008
     """Boundary F-measure of two binary ``[H, W]`` masks (davis:metrics.py ``f_measure``, no void mask)."""
     gt, pred = np.asarray(gt, dtype=bool), np.asarray(pred, dtype=bool)
     if gt.shape != pred.shape or gt.ndim != 2:
-        raise ValueError(f"boundary_f_measure: expected two [H, W] masks of one shape, got {gt.shape} and {pred.shape}")
+        raise UserError(f"boundary_f_measure: expected two [H, W] masks of one shape, got {gt.shape} and {pred.shape}")
     kernel = disk(boundary_radius(gt.shape, bound_th)).astype(np.uint8)
     gt_b, pred_b = seg2bmap(gt), seg2bmap(pred)
     n_gt, n_pred = int(gt_b.sum()), int(pred_b.sum())
@@ -122,7 +134,7 @@ def db_statistics(values: Sequence[float]) -> tuple[float, float, float]:
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"db_statistics expects a non-empty 1-D array of per-frame values, got shape {v.shape}")
+        raise UserError(f"db_statistics expects a non-empty 1-D array of per-frame values, got shape {v.shape}")
     mean = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
     recall = float(np.mean(v > 0.5))
     edges = (np.round(np.linspace(1, v.size, 5) + 1e-10) - 1).astype(np.int64)
@@ -153,10 +165,28 @@ class ObjectScores:
         return db_statistics(self.F)
 
 
-def object_count(first_annotation: np.ndarray) -> int:
-    """Number of objects of a sequence: the largest id in its first annotation (void counts as background)."""
-    first = np.where(np.asarray(first_annotation) == VOID_LABEL, 0, first_annotation)
-    return int(first.max()) if first.size else 0
+def object_count(first_annotation: np.ndarray, source: str = "the first annotation") -> int:
+    """Number of objects N of a sequence, from its first annotation, whose ids (background 0 and void 255
+    aside) must be exactly 1..N: the official tool's N (the largest id) on data where it means what it says.
+
+    UserError naming ``source`` otherwise: ids with gaps (the official tool would score each missing id as a
+    perfectly predicted empty object, see the module docstring), or no object at all."""
+    ids = sorted(int(v) for v in np.unique(np.asarray(first_annotation)) if v not in (0, VOID_LABEL))
+    if not ids:
+        values = sorted(int(v) for v in np.unique(np.asarray(first_annotation)))
+        raise UserError(
+            f"{source} has no object (values {values}); expected object ids 1..N with 0 as background. "
+            f"A DAVIS-2016 binary mask marks its object with 255, which DAVIS-2017 reads as void: set the "
+            f"object's pixels to 1"
+        )
+    if ids != list(range(1, len(ids) + 1)):
+        raise UserError(
+            f"{source} holds object ids {ids}; expected 1..{len(ids)} (one id per object, numbered from 1). "
+            f"The official evaluator would count {ids[-1]} objects and score each id missing from the first "
+            f"frame as an empty object predicted empty, J = F = 1, inflating J&F: renumber the objects 1..N in "
+            f"every annotation of the sequence"
+        )
+    return len(ids)
 
 
 def score_frames(
@@ -170,9 +200,9 @@ def score_frames(
     gt = np.where(np.asarray(gt_labels) == VOID_LABEL, 0, gt_labels)
     pred = np.asarray(pred_labels)
     if gt.shape != pred.shape:
-        raise ValueError(f"{sequence}: GT frames {gt.shape} and predicted frames {pred.shape} differ in shape")
+        raise UserError(f"{sequence}: GT frames {gt.shape} and predicted frames {pred.shape} differ in shape")
     if pred.size and int(pred.max()) > n_objects:
-        raise ValueError(
+        raise UserError(
             f"{sequence}: the prediction contains label {int(pred.max())} but the first annotation has only "
             f"{n_objects} object(s); expected labels 0..{n_objects}"
         )
@@ -191,7 +221,7 @@ def score_sequence(
     """Semi-supervised scoring of one fully annotated sequence ``[T, H, W]``: frames 1..T-2 are scored."""
     gt_labels, pred_labels = np.asarray(gt_labels), np.asarray(pred_labels)
     if gt_labels.ndim != 3 or gt_labels.shape[0] < 3:
-        raise ValueError(
+        raise UserError(
             f"{sequence}: expected GT labels [T, H, W] with T >= 3 (first and last are not scored), "
             f"got shape {gt_labels.shape}"
         )
@@ -213,7 +243,7 @@ class DavisScores:
     def global_metrics(self) -> dict[str, float]:
         """The official global numbers (means over objects). Raises ValueError when no object was scored."""
         if not self.objects:
-            raise ValueError("no DAVIS object was scored" + self._skipped_note())
+            raise UserError("no DAVIS object was scored" + self._skipped_note())
         j = np.array([o.j_stats for o in self.objects])
         f = np.array([o.f_stats for o in self.objects])
         j_mean, j_recall, j_decay = j.mean(axis=0)
@@ -237,12 +267,12 @@ def read_sequence_names(davis_root: Path, split: str) -> list[str]:
     """Sequence names listed in ``ImageSets/2017/<split>.txt``."""
     path = Path(davis_root) / "ImageSets" / "2017" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"DAVIS split file not found: {path} (expected ImageSets/2017/<split>.txt under the DAVIS root)"
         )
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"DAVIS split file {path} lists no sequence")
+        raise UserError(f"DAVIS split file {path} lists no sequence")
     return names
 
 
@@ -254,7 +284,7 @@ def select_sequences(davis_root: Path, split: str, sequences: Iterable[str] | No
     subset = list(sequences)
     unknown = [s for s in subset if s not in names]
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"sequences {unknown} are not in the DAVIS split '{split}' "
             f"({Path(davis_root) / 'ImageSets' / '2017' / f'{split}.txt'}: {', '.join(names)})"
         )
@@ -265,10 +295,10 @@ def annotation_paths(davis_root: Path, sequence: str, resolution: str = "480p") 
     """Sorted annotation PNGs of a sequence (``Annotations/<resolution>/<seq>/*.png``)."""
     folder = Path(davis_root) / "Annotations" / resolution / sequence
     if not folder.is_dir():
-        raise FileNotFoundError(f"DAVIS annotation folder not found: {folder}")
+        raise MissingFileError(f"DAVIS annotation folder not found: {folder}")
     paths = sorted(folder.glob("*.png"))
     if not paths:
-        raise FileNotFoundError(f"no annotation PNG in {folder}")
+        raise MissingFileError(f"no annotation PNG in {folder}")
     return paths
 
 
@@ -276,10 +306,10 @@ def image_paths(davis_root: Path, sequence: str, resolution: str = "480p") -> li
     """Sorted frames of a sequence (``JPEGImages/<resolution>/<seq>/*.jpg``)."""
     folder = Path(davis_root) / "JPEGImages" / resolution / sequence
     if not folder.is_dir():
-        raise FileNotFoundError(f"DAVIS frame folder not found: {folder}")
+        raise MissingFileError(f"DAVIS frame folder not found: {folder}")
     paths = sorted(folder.glob("*.jpg"))
     if not paths:
-        raise FileNotFoundError(f"no JPEG frame in {folder}")
+        raise MissingFileError(f"no JPEG frame in {folder}")
     return paths
 
 
@@ -304,16 +334,101 @@ def read_label_png(path: Path) -> np.ndarray:
     """Object ids of an indexed (palette or 8-bit grey) PNG as uint8 ``[H, W]``; palette indices, not colours."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label PNG not found: {path}")
+        raise MissingFileError(f"label PNG not found: {path}")
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L"):
-                raise ValueError(
+                raise UserError(
                     f"{path}: expected an indexed (palette 'P' or grey 'L') PNG of object ids, got mode {im.mode!r}"
                 )
             return np.array(im, dtype=np.uint8)
     except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read label PNG {path}: {err}") from err
+        raise UserError(f"cannot read label PNG {path}: {err}") from err
+
+
+@dataclass
+class SequenceData:
+    """One sequence's files, checked by :func:`check_sequence`."""
+
+    name: str
+    frames: list[Path]
+    annotations: list[Path]
+    n_objects: int
+    size: tuple[int, int]  # (height, width) of the annotations (and, when checked, of the frames)
+
+
+def check_sequence(
+    davis_root: Path | str,
+    sequence: str,
+    resolution: str = "480p",
+    max_frames: int | None = None,
+    check_frames: bool = True,
+) -> SequenceData:
+    """Check everything a propagation run and its scoring read from one sequence (its first ``max_frames``
+    frames), before any of it is used; UserError / MissingFileError naming the file otherwise:
+
+    - the frames (JPEG) and annotations (PNG) exist; every frame is annotated, or only the first (test-dev);
+      every annotation is named like a frame, the first like frame 0;
+    - every annotation is decoded in full (a palette or grey PNG): the first's ids must be 1..N
+      (:func:`object_count`), every other must have the first's size; ids the first frame lacks are named in
+      a warning (the scoring ignores them, as the official tool does);
+    - ``check_frames``: every frame passes :func:`srt.io.check_image` (a whole image, not truncated) and has
+      the annotations' size.
+
+    Cost: a full decode of each annotation (~3 ms for 854x480) and a header check of each frame (~0.05 ms).
+    """
+    root = Path(davis_root)
+    frames = image_paths(root, sequence, resolution)[:max_frames]
+    annotations = annotation_paths(root, sequence, resolution)[:max_frames]
+    folder = annotations[0].parent
+    if annotations[0].stem != frames[0].stem:
+        raise MissingFileError(
+            f"missing first-frame annotation {folder / (frames[0].stem + '.png')} for frame {frames[0]} "
+            f"(the first annotation of {folder} is {annotations[0].name})"
+        )
+    if 1 < len(annotations) < len(frames):
+        raise UserError(
+            f"{folder}: {len(annotations)} annotations for {len(frames)} frames; expected every frame annotated, "
+            "or only the first (test-dev)"
+        )
+    frame_stems = {f.stem for f in frames}
+    orphans = [a.name for a in annotations if a.stem not in frame_stems]
+    if orphans:
+        raise UserError(
+            f"{folder}: annotations {orphans[:5]} have no frame of the same name in {frames[0].parent}; "
+            "expected one annotation per frame, named like it"
+        )
+    first = read_label_png(annotations[0])
+    n_objects = object_count(first, f"first-frame annotation {annotations[0]}")
+    extra: dict[str, list[int]] = {}
+    for path in annotations[1:]:
+        labels = read_label_png(path)
+        if labels.shape != first.shape:
+            raise UserError(
+                f"annotation {path} is {labels.shape[1]}x{labels.shape[0]} but the first annotation "
+                f"{annotations[0]} is {first.shape[1]}x{first.shape[0]}; expected every annotation of a "
+                "sequence at one size"
+            )
+        unknown = [int(v) for v in np.unique(labels) if n_objects < v < VOID_LABEL]
+        if unknown:
+            extra[path.name] = unknown
+    if extra:
+        log.warning(
+            "davis: %s: annotations %s hold object ids the first frame does not have (it has 1..%d); the "
+            "scoring ignores them, as the official evaluator does",
+            folder,
+            ", ".join(f"{name} {ids}" for name, ids in list(extra.items())[:5]) + (" ..." if len(extra) > 5 else ""),
+            n_objects,
+        )
+    if check_frames:
+        for path in frames:
+            width, height = check_image(path, "DAVIS frame")
+            if (height, width) != first.shape:
+                raise UserError(
+                    f"frame {path} is {width}x{height} but the annotations of {folder} are "
+                    f"{first.shape[1]}x{first.shape[0]}; expected equal sizes"
+                )
+    return SequenceData(sequence, frames, annotations, n_objects, first.shape)
 
 
 def scoring_status(n_annotations: int, n_frames: int) -> str | None:
@@ -346,25 +461,16 @@ def evaluate_results(
 
     davis_root, results_dir = Path(davis_root), Path(results_dir)
     if not results_dir.is_dir():
-        raise FileNotFoundError(f"results folder not found: {results_dir}")
+        raise MissingFileError(f"results folder not found: {results_dir}")
     if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames={max_frames} is not valid; expected None or an integer >= 1")
+        raise UserError(f"max_frames={max_frames} is not valid; expected None or an integer >= 1")
     scores = DavisScores()
-    for seq in tqdm(select_sequences(davis_root, split, sequences), desc="DAVIS J&F", disable=not progress):
-        gt_paths = annotation_paths(davis_root, seq, resolution)
-        n_frames = len(image_paths(davis_root, seq, resolution))
-        if 1 < len(gt_paths) < n_frames:
-            raise ValueError(
-                f"{gt_paths[0].parent}: {len(gt_paths)} annotations for "
-                f"{n_frames} frames; expected every frame annotated, or only the first (test-dev)"
-            )
-        if max_frames is not None:
-            gt_paths, n_frames = gt_paths[:max_frames], min(n_frames, max_frames)
+    selected = select_sequences(davis_root, split, sequences)
+    # every annotation decoded and checked before any prediction is read (frames are not read by the scoring)
+    data = {seq: check_sequence(davis_root, seq, resolution, max_frames, check_frames=False) for seq in selected}
+    for seq in tqdm(selected, desc="DAVIS J&F", disable=not progress):
+        gt_paths, n_frames, n_objects = data[seq].annotations, len(data[seq].frames), data[seq].n_objects
         reason = scoring_status(len(gt_paths), n_frames)
-        if reason is None:
-            n_objects = object_count(read_label_png(gt_paths[0]))
-            if n_objects == 0:
-                reason = f"no object in the first annotation {gt_paths[0]}"
         if reason is not None:
             scores.skipped[seq] = reason
             continue
@@ -374,18 +480,18 @@ def evaluate_results(
         for p in scored:
             res_path = results_dir / seq / p.name
             if not res_path.is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"prediction not found: {res_path} (every annotated frame needs one; for a "
                     f"run limited to its first N frames pass max_frames / --max-frames N)"
                 )
             labels = read_label_png(res_path)
             if labels.shape != gt.shape[1:]:
-                raise ValueError(
+                raise UserError(
                     f"{res_path}: prediction size {labels.shape[::-1]} (W, H) differs from the "
                     f"annotation size {gt.shape[1:][::-1]} of {p}"
                 )
             if int(labels.max()) > n_objects:
-                raise ValueError(
+                raise UserError(
                     f"{res_path}: label {int(labels.max())} exceeds the {n_objects} object(s) of the "
                     f"first annotation {gt_paths[0]}"
                 )
@@ -459,11 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sequences = [s for s in args.sequences.split(",") if s] if args.sequences else None
-    try:
-        scores, metrics = evaluate_and_write(args.davis, args.results, sequences, args.split, args.max_frames)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"eval.davis: error: {err}", file=sys.stderr)
-        return 1
+    scores, metrics = evaluate_and_write(args.davis, args.results, sequences, args.split, args.max_frames)
     for seq, reason in scores.skipped.items():
         print(f"skipped {seq}: {reason}")
     print(f"{scores.n_objects} object(s) scored")
@@ -476,4 +578,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.davis"))

@@ -52,6 +52,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from srt.errors import MissingFileError, UserError, report_user_errors
+
 PROTOCOLS = ("toolbox", "srt")
 SRT_METRICS = ("RMSE", "RMSE_log", "AbsRel", "SqRel", "a1", "a2", "a3")
 TOOLBOX_METRICS = (*SRT_METRICS, "log_10", "silog")
@@ -64,7 +66,7 @@ DEFAULT_SPLIT = "nyu_test.txt"
 
 def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r} is not valid; expected one of {', '.join(PROTOCOLS)}")
+        raise UserError(f"protocol={protocol!r} is not valid; expected one of {', '.join(PROTOCOLS)}")
     return protocol
 
 
@@ -156,7 +158,7 @@ def srt_image_literal(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """One image exactly as the published ``eval_nyu_v2`` scores it (integer mask = rows 0 and 1; see the module
     docstring): row 0 counted once per invalid pixel, row 1 once per valid pixel."""
     if gt.shape[0] < 2:
-        raise ValueError(f"the literal SRT protocol indexes image rows 0 and 1; got an image of shape {gt.shape}")
+        raise UserError(f"the literal SRT protocol indexes image rows 0 and 1; got an image of shape {gt.shape}")
     n_valid = int((gt > 0).sum())
     counts = (gt.size - n_valid, n_valid)  # pixels selecting row 0, row 1
     rows = [r for r in (0, 1) if counts[r] > 0]
@@ -171,7 +173,7 @@ def srt_image_literal(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 def _as_pair(gt, pred, index: int) -> tuple[np.ndarray, np.ndarray]:
     gt, pred = np.asarray(gt, dtype=np.float32), np.asarray(pred, dtype=np.float32)
     if gt.ndim != 2 or gt.shape != pred.shape:
-        raise ValueError(
+        raise UserError(
             f"image {index}: ground truth {gt.shape} and prediction {pred.shape} must be 2-D arrays of one shape"
         )
     return gt, pred
@@ -187,12 +189,12 @@ def evaluate(
     row-indexing bug."""
     check_protocol(protocol)
     if literal and protocol != "srt":
-        raise ValueError("literal=True reproduces a bug of the SRT protocol; it is not valid with protocol='toolbox'")
+        raise UserError("literal=True reproduces a bug of the SRT protocol; it is not valid with protocol='toolbox'")
     gts, preds = list(gts), list(preds)
     if len(gts) != len(preds):
-        raise ValueError(f"{len(gts)} ground-truth maps but {len(preds)} predictions; expected one per image")
+        raise UserError(f"{len(gts)} ground-truth maps but {len(preds)} predictions; expected one per image")
     if not gts:
-        raise ValueError("no images to evaluate")
+        raise UserError("no images to evaluate")
     score = toolbox_image if protocol == "toolbox" else srt_image_literal if literal else srt_image
     names = TOOLBOX_METRICS if protocol == "toolbox" else SRT_METRICS
     per_image = []
@@ -227,22 +229,22 @@ def list_items(root: str | Path, protocol: str, split: str = DEFAULT_SPLIT) -> l
         image_dir, depth_dir = root / "testing" / "images", root / "testing" / "depths"
         for folder in (image_dir, depth_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"NYU-v2 folder {folder} does not exist; the srt protocol reads {root}/testing/images/*.png and "
                     f"{root}/testing/depths/*.png"
                 )
         images, depths = sorted(image_dir.glob("*.png")), sorted(depth_dir.glob("*.png"))
         if not images:
-            raise FileNotFoundError(f"no *.png images in {image_dir}")
+            raise MissingFileError(f"no *.png images in {image_dir}")
         if len(images) != len(depths):
-            raise ValueError(
+            raise UserError(
                 f"{len(images)} images in {image_dir} but {len(depths)} depth maps in {depth_dir}; the srt layout "
                 "pairs them by sorted order and needs one depth map per image"
             )
         return [DepthItem(i.stem, i, d) for i, d in zip(images, depths)]
     split_file = root / split
     if not split_file.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"NYU-v2 split file {split_file} does not exist; the toolbox protocol reads {root}/{split} (lines "
             "'/scene/rgb_00045.jpg /scene/sync_depth_00045.png 518.8579', paths relative to the data root)"
         )
@@ -252,17 +254,17 @@ def list_items(root: str | Path, protocol: str, split: str = DEFAULT_SPLIT) -> l
         if not parts:
             continue
         if len(parts) < 2:
-            raise ValueError(f"{split_file}:{n}: expected '<image> <depth> [focal]', got {line!r}")
+            raise UserError(f"{split_file}:{n}: expected '<image> <depth> [focal]', got {line!r}")
         image_rel, depth_rel = parts[0].lstrip("/\\"), parts[1].lstrip("/\\")
         if depth_rel == "None":  # the toolbox skips entries without ground truth
             continue
         image, depth = root / image_rel, root / depth_rel
         for path, what in ((image, "image"), (depth, "depth map")):
             if not path.is_file():
-                raise FileNotFoundError(f"{split_file}:{n} names the {what} {path}, which does not exist")
+                raise MissingFileError(f"{split_file}:{n} names the {what} {path}, which does not exist")
         items.append(DepthItem(str(Path(image_rel).with_suffix("")), image, depth))
     if not items:
-        raise ValueError(f"split file {split_file} lists no image with a depth map")
+        raise UserError(f"split file {split_file} lists no image with a depth map")
     return sorted(items, key=lambda it: str(it.image))
 
 
@@ -272,11 +274,11 @@ def _read_uint16_png(path: Path, what: str) -> np.ndarray:
             mode = im.mode
             arr = np.array(im)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
+        raise MissingFileError(f"{what} {path} does not exist") from None
     except OSError as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from e
+        raise UserError(f"cannot read {what} {path}: {e}") from e
     if mode not in ("I;16", "I;16B", "I;16L", "I") or arr.ndim != 2:
-        raise ValueError(f"{what} {path} is a {mode} image of shape {arr.shape}; expected a 16-bit single-channel PNG")
+        raise UserError(f"{what} {path} is a {mode} image of shape {arr.shape}; expected a 16-bit single-channel PNG")
     return arr
 
 
@@ -293,7 +295,7 @@ def depth_to_png(depth_m: np.ndarray) -> np.ndarray:
     """Depth in metres -> uint16 millimetres (rounded, clipped to 0..65535 mm)."""
     depth_m = np.asarray(depth_m, dtype=np.float64)
     if not np.isfinite(depth_m).all():
-        raise ValueError("depth prediction contains NaN or inf; it cannot be stored as a 16-bit PNG")
+        raise UserError("depth prediction contains NaN or inf; it cannot be stored as a 16-bit PNG")
     return np.clip(np.rint(depth_m * 1000.0), 0, 65535).astype(np.uint16)
 
 
@@ -310,7 +312,7 @@ def evaluate_dirs(
     pred_dir = Path(pred_dir)
     missing = [it for it in items if not (pred_dir / f"{it.id}.png").is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} of {len(items)} images have no prediction in {pred_dir} "
             f"(first: {pred_dir / (missing[0].id + '.png')})"
         )
@@ -318,7 +320,7 @@ def evaluate_dirs(
     for it in items:
         gt, pred = read_depth(it.depth, protocol), read_prediction_png(pred_dir / f"{it.id}.png")
         if gt.shape != pred.shape:
-            raise ValueError(
+            raise UserError(
                 f"prediction {pred_dir / (it.id + '.png')} is {pred.shape}; its ground truth {it.depth} is {gt.shape}"
             )
         gts.append(gt)
@@ -364,4 +366,4 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.depth"))

@@ -22,9 +22,12 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
+
+from srt.errors import MissingFileError, UserError, report_user_errors
 
 IOU_THRESHOLD = 0.5
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -54,11 +57,11 @@ def corloc(
 ) -> float:
     """Percentage of images whose predicted box has IoU >= threshold with any of that image's GT boxes."""
     if len(pred_boxes) != len(gt_boxes):
-        raise ValueError(
+        raise UserError(
             f"got {len(pred_boxes)} predicted boxes and GT boxes for {len(gt_boxes)} images; expected one box per image"
         )
     if not pred_boxes:
-        raise ValueError("no images to score")
+        raise UserError("no images to score")
     hits = sum(is_hit(box, gts, threshold) for box, gts in zip(pred_boxes, gt_boxes))
     return 100.0 * hits / len(pred_boxes)
 
@@ -71,7 +74,7 @@ def voc_dir(root: str | Path, year: str = "2007") -> Path:
     base = Path(root) / "VOCdevkit" / f"VOC{year}"
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         if not (base / sub).is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"VOC{year} layout not found: {base / sub} is missing; expected ROOT/VOCdevkit/VOC{year}/"
                 f"{{JPEGImages,Annotations,ImageSets/Main}} with ROOT={root}"
             )
@@ -81,20 +84,18 @@ def voc_dir(root: str | Path, year: str = "2007") -> Path:
 def read_image_set(voc: Path, image_set: str) -> list[str]:
     path = voc / "ImageSets" / "Main" / f"{image_set}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"image set file {path} does not exist")
+        raise MissingFileError(f"image set file {path} does not exist")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"image set file {path} lists no images")
+        raise UserError(f"image set file {path} lists no images")
     return ids
 
 
-def read_voc_boxes(xml_path: str | Path) -> np.ndarray:
-    """All object boxes of a VOC annotation as ``[n, 4]`` int64 ``(x1, y1, x2, y2)``, xmin and ymin made 0-based.
-
-    Difficult and truncated objects are included (TokenCut's default). Errors name the file."""
+def read_voc_annotation(xml_path: str | Path) -> tuple[np.ndarray, Optional[tuple[int, int]]]:
+    """(boxes, (width, height) from ``<size>`` or None) of a VOC annotation; see :func:`read_voc_boxes`."""
     xml_path = Path(xml_path)
     if not xml_path.is_file():
-        raise FileNotFoundError(f"VOC annotation {xml_path} does not exist")
+        raise MissingFileError(f"VOC annotation {xml_path} does not exist")
     try:
         root = ET.parse(xml_path).getroot()
         boxes = []
@@ -103,25 +104,47 @@ def read_voc_boxes(xml_path: str | Path) -> np.ndarray:
             # VOC stores 1-based inclusive pixel indices; (xmin-1, ymin-1, xmax, ymax) are pixel edges.
             xmin, ymin, xmax, ymax = (int(float(bnd.find(tag).text)) for tag in ("xmin", "ymin", "xmax", "ymax"))
             boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        size = root.find("size")
+        wh = None if size is None else (int(size.find("width").text), int(size.find("height").text))
     except (ET.ParseError, AttributeError, TypeError, ValueError) as err:
-        raise ValueError(f"cannot read VOC annotation {xml_path}: {err}") from err
-    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        raise UserError(f"cannot read VOC annotation {xml_path}: {err}") from err
+    return np.asarray(boxes, dtype=np.int64).reshape(-1, 4), wh
+
+
+def read_voc_boxes(xml_path: str | Path) -> np.ndarray:
+    """All object boxes of a VOC annotation as ``[n, 4]`` int64 ``(x1, y1, x2, y2)``, xmin and ymin made 0-based.
+
+    Difficult and truncated objects are included (TokenCut's default). Errors name the file."""
+    return read_voc_annotation(xml_path)[0]
+
+
+def without_objects(ids: Sequence[str], gt_boxes: Sequence[np.ndarray]) -> list[str]:
+    """The image ids whose annotation has no object: they cannot be hits but count (the reference's default)."""
+    return [i for i, boxes in zip(ids, gt_boxes) if len(boxes) == 0]
+
+
+def no_object_warning(empty: Sequence[str], n_images: int, where: str) -> str:
+    shown = ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else "")
+    return (
+        f"{len(empty)} of the {n_images} images of {where} have no object in their annotation ({shown}): each "
+        "counts as a miss in CorLoc, as in TokenCut and LOST"
+    )
 
 
 def read_pred_boxes(path: str | Path) -> dict[str, tuple[float, float, float, float]]:
     """``image_id -> (x1, y1, x2, y2)`` from a CSV with columns ``image_id,x1,y1,x2,y2`` (more are ignored)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"predicted boxes file {path} does not exist")
+        raise MissingFileError(f"predicted boxes file {path} does not exist")
     try:
         table = pd.read_csv(path, dtype={"image_id": str})
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read predicted boxes {path}: {err}") from err
+        raise UserError(f"cannot read predicted boxes {path}: {err}") from err
     missing = [c for c in ("image_id", *BOX_COLUMNS) if c not in table.columns]
     if missing:
-        raise ValueError(f"predicted boxes {path} lacks columns {missing}; expected image_id,x1,y1,x2,y2")
+        raise UserError(f"predicted boxes {path} lacks columns {missing}; expected image_id,x1,y1,x2,y2")
     if table["image_id"].duplicated().any():
-        raise ValueError(
+        raise UserError(
             f"predicted boxes {path} has several boxes for image {table['image_id'][table['image_id'].duplicated()].iloc[0]}; expected one per image"
         )
     return {row.image_id: tuple(float(getattr(row, c)) for c in BOX_COLUMNS) for row in table.itertuples(index=False)}
@@ -134,11 +157,18 @@ def evaluate_file(pred_path: str | Path, root: str | Path, image_set: str = "tra
     preds = read_pred_boxes(pred_path)
     missing = [i for i in ids if i not in preds]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{pred_path} has no box for {len(missing)} of the {len(ids)} images of {image_set} (first: {missing[0]})"
         )
     gts = [read_voc_boxes(voc / "Annotations" / f"{i}.xml") for i in ids]
-    return {"CorLoc": corloc([preds[i] for i in ids], gts), "n_images": float(len(ids))}
+    empty = without_objects(ids, gts)
+    if empty:
+        print(f"warning: {no_object_warning(empty, len(ids), f'{voc} {image_set}')}", file=sys.stderr)
+    return {
+        "CorLoc": corloc([preds[i] for i in ids], gts),
+        "n_images": float(len(ids)),
+        "n_images_without_objects": float(len(empty)),
+    }
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -152,4 +182,4 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.discovery"))

@@ -20,6 +20,7 @@ from typing import Optional
 
 import pandas as pd
 
+from srt.errors import UserError, report_user_errors
 from srt.io import atomic_write_bytes
 
 from .tables import load_results, rel_gain
@@ -68,11 +69,24 @@ def plot_sweep(curves: dict[str, pd.Series], title: str) -> bytes:
     return buf.getvalue()
 
 
+def check_task_and_metric(results: pd.DataFrame, root: str | os.PathLike, task: str, metric: str) -> None:
+    """UserError naming what exists when no run under ``root`` has ``task`` or ``metric``."""
+    tasks = sorted(set(results["task"]))
+    if task not in tasks:
+        found = f"tasks with runs: {', '.join(tasks)}" if tasks else "no metrics.json at all"
+        raise UserError(f"--task {task}: no {task} run under {root}; {found}")
+    metrics = sorted(set(results.loc[results["task"] == task, "metric"]))
+    if metric not in metrics:
+        raise UserError(f"--metric {metric}: no {task} run under {root} has it; {task} metrics: {', '.join(metrics)}")
+
+
 def make_sweep_figure(
     root: str | os.PathLike, out: str | os.PathLike, task: str = "davis", metric: str = "J&F-Mean"
 ) -> Optional[Path]:
-    """Write the sweep PNG; None (nothing written) when no backbone has a baseline and another level."""
+    """Write the sweep PNG; None (nothing written) when no backbone has a baseline and another level.
+    UserError when no run has ``task`` or ``metric`` (the message lists those that exist)."""
     results, _ = load_results(root)
+    check_task_and_metric(results, root, task, metric)
     curves = sweep_curves(results, task, metric)
     if not curves:
         return None
@@ -90,21 +104,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default: RESULTS/fig3_<task>.png)")
     args = parser.parse_args(argv)
     out = args.out or args.results / f"fig3_{args.task}.png"
-    try:
-        written = make_sweep_figure(args.results, out, args.task, args.metric)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    written = make_sweep_figure(args.results, out, args.task, args.metric)
     if written is None:
         print(
-            f"no sweep to plot: no {args.task} runs with {args.metric} at level 0 and another level under "
-            f"{args.results}",
+            f"python -m eval.figures: nothing to plot: no backbone has {args.task} runs with {args.metric} at level "
+            f"0 and at another level under {args.results}; nothing written",
             file=sys.stderr,
         )
-    else:
-        print(f"wrote {written}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.figures"))

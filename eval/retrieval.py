@@ -43,6 +43,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from srt.errors import MissingFileError, UserError, report_user_errors
+
 KAPPAS = (1, 5, 10)
 #: short name -> protocol
 PROTOCOLS = {"E": "easy", "M": "medium", "H": "hard"}
@@ -53,7 +55,7 @@ GND_KEYS = ("easy", "hard", "junk")
 # Reading the ground truth safely
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(UserError):
     """A pickle asks for a class or function outside the allow-list (or for a persistent id)."""
 
 
@@ -102,19 +104,19 @@ def _indices(value: Any, where: str, n_db: int) -> np.ndarray:
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise ValueError(f"{where}: expected a list of integer database indices, got {arr.dtype} {arr.shape}")
+        raise UserError(f"{where}: expected a list of integer database indices, got {arr.dtype} {arr.shape}")
     outside = arr[(arr < 0) | (arr >= n_db)]
     if outside.size:
-        raise ValueError(f"{where}: index {int(outside[0])} is outside the database (0..{n_db - 1})")
+        raise UserError(f"{where}: index {int(outside[0])} is outside the database (0..{n_db - 1})")
     return arr.astype(np.int64)
 
 
 def _names(value: Any, key: str, source: Path) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{source}: '{key}' must be a list of image names (str), got {type(value).__name__}")
+        raise UserError(f"{source}: '{key}' must be a list of image names (str), got {type(value).__name__}")
     bad = [v for v in value if not v or "/" in v or "\\" in v or v in (".", "..")]
     if bad:
-        raise ValueError(f"{source}: '{key}' holds {len(bad)} names that are not plain file names, e.g. {bad[0]!r}")
+        raise UserError(f"{source}: '{key}' holds {len(bad)} names that are not plain file names, e.g. {bad[0]!r}")
     return list(value)
 
 
@@ -128,38 +130,38 @@ def read_gnd(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ground-truth file {path} does not exist")
+        raise MissingFileError(f"ground-truth file {path} does not exist")
     data = path.read_bytes()
     try:
         obj = _RestrictedUnpickler(data, path).load()
     except UnsafePickleError:
         raise
     except Exception as e:  # noqa: BLE001 - any failure of a corrupt pickle is reported with the file name
-        raise ValueError(f"{path}: cannot read it as a pickle ({type(e).__name__}: {e})") from e
+        raise UserError(f"{path}: cannot read it as a pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(obj):
         found = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path}: expected a dict with keys imlist, qimlist and gnd; found {found}")
+        raise UserError(f"{path}: expected a dict with keys imlist, qimlist and gnd; found {found}")
     imlist = _names(obj["imlist"], "imlist", path)
     qimlist = _names(obj["qimlist"], "qimlist", path)
     gnd_in = obj["gnd"]
     if not isinstance(gnd_in, (list, tuple)) or len(gnd_in) != len(qimlist):
         n = len(gnd_in) if isinstance(gnd_in, (list, tuple)) else type(gnd_in).__name__
-        raise ValueError(f"{path}: 'gnd' must be a list with one dict per query ({len(qimlist)}), found {n}")
+        raise UserError(f"{path}: 'gnd' must be a list with one dict per query ({len(qimlist)}), found {n}")
     gnd = []
     for i, g in enumerate(gnd_in):
         where = f"{path}: gnd[{i}] (query {qimlist[i]})"
         if not isinstance(g, Mapping) or not set(GND_KEYS) <= set(g):
             found = sorted(map(str, g)) if isinstance(g, Mapping) else type(g).__name__
-            raise ValueError(f"{where}: expected a dict with keys {', '.join(GND_KEYS)} (and bbx); found {found}")
+            raise UserError(f"{where}: expected a dict with keys {', '.join(GND_KEYS)} (and bbx); found {found}")
         entry = {k: _indices(g[k], f"{where} '{k}'", len(imlist)) for k in GND_KEYS}
         bbx = g.get("bbx")
         if bbx is not None:
             bbx = np.asarray(bbx)
             if bbx.shape != (4,) or bbx.dtype.kind not in "iuf" or not np.all(np.isfinite(bbx)):
-                raise ValueError(f"{where} 'bbx': expected 4 numbers [x1, y1, x2, y2], got {bbx!r}")
+                raise UserError(f"{where} 'bbx': expected 4 numbers [x1, y1, x2, y2], got {bbx!r}")
             bbx = bbx.astype(np.float64)
             if not (bbx[0] < bbx[2] and bbx[1] < bbx[3]):
-                raise ValueError(f"{where} 'bbx' {bbx.tolist()} is empty; expected x1 < x2 and y1 < y2")
+                raise UserError(f"{where} 'bbx' {bbx.tolist()} is empty; expected x1 < x2 and y1 < y2")
         entry["bbx"] = bbx
         gnd.append(entry)
     return {"imlist": imlist, "qimlist": qimlist, "gnd": gnd}
@@ -169,11 +171,11 @@ def _missing_names(names: Sequence[str], known: Sequence[str], what: str) -> Non
     known_set = set(known)
     unknown = [n for n in names if n not in known_set]
     if unknown:
-        raise ValueError(f"{len(unknown)} of the {len(names)} {what} are not in the ground truth, e.g. {unknown[:5]}")
+        raise UserError(f"{len(unknown)} of the {len(names)} {what} are not in the ground truth, e.g. {unknown[:5]}")
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise ValueError(f"{n!r} appears more than once in the {what}")
+            raise UserError(f"{n!r} appears more than once in the {what}")
         seen.add(n)
 
 
@@ -211,7 +213,7 @@ def restrict_gnd(
 def protocol_gnd(gnd: Sequence[Mapping[str, Any]], protocol: str) -> list[dict[str, np.ndarray]]:
     """Per-query ``{"ok", "junk"}`` of a protocol (easy | medium | hard) from ``easy``/``hard``/``junk``."""
     if protocol not in PROTOCOLS.values():
-        raise ValueError(f"protocol {protocol!r} is not valid; expected one of {', '.join(PROTOCOLS.values())}")
+        raise UserError(f"protocol {protocol!r} is not valid; expected one of {', '.join(PROTOCOLS.values())}")
     ok_keys, junk_keys = {
         "easy": (("easy",), ("junk", "hard")),
         "medium": (("easy", "hard"), ("junk",)),
@@ -244,15 +246,15 @@ def compute_map(
     """
     ranks = np.asarray(ranks)
     if ranks.ndim != 2 or ranks.dtype.kind not in "iu":
-        raise ValueError(f"ranks must be an integer array [n_db, n_queries]; got {ranks.dtype} {ranks.shape}")
+        raise UserError(f"ranks must be an integer array [n_db, n_queries]; got {ranks.dtype} {ranks.shape}")
     if ranks.shape[1] != len(gnd):
-        raise ValueError(
+        raise UserError(
             f"ranks has {ranks.shape[1]} columns but the ground truth has {len(gnd)} queries; "
             "expected ranks of shape [n_db, n_queries] (revisitop's layout; transpose [n_queries, n_db] ranks)"
         )
     kappas = [int(k) for k in kappas]
     if any(k < 1 for k in kappas):
-        raise ValueError(f"kappas {kappas} are not valid; expected integers >= 1")
+        raise UserError(f"kappas {kappas} are not valid; expected integers >= 1")
     nq = len(gnd)
     aps = np.zeros(nq)
     prs = np.zeros((nq, len(kappas)))
@@ -289,9 +291,9 @@ def rank_database(database: np.ndarray, queries: np.ndarray) -> np.ndarray:
     column by decreasing similarity (stable, so ties keep database order)."""
     X, Q = np.asarray(database, dtype=np.float64), np.asarray(queries, dtype=np.float64)
     if X.ndim != 2 or Q.ndim != 2 or X.shape[1] != Q.shape[1]:
-        raise ValueError(f"descriptors must be [n, d] with the same d; got database {X.shape}, queries {Q.shape}")
+        raise UserError(f"descriptors must be [n, d] with the same d; got database {X.shape}, queries {Q.shape}")
     if not (np.isfinite(X).all() and np.isfinite(Q).all()):
-        raise ValueError("descriptors contain NaN or inf")
+        raise UserError("descriptors contain NaN or inf")
 
     def normalise(a: np.ndarray) -> np.ndarray:
         return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
@@ -345,15 +347,15 @@ def read_features(path: str | Path) -> dict[str, Any]:
     and the image names ``imlist`` / ``qimlist`` (optional: without them the rows follow the gnd's lists)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"features file {path} does not exist")
+        raise MissingFileError(f"features file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     except Exception as e:  # noqa: BLE001 - name the file whatever numpy raised
-        raise ValueError(f"cannot read features file {path} as .npz ({type(e).__name__}: {e})") from e
+        raise UserError(f"cannot read features file {path} as .npz ({type(e).__name__}: {e})") from e
     missing = [k for k in ("database", "queries") if k not in data]
     if missing:
-        raise ValueError(f"features file {path} has no {missing}; found {sorted(data)} (expected database, queries)")
+        raise UserError(f"features file {path} has no {missing}; found {sorted(data)} (expected database, queries)")
     return data
 
 
@@ -366,7 +368,7 @@ def score_features(
     sub = restrict_gnd(gt, database, queries)
     for key, names in (("database", sub["imlist"]), ("queries", sub["qimlist"])):
         if len(features[key]) != len(names):
-            raise ValueError(f"features '{key}' has {len(features[key])} rows but the ground truth lists {len(names)}")
+            raise UserError(f"features '{key}' has {len(features[key])} rows but the ground truth lists {len(names)}")
     return evaluate(rank_database(features["database"], features["queries"]), sub["gnd"], kappas)
 
 
@@ -383,4 +385,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.retrieval"))

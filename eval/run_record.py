@@ -15,7 +15,7 @@ file in every error. How a run is called comes from here too:
 
 Labels are computed from the record's config whenever a record is read, so records written by older code
 get today's labels; the ``method`` field in the file is for people reading it. This module imports nothing
-from tasks/ (eval sits below tasks) and only :mod:`srt.io` from srt.
+from tasks/ (eval sits below tasks) and only :mod:`srt.io` and :mod:`srt.errors` from srt.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from srt.errors import UserError
 from srt.io import atomic_write_json
 
 METRICS_FILE = "metrics.json"
@@ -78,7 +79,7 @@ def method_tag(srt: Mapping[str, Any], task: Mapping[str, Any]) -> str:
 def _level(srt: Mapping[str, Any]) -> int:
     level = srt.get("level", 0)
     if isinstance(level, bool) or not isinstance(level, (int, str)) or not re.fullmatch(r"-?\d+", str(level)):
-        raise ValueError(f"srt.level={level!r} is not an integer")
+        raise UserError(f"srt.level={level!r} is not an integer")
     return int(level)
 
 
@@ -195,7 +196,7 @@ class RunRecord:
     def from_json(cls, data: Any, source: str | os.PathLike = "<record>") -> RunRecord:
         """Validate a parsed metrics.json; ValueError naming ``source`` and the bad field."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+            raise UserError(f"{source}: expected a JSON object, got {type(data).__name__}")
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
@@ -210,11 +211,11 @@ class RunRecord:
                 values[key] = None
                 continue
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in _as_tuple(expected)):
-                raise ValueError(f"{source}: {key!r} is {_describe(value)}; expected {_type_names(expected)}")
+                raise UserError(f"{source}: {key!r} is {_describe(value)}; expected {_type_names(expected)}")
             values[key] = value
         for key in ("metrics", "config"):
             if key not in values:
-                raise ValueError(
+                raise UserError(
                     f"{source}: missing 'config' or 'metrics' object ({key!r} is absent; a record needs both)"
                 )
         values["metrics"] = _metrics(values["metrics"], source)
@@ -270,7 +271,7 @@ def _metrics(metrics: dict, source: Any) -> dict[str, float]:
         if value is None:  # NaN and inf are written as null
             value = math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{source}: metric {name!r} is {value!r}; expected a number (or null for NaN)")
+            raise UserError(f"{source}: metric {name!r} is {value!r}; expected a number (or null for NaN)")
         out[str(name)] = float(value)
     return out
 
@@ -278,14 +279,14 @@ def _metrics(metrics: dict, source: Any) -> dict[str, float]:
 def _check_config(config: dict, source: Any) -> None:
     for group in ("task", "backbone", "srt"):
         if not isinstance(config.get(group), dict):
-            raise ValueError(f"{source}: config.{group} is missing or not an object")
+            raise UserError(f"{source}: config.{group} is missing or not an object")
     for group in ("task", "backbone"):
         if not isinstance(config[group].get("name"), str):
-            raise ValueError(f"{source}: config.{group}.name is missing or not a string")
+            raise UserError(f"{source}: config.{group}.name is missing or not a string")
     try:
         _level(config["srt"])
     except ValueError as e:
-        raise ValueError(f"{source}: config.{e}") from e
+        raise UserError(f"{source}: config.{e}") from e
 
 
 def _fmt(v: Any) -> str:
@@ -309,5 +310,5 @@ def read_record(path: str | os.PathLike) -> RunRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable metrics.json ({e})") from e
+        raise UserError(f"{path}: not a readable metrics.json ({e})") from e
     return RunRecord.from_json(data, path)

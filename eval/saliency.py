@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from srt.errors import MissingFileError, UserError, report_user_errors
+
 BETA2 = 0.3
 #: thresholds theta = k / 255, k = 0..254, as np.arange(0, 1, 1/255) in the reference
 THRESHOLDS = np.arange(255) / 255.0
@@ -57,13 +59,13 @@ class ImageScores:
 def _check_pair(pred: np.ndarray, gt: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.ndim != 2 or pred.shape != gt.shape:
-        raise ValueError(
+        raise UserError(
             f"{name}: prediction {pred.shape} and ground truth {gt.shape} must be 2-D maps of the same shape"
         )
     if pred.dtype == bool:
         pred = pred.astype(np.float64)
     if pred.size and (pred.min() < 0 or pred.max() > 1):
-        raise ValueError(f"{name}: prediction values must lie in [0, 1]; got [{pred.min()}, {pred.max()}]")
+        raise UserError(f"{name}: prediction values must lie in [0, 1]; got [{pred.min()}, {pred.max()}]")
     return pred, gt
 
 
@@ -94,7 +96,7 @@ def image_scores(pred: np.ndarray, gt: np.ndarray, name: str = "image") -> Image
 def aggregate(scores: Sequence[ImageScores]) -> dict[str, float]:
     """Dataset metrics x100: maxF (mean F curve over images, then max), mean IoU, mean Acc."""
     if not scores:
-        raise ValueError("no images to score")
+        raise UserError("no images to score")
     mean_curve = np.mean([s.f_curve for s in scores], axis=0)
     return {
         "maxF": 100.0 * float(mean_curve.max()),
@@ -106,7 +108,7 @@ def aggregate(scores: Sequence[ImageScores]) -> dict[str, float]:
 def evaluate(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray]) -> dict[str, float]:
     """``{"maxF", "IoU", "Acc"}`` x100 of float prediction maps in [0, 1] against uint8 GT maps."""
     if len(preds) != len(gts):
-        raise ValueError(f"got {len(preds)} predictions and {len(gts)} ground-truth maps; expected as many")
+        raise UserError(f"got {len(preds)} predictions and {len(gts)} ground-truth maps; expected as many")
     return aggregate([image_scores(p, g, name=f"image {i}") for i, (p, g) in enumerate(zip(preds, gts))])
 
 
@@ -117,12 +119,12 @@ def read_mask(path: str | Path, what: str = "mask") -> np.ndarray:
     """An 8-bit single-channel map (PIL mode 'L', as the reference reads GT). Errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise MissingFileError(f"{what} {path} does not exist")
     try:
         with Image.open(path) as image:
             return np.array(image.convert("L"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {what} {path}: {err}") from err
+        raise UserError(f"cannot read {what} {path}: {err}") from err
 
 
 def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> tuple[dict[str, float], list[str]]:
@@ -130,10 +132,10 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> tuple[dict[str, f
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for folder, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth")):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{what} directory {folder} does not exist")
+            raise MissingFileError(f"{what} directory {folder} does not exist")
     pred_paths = sorted(pred_dir.glob("*.png"))
     if not pred_paths:
-        raise FileNotFoundError(f"no *.png prediction masks in {pred_dir}")
+        raise MissingFileError(f"no *.png prediction masks in {pred_dir}")
     scores = []
     for path in pred_paths:
         gt = read_mask(gt_dir / path.name, "ground-truth mask")
@@ -160,4 +162,4 @@ def main(argv: Iterable[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.saliency"))

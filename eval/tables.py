@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from srt.errors import MissingFileError, UserError, report_user_errors
 from srt.io import atomic_write_text
 
 from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_record
@@ -97,7 +98,7 @@ def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str,
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"results directory {root} does not exist")
+        raise MissingFileError(f"results directory {root} does not exist")
     rows, skipped = [], []
     for path in sorted(root.rglob(METRICS_FILE)):
         try:
@@ -549,8 +550,25 @@ RENDERERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
 
 def render(tables: list[Table], fmt: str) -> str:
     if fmt not in RENDERERS:
-        raise ValueError(f"format {fmt!r} is not valid; expected one of {', '.join(RENDERERS)}")
+        raise UserError(f"format {fmt!r} is not valid; expected one of {', '.join(RENDERERS)}")
     return "\n".join(RENDERERS[fmt](t) for t in tables)
+
+
+def check_some_runs(root: str | os.PathLike, skipped: list[tuple[str, str]]) -> None:
+    """UserError when ``root`` holds no readable run: a table of dashes is no result (a wrong folder, or runs
+    that have not finished)."""
+    found = sum(1 for _ in Path(root).rglob(METRICS_FILE))
+    if found > len(skipped):  # skipped: unreadable files and runs superseded by a newer one of the same cell
+        return
+    if found:
+        raise UserError(
+            f"none of the {found} metrics.json under {root} could be read (named above); expected at least "
+            "one finished run"
+        )
+    raise UserError(
+        f"no run under {root}: no metrics.json in it or its subfolders (a run writes one when it finishes: "
+        "python run.py task=...); --allow-empty prints the paper's tables alone"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -560,14 +578,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
     parser.add_argument("--table", type=int, choices=(1, 2, 3, 4), help="only this paper table")
     parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="paper numbers (default: %(default)s)")
+    parser.add_argument(
+        "--allow-empty", action="store_true", help="print the paper's tables even when the folder holds no run"
+    )
     args = parser.parse_args(argv)
-    try:
-        tables, skipped = build_tables(args.results, args.paper, args.table)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    tables, skipped = build_tables(args.results, args.paper, args.table)
     for _, reason in skipped:
         print(f"warning: skipped {reason}", file=sys.stderr)
+    if not args.allow_empty:
+        check_some_runs(args.results, skipped)
     text = render(tables, args.format)
     if args.out:
         atomic_write_text(args.out, text)
@@ -578,4 +597,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.tables"))

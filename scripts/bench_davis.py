@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import srt  # noqa: E402
+from srt.errors import report_user_errors  # noqa: E402
 from tasks.davis import _BAND_ROWS, LabelPropagator  # noqa: E402
 
 FRAME = (480, 832)  # DINO's resize of 854x480 DAVIS frames
@@ -134,4 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="scripts/bench_davis.py"))

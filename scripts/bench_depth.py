@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import srt  # noqa: E402
+from srt.errors import report_user_errors  # noqa: E402
 from tasks.depth import DepthConfig, Depther, DepthTask, block_outputs  # noqa: E402
 from tasks.depth_heads import build_head, head_blocks  # noqa: E402
 
@@ -94,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="scripts/bench_depth.py"))

@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 TARGETS = {"pooled": 1.05, "dense s=p/2": 1.15, "dense s=1": 1.5}
 
@@ -154,4 +155,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from srt.errors import report_user_errors
+
+    sys.exit(report_user_errors(main, prog="scripts/bench_srt.py"))

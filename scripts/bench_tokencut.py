@@ -34,6 +34,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from srt.errors import MissingFileError, UserError, report_user_errors  # noqa: E402
 from tasks.tokencut import TAU, ncut, sparse_graph, unit_tokens  # noqa: E402
 
 SIZES = ((14, 14), (30, 40), (60, 80))
@@ -55,7 +56,7 @@ def planted_features(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 def fixture_image(fixtures: Path, rows: int, cols: int) -> Image.Image:
     path = fixtures / "saliency" / "ECSSD" / "images" / "0001.jpg"
     if not path.is_file():
-        raise FileNotFoundError(f"fixture image {path} not found; pass --fixtures DIR (the shared fixtures folder)")
+        raise MissingFileError(f"fixture image {path} not found; pass --fixtures DIR (the shared fixtures folder)")
     with Image.open(path) as image:
         return image.convert("RGB").resize((cols * CELL, rows * CELL), resample=Image.LANCZOS)
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = args.features.split(",")
     unknown = set(kinds) - set(FEATURES)
     if unknown:
-        raise ValueError(f"--features: unknown {sorted(unknown)}; expected a subset of {', '.join(FEATURES)}")
+        raise UserError(f"--features: unknown {sorted(unknown)}; expected a subset of {', '.join(FEATURES)}")
     fixtures = Path(args.fixtures)
     largest = max(sizes, key=lambda s: s[0] * s[1])
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
@@ -164,4 +165,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="scripts/bench_tokencut.py"))

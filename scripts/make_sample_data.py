@@ -36,6 +36,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from srt.errors import report_user_errors  # noqa: E402
+
 VERSION = 3
 STAMP = ".complete"
 SEED = 20240721
@@ -472,4 +475,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="scripts/make_sample_data.py"))

@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .config import BackboneConfig, SRTConfig
+from .errors import MissingFileError, UserError
 
 #: public name -> the submodule that defines it
 _LAZY = {
@@ -23,6 +24,8 @@ _LAZY = {
     "Backbone": "backbones",
     "WeightsUnavailableError": "backbones",
     "load_backbone": "backbones",
+    "model_info": "backbones",
+    "ModelInfo": "backbones",
     "JitterEnsemble": "resonance",
     "StochasticResonance": "resonance",
     "build_extractor": "resonance",
@@ -30,11 +33,11 @@ _LAZY = {
     "make_shifts": "shifts",
     "shift_image": "shifts",
 }
-_SUBMODULES = ("aggregate", "backbones", "config", "io", "reference", "resonance", "shifts", "viz")
+_SUBMODULES = ("aggregate", "backbones", "config", "errors", "io", "reference", "resonance", "shifts", "viz")
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports these on first use
-    from . import io, viz
-    from .backbones import BACKBONES, Backbone, WeightsUnavailableError, load_backbone
+    from . import errors, io, viz
+    from .backbones import BACKBONES, Backbone, ModelInfo, WeightsUnavailableError, load_backbone, model_info
     from .resonance import JitterEnsemble, StochasticResonance, build_extractor
     from .shifts import ShiftSet, make_shifts, shift_image
 
@@ -59,14 +62,19 @@ __all__ = [
     "Backbone",
     "BackboneConfig",
     "JitterEnsemble",
+    "MissingFileError",
+    "ModelInfo",
     "SRTConfig",
     "ShiftSet",
     "StochasticResonance",
+    "UserError",
     "WeightsUnavailableError",
     "build_extractor",
+    "errors",
     "io",
     "load_backbone",
     "make_shifts",
+    "model_info",
     "shift_image",
     "viz",
 ]

@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from .errors import BudgetError
+
 # ----------------------------------------------------------------------------------------------
 # Geometry
 
@@ -283,7 +285,7 @@ class MedianBuffer:
     def __init__(self, passes: int, shape: tuple[int, ...], budget_bytes: float, device=None, name: str = "output"):
         need = passes * math.prod(shape) * 4
         if need > budget_bytes:
-            raise MemoryError(
+            raise BudgetError(
                 f"aggregate=median for {name!r} needs {need / 2**30:.2f} GiB to buffer {passes} passes of "
                 f"{tuple(shape)} floats, above median_budget_gb={budget_bytes / 2**30:.2f}; raise the budget, "
                 "use a coarser stride, fewer samples, or aggregate=mean (srt.* settings in the runner)"

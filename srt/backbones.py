@@ -20,7 +20,8 @@ can ensemble the tokens after any block and feed them through the remaining bloc
 from __future__ import annotations
 
 import copy
-import hashlib
+import functools
+import inspect
 import json
 import math
 import os
@@ -35,6 +36,9 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .errors import MissingFileError, UserError
+from .io import file_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,8 +126,9 @@ BACKBONES: dict[str, BackboneSpec] = {
 FACETS = ("keys", "queries", "values")
 
 
-class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights were asked for but cannot be found locally or downloaded."""
+class WeightsUnavailableError(MissingFileError):
+    """Pretrained weights were asked for but cannot be found locally or downloaded (a :class:`srt.errors.UserError`
+    and a FileNotFoundError)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,7 +165,7 @@ def parse_output(name: str, depth: int, family: str) -> OutputSpec:
     if m and (has_cls or not (m.group(2) or m.group(3))):  # SAM has neither CLS nor a final norm
         k = int(m.group(1))
         if not -depth <= k < depth:
-            raise ValueError(
+            raise UserError(
                 f"output {name!r}: block index {k} is out of range for a model with {depth} blocks "
                 f"(valid: 0..{last} or -{depth}..-1)"
             )
@@ -172,7 +177,7 @@ def parse_output(name: str, depth: int, family: str) -> OutputSpec:
         "block{k}",
         *(["block{k}_norm", "block{k}_cls", "block{k}_norm_cls"] if has_cls else []),
     ]
-    raise ValueError(f"unknown output {name!r}; valid outputs: {', '.join(valid)} (k = block index, 0..{last})")
+    raise UserError(f"unknown output {name!r}; valid outputs: {', '.join(valid)} (k = block index, 0..{last})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ class Backbone(nn.Module):
         self.embed_dim = int(model.embed_dim) if self.family == "vit" else int(model.neck[0].out_channels)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0)) if self.family == "vit" else 0
         if pos_embed not in ("reference", "timm"):
-            raise ValueError(f"pos_embed={pos_embed!r} is not valid; expected reference or timm")
+            raise UserError(f"pos_embed={pos_embed!r} is not valid; expected reference or timm")
         # None: timm's own resampling (requested, or timm's is the reference for this family)
         self.pos_embed_resampling = spec.reference_pos_embed if pos_embed == "reference" else None
         self.set_outputs(outputs)
@@ -240,7 +245,7 @@ class Backbone(nn.Module):
     def set_outputs(self, outputs: Iterable[str]) -> None:
         outputs = tuple(outputs)
         if not outputs:
-            raise ValueError("outputs must name at least one output, e.g. ('tokens',)")
+            raise UserError("outputs must name at least one output, e.g. ('tokens',)")
         self.output_specs = {n: parse_output(n, self.depth, self.family) for n in outputs}
         self.outputs = outputs
 
@@ -253,15 +258,15 @@ class Backbone(nn.Module):
         """Raise a ValueError unless ``images`` is [B,3,H,W] with H, W multiples of the patch size; return (h, w)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
+            raise UserError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
         if images.shape[1] != 3:
-            raise ValueError(
+            raise UserError(
                 f"images must have 3 channels (RGB, normalised); got {images.shape[1]} in shape {tuple(images.shape)}"
             )
         H, W = images.shape[-2:]
         p = self.patch_size
         if H % p or W % p:
-            raise ValueError(
+            raise UserError(
                 f"image size {H}x{W} is not a multiple of the patch size {p} of {self.name}; "
                 f"resize or pad to e.g. {H - H % p or p}x{W - W % p or p}"
             )
@@ -376,7 +381,7 @@ class Backbone(nn.Module):
         in SRT (``StochasticResonance(bb, at_block=k)``), the rest of the network runs once, on ensembled tokens.
         """
         if not isinstance(block, int) or not -self.depth <= block < self.depth:
-            raise ValueError(
+            raise UserError(
                 f"block {block!r} is not valid for splitting {self.name} with {self.depth} blocks; "
                 f"expected 0..{self.depth - 1} (or -{self.depth}..-1 from the end)"
             )
@@ -448,7 +453,7 @@ class BackboneBack(nn.Module):
     def forward(self, front: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         bb, k = self.backbone, self.block
         if "state" not in front:
-            raise ValueError(f"back half of {bb.name}: expected the front's outputs with 'state'; got {sorted(front)}")
+            raise UserError(f"back half of {bb.name}: expected the front's outputs with 'state'; got {sorted(front)}")
         hw = tuple(front["state"].shape[-2:])
         state = bb.join_state(front.get("state_prefix"), front["state"])
         out = {s.name: bb._extract(state, hw, s) for s in self.specs if s.block == k}
@@ -460,15 +465,110 @@ class BackboneBack(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# The model's shape, known before it is built
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _create_kwargs(spec: BackboneSpec, model_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    kwargs = dict(num_classes=0, **model_kwargs)
+    if spec.family == "vit":
+        kwargs.setdefault("dynamic_img_size", True)
+    return kwargs
+
+
+def _model_class(spec: BackboneSpec) -> type:
+    if spec.family == "sam":
+        from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+        return VisionTransformerSAM
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer
+
+
+def check_model_kwargs(name: str, model_kwargs: Mapping[str, Any], setting: str = "model_kwargs") -> None:
+    """UserError naming the first key of ``model_kwargs`` that timm's model constructor of backbone ``name``
+    does not take (``setting`` names the setting in the message: ``backbone.model_kwargs`` in the runner)."""
+    cls = _model_class(_spec(name))
+    params = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+    unknown = [k for k in model_kwargs if k not in params]
+    if unknown:
+        raise UserError(
+            f"{setting}.{unknown[0]} is not a parameter of timm's {cls.__name__} (backbone {name}); "
+            f"valid: {', '.join(params)}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The shape of a backbone, known without building it: blocks, channels, patch size."""
+
+    name: str
+    depth: int
+    embed_dim: int
+    patch_size: int
+
+
+@functools.lru_cache(maxsize=64)
+def _model_info(name: str, frozen_kwargs: tuple, setting: str) -> ModelInfo:
+    spec = BACKBONES[name]
+    model_kwargs = dict(frozen_kwargs)
+    try:
+        with torch.device("meta"):  # no memory, no weights, no initialisation work on real tensors
+            model = timm.create_model(spec.timm_name, pretrained=False, **_create_kwargs(spec, model_kwargs))
+    except Exception as e:  # noqa: BLE001 - with user kwargs, the constructor's complaint is about them
+        if not model_kwargs:
+            raise
+        raise UserError(
+            f"{setting}={model_kwargs} is not accepted by timm's {spec.timm_name} (backbone {name}): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    embed_dim = int(model.embed_dim) if spec.family == "vit" else int(model.neck[0].out_channels)
+    return ModelInfo(name, len(model.blocks), embed_dim, spec.patch_size)
+
+
+def model_info(name: str, setting: str = "model_kwargs", **model_kwargs: Any) -> ModelInfo:
+    """Depth, width and patch size of backbone ``name`` with ``model_kwargs``, without building it.
+
+    The model is constructed on PyTorch's ``meta`` device (shapes only: no memory, no weights; 0.1-0.7 s,
+    remembered per name and kwargs), so the depth and width are exactly what :func:`load_backbone` would
+    build, and a key or value timm's constructor refuses is a :class:`srt.errors.UserError` naming it before
+    any real model is built (``setting`` names the kwargs in messages)."""
+    _spec(name)  # unknown names first
+    check_model_kwargs(name, model_kwargs, setting)
+    frozen = tuple(sorted(model_kwargs.items()))
+    try:
+        hash(frozen)
+    except TypeError:  # unhashable values (lists): not remembered
+        return _model_info.__wrapped__(name, frozen, setting)
+    return _model_info(name, frozen, setting)
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)  # remembered by size and mtime: a checkpoint is read once until it changes
+
+
+def weights_identity(pretrained: bool | str | os.PathLike | None) -> Any:
+    """What identifies the weights ``pretrained`` names, for run identities and caches: the content of a
+    checkpoint file (``{"file_sha256": ...}``: the same file moved keeps it, another file at the same path
+    changes it), else ``pretrained`` itself (``True``: the timm weights, identified by the registry name;
+    ``False``: random, identified by ``init_seed``). Hashing is remembered per file by size and mtime
+    (:class:`srt.io.FileHashes`). Raises :class:`WeightsUnavailableError` for a missing file."""
+    if pretrained is None or isinstance(pretrained, bool):
+        return pretrained
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"checkpoint file {path} (backbone.pretrained) does not exist")
+    return {"file_sha256": _sha256(path)}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -477,15 +577,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsUnavailableError(f"checkpoint file {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read checkpoint {path} as safetensors: {e}") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report which file and why, whatever torch raised
-        raise ValueError(f"cannot read checkpoint {path} as tensors (torch.load weights_only=True): {e}") from e
+        raise UserError(f"cannot read checkpoint {path} as tensors (torch.load weights_only=True): {e}") from e
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)
 
 
@@ -514,20 +618,20 @@ def read_student_record(path: str | os.PathLike) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as f:
             text = (f.metadata() or {}).get(STUDENT_METADATA_KEY)
     except Exception as e:  # noqa: BLE001 - name the file, whatever safetensors raised
-        raise ValueError(f"cannot read checkpoint {path} as safetensors: {e}") from e
+        raise UserError(f"cannot read checkpoint {path} as safetensors: {e}") from e
     if text is None:
         return None
     try:
         return dict(json.loads(text))
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: the {STUDENT_METADATA_KEY!r} metadata is not a JSON object ({e})") from e
+        raise UserError(f"{path}: the {STUDENT_METADATA_KEY!r} metadata is not a JSON object ({e})") from e
 
 
 def _unwrap_state_dict(obj: Mapping[str, Any], checkpoint_key: str | None, path: Path) -> dict[str, torch.Tensor]:
     """Find the model's tensors inside a checkpoint (DINO full checkpoints keep them under 'teacher')."""
     if checkpoint_key is not None:
         if checkpoint_key not in obj:
-            raise ValueError(f"checkpoint {path} has no key {checkpoint_key!r}; top-level keys: {sorted(obj)[:20]}")
+            raise UserError(f"checkpoint {path} has no key {checkpoint_key!r}; top-level keys: {sorted(obj)[:20]}")
         obj = obj[checkpoint_key]
     else:
         for key in ("teacher", "model", "state_dict", "model_ema"):
@@ -539,7 +643,7 @@ def _unwrap_state_dict(obj: Mapping[str, Any], checkpoint_key: str | None, path:
         if sd and all(k.startswith(prefix) or k.startswith("head.") for k in sd):
             sd = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
     if not sd:
-        raise ValueError(f"checkpoint {path} contains no tensors under key {checkpoint_key!r}")
+        raise UserError(f"checkpoint {path} contains no tensors under key {checkpoint_key!r}")
     return sd
 
 
@@ -556,14 +660,14 @@ def _load_file_into(model: nn.Module, spec: BackboneSpec, path: Path, checkpoint
     unexpected = [k for k in extra if not k.startswith(("head", "fc_norm"))]
     missing = [k for k in own if k not in sd]
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} does not match {spec.timm_name}: "
             f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
     bad = [k for k in own if sd[k].shape != own[k].shape]
     if bad:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path}: shape mismatch for {[(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in bad[:5]]}"
         )
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
@@ -607,6 +711,21 @@ def _weights_unavailable(name: str, spec: BackboneSpec, repo_id: str) -> Weights
     )
 
 
+def check_weights(name: str, pretrained: bool | str | os.PathLike | None) -> None:
+    """:class:`WeightsUnavailableError` unless the weights ``pretrained`` names can be loaded: a checkpoint file
+    that exists, or timm weights that are in the local Hugging Face cache or downloadable (the hub reachable).
+    Cheap (a stat, a cache lookup, at most one connection attempt); the runner calls it before any model."""
+    spec = _spec(name)
+    if pretrained is None or pretrained is False:
+        return
+    if pretrained is True:
+        repo_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id or spec.timm_name
+        if _cached_hub_file(repo_id) is None and not _hub_reachable():
+            raise _weights_unavailable(name, spec, repo_id)
+        return
+    weights_identity(pretrained)  # a missing file is named
+
+
 def load_backbone(
     name: str,
     pretrained: bool | str | os.PathLike = True,
@@ -631,12 +750,9 @@ def load_backbone(
             code of the family does (DINO, DINOv2; timm's way for the others); ``timm`` uses timm's resampling.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``depth=2, embed_dim=64, num_heads=2``).
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
-    spec = BACKBONES[name]
-    kwargs = dict(num_classes=0, **model_kwargs)
-    if spec.family == "vit":
-        kwargs.setdefault("dynamic_img_size", True)
+    spec = _spec(name)
+    model_info(name, **model_kwargs)  # bad model_kwargs are named here, before any real model is built
+    kwargs = _create_kwargs(spec, model_kwargs)
 
     def create(**extra: Any) -> nn.Module:
         return timm.create_model(spec.timm_name, **kwargs, **extra)
@@ -661,7 +777,7 @@ def load_backbone(
         path = Path(pretrained).expanduser()
         distilled = read_student_record(path)
         if distilled is not None and distilled.get("backbone") != name:
-            raise ValueError(
+            raise UserError(
                 f"{path} is a student distilled from backbone {distilled.get('backbone')!r}; "
                 f"load it as that backbone, not {name!r}"
             )

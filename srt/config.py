@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import UserError
+
 METHODS = ("shift", "jitter")
 SAMPLINGS = ("random", "stratified")
 FILLS = ("zero", "reflect", "replicate")
@@ -28,7 +30,7 @@ def setting_name(group: str, key: str) -> str:
 
 def _check_choice(setting: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise ValueError(f"{setting}={value!r} is not valid; expected one of {', '.join(map(str, choices))}")
+        raise UserError(f"{setting}={value!r} is not valid; expected one of {', '.join(map(str, choices))}")
 
 
 @dataclass
@@ -57,9 +59,21 @@ class SRTConfig:
     jitter_passes: Optional[int] = None  # method=jitter: passes (default: as many as SRT at this level)
     jitter_strength: float = 0.4  # method=jitter: brightness/contrast/saturation jitter amplitude
 
-    def validate(self, patch_size: Optional[int] = None, group: str = "") -> SRTConfig:
-        """Check every value (against ``patch_size`` when given); ``group`` prefixes the names in messages."""
+    def validate(self, patch_size: Optional[int] = None, group: str = "", depth: Optional[int] = None) -> SRTConfig:
+        """Check every value (against the model's ``patch_size`` and ``depth``, its number of blocks, when given);
+        ``group`` prefixes the names in messages."""
         n = lambda key: setting_name(group, key)  # noqa: E731
+        if self.at_block is not None:
+            if depth is not None and not -depth <= self.at_block < depth:
+                raise UserError(
+                    f"{n('at_block')}={self.at_block} is not valid for a model with {depth} blocks; "
+                    f"expected 0..{depth - 1} (or -{depth}..-1 from the end), or null"
+                )
+            if self.output == "dense":
+                raise UserError(
+                    f"{n('at_block')}={self.at_block} cannot be combined with {n('output')}=dense: the remaining "
+                    f"blocks run on the pooled token grid; use {n('output')}=pooled"
+                )
         _check_choice(n("method"), self.method, METHODS)
         _check_choice(n("sampling"), self.sampling, SAMPLINGS)
         _check_choice(n("fill"), self.fill, FILLS)
@@ -67,44 +81,44 @@ class SRTConfig:
         _check_choice(n("aggregate"), self.aggregate, AGGREGATES)
         _check_choice(n("output"), self.output, OUTPUTS)
         if self.level < 0:
-            raise ValueError(f"{n('level')}={self.level} is not valid; expected an integer >= 0")
+            raise UserError(f"{n('level')}={self.level} is not valid; expected an integer >= 0")
         if patch_size is not None and self.level >= patch_size:
-            raise ValueError(
+            raise UserError(
                 f"{n('level')}={self.level} is not valid for patch size {patch_size}; "
                 f"expected 0 <= level < {patch_size}"
             )
         if self.step < 1 or (self.level > 0 and self.step > self.level):
-            raise ValueError(
+            raise UserError(
                 f"{n('step')}={self.step} is not valid at {n('level')}={self.level}; expected 1 <= step <= level"
             )
         if self.method == "jitter" and self.output == "dense":
-            raise ValueError(
+            raise UserError(
                 f"{n('output')}=dense is not valid with {n('method')}=jitter: colour-jittered passes are not "
                 f"shifted, so they hold nothing finer than the token grid; use {n('method')}=shift for a dense grid"
             )
         if self.samples is not None and self.samples < 1:
-            raise ValueError(f"{n('samples')}={self.samples} is not valid; expected null or an integer >= 1")
+            raise UserError(f"{n('samples')}={self.samples} is not valid; expected null or an integer >= 1")
         grid_size = (2 * (self.level // self.step) + 1) ** 2
         if self.samples is not None and self.samples > grid_size:
-            raise ValueError(
+            raise UserError(
                 f"{n('samples')}={self.samples} is not valid at {n('level')}={self.level}; "
                 f"expected at most {grid_size} (the number of grid shifts)"
             )
         if self.batch_size < 1:
-            raise ValueError(f"{n('batch_size')}={self.batch_size} is not valid; expected an integer >= 1")
+            raise UserError(f"{n('batch_size')}={self.batch_size} is not valid; expected an integer >= 1")
         if self.stride is not None:
             if self.stride < 1 or (patch_size is not None and patch_size % self.stride):
                 valid = [s for s in range(1, (patch_size or 0) + 1) if patch_size and patch_size % s == 0]
-                raise ValueError(
+                raise UserError(
                     f"{n('stride')}={self.stride} is not valid; expected a divisor of the patch size"
                     + (f" {patch_size}: {valid}" if valid else "")
                 )
         if self.median_budget_gb <= 0:
-            raise ValueError(f"{n('median_budget_gb')}={self.median_budget_gb} is not valid; expected > 0")
+            raise UserError(f"{n('median_budget_gb')}={self.median_budget_gb} is not valid; expected > 0")
         if self.jitter_passes is not None and self.jitter_passes < 1:
-            raise ValueError(f"{n('jitter_passes')}={self.jitter_passes} is not valid; expected null or >= 1")
+            raise UserError(f"{n('jitter_passes')}={self.jitter_passes} is not valid; expected null or >= 1")
         if not 0 <= self.jitter_strength < 1:
-            raise ValueError(f"{n('jitter_strength')}={self.jitter_strength} is not valid; expected 0 <= value < 1")
+            raise UserError(f"{n('jitter_strength')}={self.jitter_strength} is not valid; expected 0 <= value < 1")
         return self
 
 
@@ -126,7 +140,7 @@ class BackboneConfig:
         _check_choice(setting_name(group, "name"), self.name, tuple(BACKBONES))
         _check_choice(setting_name(group, "pos_embed"), self.pos_embed, POS_EMBEDS)
         if not isinstance(self.pretrained, (bool, str)):
-            raise ValueError(
+            raise UserError(
                 f"{setting_name(group, 'pretrained')}={self.pretrained!r} is not valid; "
                 "expected true, false or a checkpoint file path"
             )

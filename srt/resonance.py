@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from .aggregate import AlignedPasses, MedianBuffer, PhaseMean, TapMean, Welford, coverage_weights
 from .config import SRTConfig
+from .errors import UserError
 from .shifts import ShiftSet, make_shifts, pad_for_shifts, shift_padded
 
 FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
@@ -130,7 +131,7 @@ def grid_stride(name: str, value: torch.Tensor, image_size: tuple[int, int], fn_
     unless the grid divides the image by the same integer on both axes."""
     (H, W), (h, w) = image_size, tuple(value.shape[-2:])
     if h < 1 or w < 1 or H % h or W % w or H // h != W // w:
-        raise ValueError(
+        raise UserError(
             f"{fn_name} output {name!r} is a {h}x{w} grid (shape {tuple(value.shape)}) for {H}x{W} images; "
             "expected a grid that divides the image size by the same integer stride on both axes "
             "(e.g. a token grid H/p x W/p, or a map at pixel resolution H x W)"
@@ -167,7 +168,7 @@ class _PassEnsemble(nn.Module):
     ):
         super().__init__()
         if not callable(fn):
-            raise ValueError(f"fn must be a callable images -> dict of named tensors; got {type(fn).__name__}")
+            raise UserError(f"fn must be a callable images -> dict of named tensors; got {type(fn).__name__}")
         self.fn = fn
         self.shift_set = shift_set
         self.patch_size = patch_size
@@ -201,14 +202,14 @@ class _PassEnsemble(nn.Module):
         with self._autocast(x.device):
             out = self.fn(x)
         if not isinstance(out, Mapping):
-            raise ValueError(
+            raise UserError(
                 f"{self.name} returned a {type(out).__name__}; expected a dict of named tensors "
                 "(e.g. lambda x: {'depth': model(x)})"
             )
         for name, value in out.items():
             if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != x.shape[0]:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(
+                raise UserError(
                     f"{self.name} output {name!r} is {shape} for a batch of {x.shape[0]} images; expected a tensor "
                     "whose first dimension is the batch ([B,C,h,w] grids, [B,...] globals)"
                 )
@@ -220,7 +221,7 @@ class _PassEnsemble(nn.Module):
         an integer asks for that stride (grids already finer keep their own)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
+            raise UserError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
         B, device = images.shape[0], images.device
         H, W = images.shape[-2:]
         shifts = self.shift_set.shifts
@@ -289,7 +290,7 @@ def _output_stride(name: str, cell: int, stride: int) -> int:
         return stride
     if stride % cell == 0:  # already finer than asked: kept as it is
         return cell
-    raise ValueError(
+    raise UserError(
         f"output {name!r} has {cell}-pixel cells, which cannot be refined to stride {stride}; expected a stride "
         f"dividing {cell}: {[s for s in range(1, cell + 1) if cell % s == 0]}"
     )
@@ -341,7 +342,7 @@ class StochasticResonance(_PassEnsemble):
     ):
         patch_size = patch_size if patch_size is not None else getattr(fn, "patch_size", None)
         if patch_size is None:
-            raise ValueError(
+            raise UserError(
                 f"patch_size is required: {_fn_name(fn)} has no patch_size attribute; pass the ViT's patch size, "
                 "e.g. StochasticResonance(fn, patch_size=14)"
             )
@@ -391,19 +392,19 @@ class StochasticResonance(_PassEnsemble):
         if at_block is None:
             return fn, None
         if output == "dense":
-            raise ValueError(
+            raise UserError(
                 "at_block cannot be combined with output=dense: the remaining blocks run on the pooled token "
                 "grid, so the outputs are token grids"
             )
         if not callable(getattr(fn, "split", None)):
-            raise ValueError(
+            raise UserError(
                 f"at_block={at_block} needs a network that can be cut after a block (a split(k) method, as "
                 f"srt.Backbone has); {_fn_name(fn)} has none"
             )
         try:
             return fn.split(at_block)
         except ValueError as e:
-            raise ValueError(f"at_block={at_block} is not valid: {e}") from e
+            raise UserError(f"at_block={at_block} is not valid: {e}") from e
 
     @property
     def level(self) -> int:
@@ -428,12 +429,12 @@ class StochasticResonance(_PassEnsemble):
         """Grid outputs at ``stride`` pixels per cell ([B,C,H/stride,W/stride]); globals averaged."""
         p = self.patch_size
         if not isinstance(stride, int) or stride < 1 or p % stride:
-            raise ValueError(
+            raise UserError(
                 f"stride={stride} is not valid; expected a divisor of the patch size {p}: "
                 f"{[s for s in range(1, p + 1) if p % s == 0]}"
             )
         if self._back is not None:
-            raise ValueError("dense output is not available with at_block (the remaining blocks run on token grids)")
+            raise UserError("dense output is not available with at_block (the remaining blocks run on token grids)")
         return self._aggregate(images, stride)
 
     def extra_repr(self) -> str:
@@ -455,11 +456,11 @@ class ColourJitter:
 
     def __init__(self, passes: int, strength: float, seed: int, mean, std):
         if passes < 1:
-            raise ValueError(f"jitter passes={passes} is not valid; expected >= 1")
+            raise UserError(f"jitter passes={passes} is not valid; expected >= 1")
         if not 0 <= strength < 1:
-            raise ValueError(f"jitter strength={strength} is not valid; expected 0 <= strength < 1")
+            raise UserError(f"jitter strength={strength} is not valid; expected 0 <= strength < 1")
         if mean is None or std is None:
-            raise ValueError("colour jitter needs the normalisation (mean, std) of the images to undo it")
+            raise UserError("colour jitter needs the normalisation (mean, std) of the images to undo it")
         self.strength, self.mean, self.std = strength, tuple(mean), tuple(std)
         u = torch.rand(passes, 4, generator=torch.Generator().manual_seed(seed)) * 2 - 1
         self.factors = torch.stack(
@@ -535,7 +536,7 @@ def build_extractor(
     if not isinstance(cfg, SRTConfig):
         unknown = set(cfg) - {f.name for f in dataclasses.fields(SRTConfig)}
         if unknown:
-            raise ValueError(
+            raise UserError(
                 f"unknown srt settings {sorted(unknown)}; valid: {[f.name for f in dataclasses.fields(SRTConfig)]}"
             )
         cfg = SRTConfig(**cfg)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FILLS, SAMPLINGS, _check_choice
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,12 @@ def make_shifts(
       image is counted twice (50 passes at L=3; PROTOCOLS.md 1.2).
     """
     if level < 0:
-        raise ValueError(f"level={level} is not valid; expected an integer >= 0")
+        raise UserError(f"level={level} is not valid; expected an integer >= 0")
     if step < 1 or (level > 0 and step > level):
-        raise ValueError(f"step={step} is not valid at level={level}; expected 1 <= step <= level")
+        raise UserError(f"step={step} is not valid at level={level}; expected 1 <= step <= level")
     if patch_size is not None:
         if level >= patch_size:
-            raise ValueError(
+            raise UserError(
                 f"level={level} is not valid for patch size {patch_size}; expected 0 <= level < {patch_size} "
                 "(a shift of a whole token or more is no longer sub-token)"
             )
@@ -108,7 +109,7 @@ def make_shifts(
     description = f"grid L={level}" + (f" step {step}" if step > 1 else "")
     if samples is not None:
         if not 1 <= samples <= len(grid):
-            raise ValueError(
+            raise UserError(
                 f"samples={samples} is not valid at level={level}"
                 + (f", step={step}" if step > 1 else "")
                 + f"; expected 1 <= samples <= {len(grid)}"
@@ -133,7 +134,7 @@ def pad_for_shifts(images: torch.Tensor, margin: int, fill: str) -> torch.Tensor
         return images
     mode = "constant" if fill == "zero" else fill
     if fill == "reflect" and margin >= min(images.shape[-2:]):
-        raise ValueError(
+        raise UserError(
             f"fill=reflect needs images larger than the shift ({margin} px); got {tuple(images.shape[-2:])}"
         )
     return F.pad(images, (margin, margin, margin, margin), mode=mode)

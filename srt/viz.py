@@ -41,7 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import io
 from .config import SRTConfig
+from .errors import UserError
 from .io import atomic_save_png
 
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
@@ -81,9 +83,9 @@ class PCABasis:
         When they hold more than ``max_samples`` pixels in all, a seeded uniform subset of that many is used
         (every pixel equally likely, whichever field it is in: :func:`sample_indices`)."""
         if not fields:
-            raise ValueError("PCABasis.fit needs at least one field")
+            raise UserError("PCABasis.fit needs at least one field")
         if any(f.dim() != 3 for f in fields) or len({int(f.shape[0]) for f in fields}) != 1:
-            raise ValueError(
+            raise UserError(
                 f"PCABasis.fit needs [C,H,W] fields with one C; got shapes {[tuple(f.shape) for f in fields]}"
             )
         picks = sample_indices([f.shape[1] * f.shape[2] for f in fields], max_samples, seed)
@@ -93,9 +95,9 @@ class PCABasis:
     def fit_rows(cls, x: torch.Tensor, quantile: float = 0.01) -> PCABasis:
         """Fit on feature vectors ``x`` [N, C] (e.g. gathered from fields one at a time with :func:`pixel_rows`)."""
         if not 0 <= quantile < 0.5:
-            raise ValueError(f"quantile={quantile} is not valid; expected 0 <= quantile < 0.5")
+            raise UserError(f"quantile={quantile} is not valid; expected 0 <= quantile < 0.5")
         if x.dim() != 2 or len(x) == 0:
-            raise ValueError(f"PCABasis.fit_rows needs a non-empty [N, C] matrix; got shape {tuple(x.shape)}")
+            raise UserError(f"PCABasis.fit_rows needs a non-empty [N, C] matrix; got shape {tuple(x.shape)}")
         x = x.double()
         mean = x.mean(0)
         xc = x - mean
@@ -116,7 +118,7 @@ class PCABasis:
     def project(self, field: torch.Tensor) -> torch.Tensor:
         """[3,H,W]: the field's coordinates along the components, scaled to [0, 1] (clipped)."""
         if field.dim() != 3 or field.shape[0] != self.mean.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"expected a [{self.mean.shape[0]},H,W] field for this basis; got shape {tuple(field.shape)}"
             )
         C, H, W = field.shape
@@ -159,7 +161,7 @@ def pca_rgb(features: torch.Tensor, quantile: float = 0.01, basis: Optional[PCAB
     colours several fields alike, e.g. a plain and an SRT field of one image, for a fair side-by-side.
     """
     if features.dim() != 3:
-        raise ValueError(f"features must be [C,H,W]; got shape {tuple(features.shape)}")
+        raise UserError(f"features must be [C,H,W]; got shape {tuple(features.shape)}")
     return (basis or PCABasis.fit([features], quantile=quantile)).rgb(features)
 
 
@@ -188,27 +190,18 @@ def read_image(source: ImageLike) -> np.ndarray:
     ``skimage:astronaut``), a uint8 [H,W,3] array or a float [3,H,W] tensor in [0, 1]."""
     if isinstance(source, torch.Tensor):
         if source.dim() != 3 or source.shape[0] != 3:
-            raise ValueError(f"an image tensor must be [3,H,W] in [0, 1]; got shape {tuple(source.shape)}")
+            raise UserError(f"an image tensor must be [3,H,W] in [0, 1]; got shape {tuple(source.shape)}")
         return _to_uint8(source.detach().float().cpu().permute(1, 2, 0).numpy())
     if isinstance(source, np.ndarray):
         arr = source
     elif isinstance(source, str) and source.startswith(SKIMAGE_PREFIX):
         arr = _skimage_photo(source[len(SKIMAGE_PREFIX) :])
     else:
-        from PIL import Image, UnidentifiedImageError
-
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        arr = np.asarray(io.read_image(source, "RGB", "image file"))  # errors name the file
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
-        raise ValueError(f"an image array must be uint8 [H,W,3]; got {arr.dtype} {arr.shape}")
+        raise UserError(f"an image array must be uint8 [H,W,3]; got {arr.dtype} {arr.shape}")
     return np.ascontiguousarray(arr[..., :3])
 
 
@@ -220,7 +213,7 @@ def _skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 
     if name not in SKIMAGE_PHOTOS:
-        raise ValueError(
+        raise UserError(
             f"image 'skimage:{name}' is not available offline; expected one of skimage:{', skimage:'.join(SKIMAGE_PHOTOS)}"
         )
     return getattr(skimage.data, name)()
@@ -280,7 +273,7 @@ def _normalise(image01: torch.Tensor, fn: Callable) -> torch.Tensor:
 def _shift_config(cfg: Union[SRTConfig, Mapping[str, Any], None], **changes: Any) -> SRTConfig:
     cfg = SRTConfig() if cfg is None else cfg if isinstance(cfg, SRTConfig) else SRTConfig(**cfg)
     if cfg.method != "shift":
-        raise ValueError(f"feature pictures need SRT (srt.method=shift); got srt.method={cfg.method!r}")
+        raise UserError(f"feature pictures need SRT (srt.method=shift); got srt.method={cfg.method!r}")
     return dataclasses.replace(cfg, **changes)
 
 
@@ -312,12 +305,12 @@ def fields_of(
 
     p = fn.patch_size
     if stride < 1 or p % stride:
-        raise ValueError(f"stride={stride} is not valid; expected a divisor of the patch size {p}")
+        raise UserError(f"stride={stride} is not valid; expected a divisor of the patch size {p}")
     x = _normalise(image01, fn)
     with torch.no_grad():
         tokens = fn(x)
         if output not in tokens:
-            raise ValueError(f"output {output!r} is not among the backbone's outputs {sorted(tokens)}")
+            raise UserError(f"output {output!r} is not among the backbone's outputs {sorted(tokens)}")
         dense = build_extractor(fn, cfg).dense(x, stride)
     out = {"plain": tokens[output][0].half().cpu(), "srt": dense[output][0].half().cpu()}
     if cfg.dispersion:
@@ -393,7 +386,7 @@ def backbone_columns(
     fields at a time). Stats: ``cosine_plain_srt`` (mean per-pixel cosine between the two fields),
     ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``."""
     if basis not in ("backbone", "image"):
-        raise ValueError(f"basis={basis!r} is not valid; expected backbone or image")
+        raise UserError(f"basis={basis!r} is not valid; expected backbone or image")
     cfg = _shift_config(srt_config)
     size = _one_size(images01)
     store = store or memory_store()
@@ -474,7 +467,7 @@ def level_columns(
 def _one_size(images01: Sequence[torch.Tensor]) -> int:
     sizes = {tuple(im.shape) for im in images01}
     if len(sizes) != 1 or any(len(s) != 3 or s[0] != 3 or s[1] != s[2] for s in sizes):
-        raise ValueError(f"images must be [3,S,S] with one S; got shapes {sorted(sizes)}")
+        raise UserError(f"images must be [3,S,S] with one S; got shapes {sorted(sizes)}")
     return int(next(iter(sizes))[1])
 
 
@@ -526,12 +519,12 @@ def compose(
 
     rows, cols = len(panels), len(column_labels)
     if rows == 0 or any(len(r) != cols for r in panels):
-        raise ValueError(f"compose: expected {cols} panels in every row; got {[len(r) for r in panels]}")
+        raise UserError(f"compose: expected {cols} panels in every row; got {[len(r) for r in panels]}")
     size = panels[0][0].shape[0]
     if any(p.shape != (size, size, 3) or p.dtype != np.uint8 for r in panels for p in r):
-        raise ValueError(f"compose: every panel must be uint8 [{size},{size},3]")
+        raise UserError(f"compose: every panel must be uint8 [{size},{size},3]")
     if groups is not None and sum(n for _, n in groups) != cols:
-        raise ValueError(f"compose: groups span {sum(n for _, n in groups)} columns, expected {cols}")
+        raise UserError(f"compose: groups span {sum(n for _, n in groups)} columns, expected {cols}")
     font = _font(12)
     label_width = 0
     if row_labels:
@@ -667,7 +660,7 @@ def level_strip(
 def _check_sizes(size: int, backbones: Sequence[Callable]) -> None:
     for bb in backbones:
         if size % bb.patch_size:
-            raise ValueError(
+            raise UserError(
                 f"image size {size} is not a multiple of the patch size {bb.patch_size} of {bb.name}; "
                 f"use e.g. {size - size % bb.patch_size or bb.patch_size}"
             )

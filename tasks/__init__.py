@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from srt.errors import UserError
+
 #: task name -> "module:Class"
 TASKS: dict[str, str] = {
     "davis": "tasks.davis:DavisTask",
@@ -25,14 +27,14 @@ TASKS: dict[str, str] = {
 }
 
 
-class TaskUnavailableError(ImportError):
+class TaskUnavailableError(UserError, ImportError):
     """A registered task whose module cannot be imported (not written yet, or a dependency is missing)."""
 
 
 def task_class(name: str) -> type:
     """The class registered as ``name``; ValueError listing valid names, TaskUnavailableError if not importable."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
     module_name, class_name = TASKS[name].split(":")
     try:
         module = importlib.import_module(module_name)
@@ -73,7 +75,7 @@ def build_task(task_cfg: Any, validate: bool = True):
 
     values = OmegaConf.to_container(task_cfg, resolve=True) if isinstance(task_cfg, DictConfig) else dict(task_cfg)
     if "name" not in values:
-        raise ValueError(f"the task config has no 'name'; expected one of {', '.join(sorted(TASKS))}")
+        raise UserError(f"the task config has no 'name'; expected one of {', '.join(sorted(TASKS))}")
     name = values.pop("name")
     cls = task_class(name)
     cfg = typed_config(cls.Config, values, "task")

@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from srt.errors import UserError
+
 T = TypeVar("T")
 
 MISSING = "???"  # OmegaConf's "must be set" marker, for fields without a default
@@ -64,11 +66,11 @@ def typed_config(schema: type[T], values: Any, group: str) -> T:
     if isinstance(values, DictConfig):
         values = OmegaConf.to_container(values, resolve=True)
     if not isinstance(values, Mapping):
-        raise ValueError(f"{group}: expected a mapping of settings, got {type(values).__name__}")
+        raise UserError(f"{group}: expected a mapping of settings, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = [k for k in values if k not in fields]
     if unknown:
-        raise ValueError(unknown_setting(group, unknown[0], fields))
+        raise UserError(unknown_setting(group, unknown[0], fields))
     empty_dicts = {k for k, v in defaults_of(schema).items() if isinstance(v, dict) and not v}
     values = {k: ({} if v is None and k in empty_dicts else v) for k, v in values.items()}
     try:
@@ -77,4 +79,4 @@ def typed_config(schema: type[T], values: Any, group: str) -> T:
         key = str(getattr(e, "full_key", None) or getattr(e, "key", None) or "?").split(".")[0]
         f = fields.get(key)
         expected = getattr(f.type, "__name__", str(f.type)) if f is not None else "?"
-        raise ValueError(f"{group}.{key}={values.get(key)!r} has the wrong type; expected {expected}") from e
+        raise UserError(f"{group}.{key}={values.get(key)!r} has the wrong type; expected {expected}") from e

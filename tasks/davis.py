@@ -47,9 +47,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval import davis as davis_eval
+from srt.backbones import ModelInfo
+from srt.config import SRTConfig
+from srt.errors import MissingFileError, UserError
 from srt.io import atomic_save_png
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +66,21 @@ _BAND_ROWS = 8
 # ----------------------------------------------------------------------------------------------------------
 # Label propagation (pure torch)
 # ----------------------------------------------------------------------------------------------------------
-def _check_propagation_settings(n_last_frames: int, size_mask_neighborhood: int, topk: int, temperature: float) -> None:
+def _check_propagation_settings(
+    n_last_frames: int, size_mask_neighborhood: int, topk: int, temperature: float, prefix: str = ""
+) -> None:
+    """``prefix`` names the settings' group in messages (``task.`` under the runner)."""
     if n_last_frames < 0:
-        raise ValueError(f"n_last_frames={n_last_frames} is not valid; expected an integer >= 0")
+        raise UserError(f"{prefix}n_last_frames={n_last_frames} is not valid; expected an integer >= 0")
     if size_mask_neighborhood < 0:
-        raise ValueError(
-            f"size_mask_neighborhood={size_mask_neighborhood} is not valid; expected an integer >= 0 "
+        raise UserError(
+            f"{prefix}size_mask_neighborhood={size_mask_neighborhood} is not valid; expected an integer >= 0 "
             f"(0: no spatial restriction)"
         )
     if topk < 1:
-        raise ValueError(f"topk={topk} is not valid; expected an integer >= 1")
+        raise UserError(f"{prefix}topk={topk} is not valid; expected an integer >= 1")
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature} is not valid; expected a number > 0")
+        raise UserError(f"{prefix}temperature={temperature} is not valid; expected a number > 0")
 
 
 class LabelPropagator:
@@ -96,7 +102,7 @@ class LabelPropagator:
     ):
         _check_propagation_settings(n_last_frames, size_mask_neighborhood, topk, temperature)
         if first_feat.ndim != 3 or first_labels.ndim != 3 or first_feat.shape[1:] != first_labels.shape[1:]:
-            raise ValueError(
+            raise UserError(
                 f"expected first_feat [C,h,w] and first_labels [K,h,w] on one grid, got "
                 f"{tuple(first_feat.shape)} and {tuple(first_labels.shape)}"
             )
@@ -110,7 +116,7 @@ class LabelPropagator:
     def step(self, feat: torch.Tensor) -> torch.Tensor:
         """Soft label map ``[K,h,w]`` of the next frame, from its raw token features ``[C,h,w]``."""
         if feat.ndim != 3 or tuple(feat.shape[1:]) != self.grid or feat.shape[0] != self._first[0].shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"expected features [{self._first[0].shape[0]},{self.grid[0]},{self.grid[1]}], got {tuple(feat.shape)}"
             )
         target = F.normalize(feat.float(), dim=0)
@@ -151,7 +157,7 @@ def propagate(
     """
     feats, first_labels = torch.as_tensor(feats), torch.as_tensor(first_labels)
     if feats.ndim != 4 or feats.shape[0] < 1:
-        raise ValueError(f"feats: expected [T,C,h,w] with T >= 1, got {tuple(feats.shape)}")
+        raise UserError(f"feats: expected [T,C,h,w] with T >= 1, got {tuple(feats.shape)}")
     prop = LabelPropagator(feats[0], first_labels, n_last_frames, size_mask_neighborhood, topk, temperature)
     out = [prop.step(f) for f in feats[1:]]
     K, (h, w) = first_labels.shape[0], prop.grid
@@ -296,7 +302,7 @@ def frame_size(
         return w, h
     short = short_side // patch * patch
     if short < patch:
-        raise ValueError(f"task.short_side={short_side} is smaller than the patch size {patch}")
+        raise UserError(f"task.short_side={short_side} is smaller than the patch size {patch}")
     return dino_frame_size(width, height, short, patch)
 
 
@@ -308,7 +314,7 @@ def read_frame(
     Returns the ``[3,h,w]`` tensor and the original (height, width)."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"cannot read image {path} (missing, empty or not an image)")
+        raise UserError(f"cannot read image {path} (missing, empty or not an image)")
     orig = img.shape[:2]
     img = cv2.resize(img, size)[:, :, ::-1].astype(np.float32) / 255.0
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -390,22 +396,24 @@ class DavisConfig:
     predictions_dir: str = "davis_predictions"  # under the run directory: <this>/<seq>/<frame>.png
 
     def validate(self) -> DavisConfig:
-        _check_propagation_settings(self.n_last_frames, self.size_mask_neighborhood, self.topk, self.temperature)
+        _check_propagation_settings(
+            self.n_last_frames, self.size_mask_neighborhood, self.topk, self.temperature, prefix="task."
+        )
         if self.root in ("", "???"):
-            raise ValueError("task.root is not set; expected the DAVIS folder holding JPEGImages/ and Annotations/")
+            raise UserError("task.root is not set; expected the DAVIS folder holding JPEGImages/ and Annotations/")
         if self.short_side < 1 or self.long_side_multiple < 1:
-            raise ValueError(
+            raise UserError(
                 f"task.short_side={self.short_side} / task.long_side_multiple={self.long_side_multiple} "
                 f"are not valid; expected positive integers"
             )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
-                raise ValueError(
+                raise UserError(
                     f"task.{name}={value} is not valid; expected null or 3 numbers" + (" > 0" if name == "std" else "")
                 )
         if self.max_frames is not None and self.max_frames < 2:
-            raise ValueError(f"task.max_frames={self.max_frames} is not valid; expected null (all frames) or >= 2")
+            raise UserError(f"task.max_frames={self.max_frames} is not valid; expected null (all frames) or >= 2")
         return self
 
 
@@ -426,13 +434,28 @@ class DavisTask(Task):
     def _first_annotation(self, root: Path, seq: str, frames: Sequence[Path]) -> Path:
         path = root / "Annotations" / self.cfg.resolution / seq / f"{frames[0].stem}.png"
         if not path.is_file():
-            raise FileNotFoundError(f"missing first-frame annotation {path} for frame {frames[0]}")
+            raise MissingFileError(f"missing first-frame annotation {path} for frame {frames[0]}")
         return path
 
+    def check_settings(self, model: ModelInfo, srt: SRTConfig) -> None:
+        if self.cfg.short_side < model.patch_size:
+            raise UserError(
+                f"task.short_side={self.cfg.short_side} is smaller than the patch size {model.patch_size} of "
+                f"{model.name}; expected at least {model.patch_size}"
+            )
+
     def check_data(self) -> None:
-        root = Path(self.cfg.root)
-        for seq in davis_eval.select_sequences(root, self.cfg.split, self.cfg.sequences):
-            self._first_annotation(root, seq, davis_eval.image_paths(root, seq, self.cfg.resolution))
+        """Every selected sequence through :func:`eval.davis.check_sequence`: every annotation decoded (object
+        ids 1..N in the first, one size, ids the first frame lacks named in a warning), every frame checked
+        (whole, not truncated, the annotations' size). DAVIS-2017 val: ~2000 annotations, a few seconds."""
+        cfg = self.cfg
+        root = Path(cfg.root)
+        sequences = davis_eval.select_sequences(root, cfg.split, cfg.sequences)
+        check_each(
+            sequences,
+            lambda seq: davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames),
+            "DAVIS sequences",
+        )
 
     def data_files(self) -> DataFiles:
         cfg = self.cfg
@@ -504,19 +527,19 @@ class DavisTask(Task):
         p, s = extractor.patch_size, extractor.stride
         size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
         if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
-            raise ValueError(
+            raise UserError(
                 f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
                 f"feature stride {s}; change task.short_side / task.long_side_multiple"
             )
         grid = (size[1] // s, size[0] // s)
-        n_labels = davis_eval.object_count(annotation) + 1
+        n_labels = davis_eval.object_count(annotation, f"first-frame annotation {annotation_path}") + 1
         feature_s = propagation_s = 0.0
 
         def features(path: Path) -> torch.Tensor:
             nonlocal feature_s
             x, orig = read_frame(path, size, mean, std)
             if orig != (H, W):
-                raise ValueError(
+                raise UserError(
                     f"frame {path} is {orig[1]}x{orig[0]} but the first annotation {annotation_path} "
                     f"is {W}x{H}; expected equal sizes"
                 )
@@ -526,7 +549,7 @@ class DavisTask(Task):
             if tokens.is_cuda:
                 torch.cuda.synchronize(tokens.device)  # time the work, not the launch
             feature_s += time.perf_counter() - t0
-            if tuple(tokens.shape[1:]) != grid:
+            if tuple(tokens.shape[1:]) != grid:  # the extractor broke its contract: a bug, not bad input
                 raise ValueError(
                     f"extractor returned a {tuple(tokens.shape[1:])} token grid for {path}; expected "
                     f"{grid} (frame {size[0]}x{size[1]} at stride {s})"

@@ -59,9 +59,10 @@ from tqdm import tqdm
 
 import srt
 from eval import depth as depth_eval
-from srt.io import atomic_save_png, atomic_write_text
+from srt.errors import UserError
+from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .depth_heads import (
     HEADS,
     NYU_DEPTH_RANGE,
@@ -69,6 +70,7 @@ from .depth_heads import (
     build_head,
     head_blocks,
     load_head_weights,
+    official_head_file,
     resolve_head_checkpoint,
 )
 
@@ -177,15 +179,9 @@ def read_rgb(path: Path, protocol: str) -> np.ndarray:
 
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise ValueError(f"image {path} cannot be read (OpenCV)")
+            raise UserError(f"image {path} cannot be read (OpenCV)")
         return np.ascontiguousarray(bgr[..., ::-1])
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise ValueError(f"image {path} cannot be read: {e}") from e
+    return np.asarray(read_image(path, "RGB", "image"))  # errors name the file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,26 +253,26 @@ class DepthConfig:
 
     def validate(self) -> DepthConfig:
         if self.protocol not in depth_eval.PROTOCOLS:
-            raise ValueError(
+            raise UserError(
                 f"task.protocol={self.protocol!r} is not valid; expected one of {', '.join(depth_eval.PROTOCOLS)}"
             )
         if self.head not in HEADS:
-            raise ValueError(f"task.head={self.head!r} is not valid; expected one of {', '.join(HEADS)}")
+            raise UserError(f"task.head={self.head!r} is not valid; expected one of {', '.join(HEADS)}")
         if self.root in ("", "???"):
-            raise ValueError(f"task.{self.protocol}_root is not set; expected the NYU-v2 folder of that layout")
+            raise UserError(f"task.{self.protocol}_root is not set; expected the NYU-v2 folder of that layout")
         if self.srt_literal_mask and self.protocol != "srt":
-            raise ValueError("task.srt_literal_mask=true is a bug of the srt protocol; it needs task.protocol=srt")
+            raise UserError("task.srt_literal_mask=true is a bug of the srt protocol; it needs task.protocol=srt")
         if self.official_unshift_16 and self.output_ensemble:
-            raise ValueError(
+            raise UserError(
                 "task.official_unshift_16 changes how SRT un-shifts features; the output ensemble "
                 "(task.output_ensemble=true) un-shifts depth maps pixel by pixel and has no such grid"
             )
         if self.oe_batch_size is not None and self.oe_batch_size < 1:
-            raise ValueError(f"task.oe_batch_size={self.oe_batch_size} is not valid; expected null or >= 1")
+            raise UserError(f"task.oe_batch_size={self.oe_batch_size} is not valid; expected null or >= 1")
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"task.max_images={self.max_images} is not valid; expected null or >= 1")
+            raise UserError(f"task.max_images={self.max_images} is not valid; expected null or >= 1")
         if self.n_visualizations < 0:
-            raise ValueError(f"task.n_visualizations={self.n_visualizations} is not valid; expected >= 0")
+            raise UserError(f"task.n_visualizations={self.n_visualizations} is not valid; expected >= 0")
         return self
 
 
@@ -286,17 +282,17 @@ def _srt_setup(extractor: FeatureExtractor) -> tuple[srt.Backbone, srt.SRTConfig
         return extractor, srt.SRTConfig(level=0)
     backbone, cfg = getattr(extractor, "wrapped", None), getattr(extractor, "config", None)
     if isinstance(extractor, srt.JitterEnsemble):
-        raise ValueError("task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble")
+        raise UserError("task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble")
     if not isinstance(backbone, srt.Backbone) or not isinstance(cfg, srt.SRTConfig):
         raise TypeError(
             f"task depth needs an srt.Backbone or srt.StochasticResonance around one; got {type(extractor).__name__}"
         )
     if cfg.output != "pooled":
-        raise ValueError("task depth feeds token grids to the head: srt.output must be pooled")
+        raise UserError("task depth feeds token grids to the head: srt.output must be pooled")
     if cfg.at_block is not None:
-        raise ValueError("task depth does not support srt.at_block (SRT runs on the blocks the head reads)")
+        raise UserError("task depth does not support srt.at_block (SRT runs on the blocks the head reads)")
     if cfg.fill != "zero":
-        raise ValueError(
+        raise UserError(
             f"srt.fill={cfg.fill!r}: task depth reproduces the official shift before DINOv2's zero padding, which "
             "fills with zeros; expected srt.fill=zero"
         )
@@ -325,23 +321,47 @@ class DepthTask(Task):
             paths.append(Path(cfg.root) / cfg.split)
         return DataFiles.under(f"NYU-v2 ({cfg.protocol} layout)", cfg.root, paths)
 
-    def check_data(self) -> None:
-        """Every listed file exists, depth maps are 16-bit and of their image's size (headers only)."""
-        from PIL import Image
+    def check_settings(self, model: srt.ModelInfo, srt_cfg: srt.SRTConfig) -> None:
+        """The SRT settings the depth protocol supports and the head's blocks against the model's depth, before any
+        model is built; remembers the backbone's name for the head checkpoint (:meth:`check_data`)."""
+        cfg: DepthConfig = self.cfg
+        if srt_cfg.method == "jitter":
+            raise UserError(
+                "task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble"
+            )
+        if srt_cfg.output != "pooled":
+            raise UserError("task depth feeds token grids to the head: srt.output must be pooled")
+        if srt_cfg.at_block is not None:
+            raise UserError("task depth does not support srt.at_block (SRT runs on the blocks the head reads)")
+        if srt_cfg.fill != "zero":
+            raise UserError(
+                f"srt.fill={srt_cfg.fill!r}: task depth reproduces the official shift before DINOv2's zero padding, "
+                "which fills with zeros; expected srt.fill=zero"
+            )
+        head_blocks(cfg.head, model.depth, cfg.blocks)  # names task.blocks when they do not fit the model
+        if cfg.head_weights == "official":
+            official_head_file(model.name, cfg.head)  # names the backbones DINOv2 publishes heads for
+        self._backbone_name = model.name
 
-        for item in self.items():
-            with Image.open(item.depth) as d:
-                if d.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                    raise ValueError(
-                        f"depth map {item.depth} is a {d.mode} image; expected a 16-bit single-channel PNG"
-                    )
-                depth_size = d.size
-            with Image.open(item.image) as im:
-                if im.size != depth_size:
-                    raise ValueError(
-                        f"image {item.image} is {im.size[0]}x{im.size[1]} but its depth map {item.depth} is "
-                        f"{depth_size[0]}x{depth_size[1]}; expected the same size"
-                    )
+    def check_data(self) -> None:
+        """Every depth map decoded in full (16-bit single channel), every image checked whole
+        (:func:`srt.io.check_image`) and of its depth map's size; then the head checkpoint is located (downloaded
+        if the host is reachable), so that a missing head is named before any model is built."""
+        cfg: DepthConfig = self.cfg
+
+        def check(item: depth_eval.DepthItem) -> None:
+            gt = depth_eval.read_depth(item.depth, cfg.protocol)
+            width, height = check_image(item.image, "image")
+            if gt.shape != (height, width):
+                raise UserError(
+                    f"image {item.image} is {width}x{height} but its depth map {item.depth} is "
+                    f"{gt.shape[1]}x{gt.shape[0]}; expected the same size"
+                )
+
+        check_each(self.items(), check, "NYU-v2 images and depth maps")
+        name = getattr(self, "_backbone_name", None)
+        if cfg.head_weights != "random" and name is not None:
+            resolve_head_checkpoint(name, cfg.head, cfg.head_weights)
 
     def cache_key_config(self) -> Mapping[str, Any]:
         keep = dataclasses.asdict(self.cfg)
@@ -419,7 +439,7 @@ class DepthTask(Task):
             rgb = read_rgb(item.image, cfg.protocol)
             gt = depth_eval.read_depth(item.depth, cfg.protocol)
             if gt.shape != rgb.shape[:2]:  # check_data compared the headers; this is the decoded data
-                raise ValueError(f"image {item.image} is {rgb.shape[:2]} but its depth map {item.depth} is {gt.shape}")
+                raise UserError(f"image {item.image} is {rgb.shape[:2]} but its depth map {item.depth} is {gt.shape}")
             png = pred_dir / f"{item.id}.png"
 
             def compute() -> dict[str, float]:

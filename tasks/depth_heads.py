@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from srt.errors import MissingFileError, UserError
+
 HEADS = ("linear", "linear4", "dpt")
 NYU_DEPTH_RANGE = (0.001, 10.0)
 N_BINS = 256
@@ -80,7 +82,7 @@ def head_blocks(head: str, depth: int, blocks: Sequence[int] | None = None) -> t
         if head == "linear":
             return (depth - 1,)
         if depth not in FOUR_BLOCKS:
-            raise ValueError(
+            raise UserError(
                 f"task.blocks is not set and a {depth}-block backbone has no official choice of 4 blocks for the "
                 f"{head} head (official: {', '.join(f'{d} blocks: {list(b)}' for d, b in FOUR_BLOCKS.items())}); "
                 f"set task.blocks to 4 block indices in 0..{depth - 1}"
@@ -88,18 +90,16 @@ def head_blocks(head: str, depth: int, blocks: Sequence[int] | None = None) -> t
         return FOUR_BLOCKS[depth]
     blocks = tuple(int(b) for b in blocks)
     if len(blocks) != n:
-        raise ValueError(f"task.blocks={list(blocks)} is not valid for the {head} head; expected {n} block indices")
+        raise UserError(f"task.blocks={list(blocks)} is not valid for the {head} head; expected {n} block indices")
     bad = [b for b in blocks if not 0 <= b < depth]
     if bad:
-        raise ValueError(
-            f"task.blocks={list(blocks)}: {bad} out of range for a {depth}-block backbone (0..{depth - 1})"
-        )
+        raise UserError(f"task.blocks={list(blocks)}: {bad} out of range for a {depth}-block backbone (0..{depth - 1})")
     return blocks
 
 
 def check_head(head: str) -> str:
     if head not in HEADS:
-        raise ValueError(f"task.head={head!r} is not valid; expected one of {', '.join(HEADS)}")
+        raise UserError(f"task.head={head!r} is not valid; expected one of {', '.join(HEADS)}")
     return head
 
 
@@ -214,15 +214,15 @@ class DepthHead(nn.Module):
     def __init__(self, embed_dim: int, min_depth: float, max_depth: float):
         super().__init__()
         if not 0 < min_depth < max_depth:
-            raise ValueError(f"depth range ({min_depth}, {max_depth}) is not valid; expected 0 < min < max")
+            raise UserError(f"depth range ({min_depth}, {max_depth}) is not valid; expected 0 < min < max")
         self.embed_dim, self.min_depth, self.max_depth = int(embed_dim), float(min_depth), float(max_depth)
 
     def _check(self, features: Features) -> None:
         if len(features) != self.n_blocks:
-            raise ValueError(f"the {self.kind} head reads {self.n_blocks} blocks; got features of {len(features)}")
+            raise UserError(f"the {self.kind} head reads {self.n_blocks} blocks; got features of {len(features)}")
         for patch, cls in features:
             if patch.dim() != 4 or cls.dim() != 2 or patch.shape[1] != self.embed_dim or cls.shape[1] != self.embed_dim:
-                raise ValueError(
+                raise UserError(
                     f"the {self.kind} head expects (patch [B,{self.embed_dim},h,w], CLS [B,{self.embed_dim}]) per "
                     f"block; got {tuple(patch.shape)}, {tuple(cls.shape)}"
                 )
@@ -236,7 +236,7 @@ class LinearDepthHead(DepthHead):
     ):
         super().__init__(embed_dim, min_depth, max_depth)
         if n_blocks not in (1, 4):
-            raise ValueError(f"the linear head reads 1 or 4 blocks; got {n_blocks}")
+            raise UserError(f"the linear head reads 1 or 4 blocks; got {n_blocks}")
         self.kind = "linear" if n_blocks == 1 else "linear4"
         self.n_blocks, self.upsample = n_blocks, upsample
         self.conv_depth = nn.Conv2d(2 * embed_dim * n_blocks, N_BINS, kernel_size=1)
@@ -290,7 +290,7 @@ def build_head(kind: str, embed_dim: int, depth_range: tuple[float, float] = NYU
 # Official checkpoints
 
 
-class HeadWeightsUnavailableError(FileNotFoundError):
+class HeadWeightsUnavailableError(MissingFileError):
     """The official head checkpoint is not on this machine and cannot be downloaded."""
 
 
@@ -298,7 +298,7 @@ def official_head_file(backbone: str, head: str, dataset: str = "nyu") -> str:
     """``dinov2_vits14_nyu_dpt_head.pth`` etc.; ValueError for backbones DINOv2 publishes no depth head for."""
     check_head(head)
     if backbone not in OFFICIAL_ARCH:
-        raise ValueError(
+        raise UserError(
             f"DINOv2 publishes NYU depth heads for {', '.join(OFFICIAL_ARCH)} only, not {backbone!r}; "
             "pass a head checkpoint path (task.head_weights=/path/to/head.pth) or task.head_weights=random"
         )
@@ -358,7 +358,7 @@ def _load_tensors(path: Path) -> Mapping[str, Any]:
             with torch.serialization.safe_globals([scalar, *dtypes]):
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001
-            raise ValueError(
+            raise UserError(
                 f"cannot read head checkpoint {path} with torch.load(weights_only=True): {first}"
             ) from first
 
@@ -367,15 +367,15 @@ def head_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The head's tensors from an official checkpoint (``state_dict`` / ``decode_head.`` prefix) or a plain dict."""
     obj = _load_tensors(path)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"head checkpoint {path} holds a {type(obj).__name__}; expected a dict of tensors")
+        raise UserError(f"head checkpoint {path} holds a {type(obj).__name__}; expected a dict of tensors")
     sd = obj.get("state_dict", obj)
     if not isinstance(sd, Mapping):
-        raise ValueError(f"head checkpoint {path}: 'state_dict' is a {type(sd).__name__}, expected a dict of tensors")
+        raise UserError(f"head checkpoint {path}: 'state_dict' is a {type(sd).__name__}, expected a dict of tensors")
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if any(k.startswith("decode_head.") for k in tensors):
         tensors = {k[len("decode_head.") :]: v for k, v in tensors.items() if k.startswith("decode_head.")}
     if not tensors:
-        raise ValueError(f"head checkpoint {path} contains no tensors (top-level keys: {sorted(obj)[:10]})")
+        raise UserError(f"head checkpoint {path} contains no tensors (top-level keys: {sorted(obj)[:10]})")
     return tensors
 
 
@@ -388,14 +388,14 @@ def load_head_weights(head: DepthHead, path: str | os.PathLike, backbone: str = 
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"head checkpoint {path} does not fit {what}: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
             f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}; is it a checkpoint of another head?"
         )
     bad = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if sd[k].shape != own[k].shape]
     if bad:
         k, got, expected = bad[0]
-        raise ValueError(
+        raise UserError(
             f"head checkpoint {path} does not fit {what}: decode_head.{k} has shape {got}, expected {expected} "
             f"({len(bad)} tensors differ); is it the head of another backbone size?"
         )

@@ -52,9 +52,10 @@ from tqdm import tqdm
 
 import srt
 from eval import davis as davis_eval
-from srt.io import atomic_write_bytes, atomic_write_text
+from srt.errors import UserError
+from srt.io import atomic_write_bytes, atomic_write_text, check_image
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .davis import DINO_MEAN, DINO_STD, frame_size, read_frame
 from .images import item_ids, list_images
 from .run_identity import config_hash
@@ -118,30 +119,30 @@ class DistillConfig:
 
     def validate(self) -> DistillConfig:
         if self.images is None and self.root in ("", "???"):
-            raise ValueError("task.root is not set and task.images is null; expected a DAVIS root or an image folder")
+            raise UserError("task.root is not set and task.images is null; expected a DAVIS root or an image folder")
         for name in ("epochs", "batch_size", "short_side", "long_side_multiple"):
             if getattr(self, name) < 1:
-                raise ValueError(f"task.{name}={getattr(self, name)} is not valid; expected an integer >= 1")
+                raise UserError(f"task.{name}={getattr(self, name)} is not valid; expected an integer >= 1")
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"task.max_images={self.max_images} is not valid; expected null or >= 1")
+            raise UserError(f"task.max_images={self.max_images} is not valid; expected null or >= 1")
         for name, choices in (("loss", LOSSES), ("unfreeze", UNFREEZE), ("target_dtype", TARGET_DTYPES)):
             if getattr(self, name) not in choices:
-                raise ValueError(
+                raise UserError(
                     f"task.{name}={getattr(self, name)!r} is not valid; expected one of {', '.join(choices)}"
                 )
         if not self.lr > 0:
-            raise ValueError(f"task.lr={self.lr} is not valid; expected a number > 0")
+            raise UserError(f"task.lr={self.lr} is not valid; expected a number > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"task.betas={self.betas} is not valid; expected two numbers in [0, 1)")
+            raise UserError(f"task.betas={self.betas} is not valid; expected two numbers in [0, 1)")
         for name in ("weight_decay", "norm_penalty", "lr_decay"):
             if getattr(self, name) < 0:
-                raise ValueError(f"task.{name}={getattr(self, name)} is not valid; expected a number >= 0")
+                raise UserError(f"task.{name}={getattr(self, name)} is not valid; expected a number >= 0")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
-                raise ValueError(f"task.{name}={value} is not valid; expected null or 3 numbers")
+                raise UserError(f"task.{name}={value} is not valid; expected null or 3 numbers")
         if not self.student_file.endswith(".safetensors"):
-            raise ValueError(
+            raise UserError(
                 f"task.student_file={self.student_file!r} is not valid; expected a name ending .safetensors"
             )
         return self
@@ -185,9 +186,7 @@ def set_trainable(student: srt.Backbone, mode: str) -> list[torch.nn.Parameter]:
 def teacher_backbone(extractor: FeatureExtractor) -> srt.Backbone:
     """The frozen backbone inside the runner's extractor (SRT wrapper or plain backbone)."""
     if isinstance(extractor, srt.JitterEnsemble):
-        raise ValueError(
-            "task=distill distils SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
-        )
+        raise UserError("task=distill distils SRT features; srt.method=jitter is not valid here (use srt.method=shift)")
     bb = getattr(extractor, "wrapped", extractor)
     if not isinstance(bb, srt.Backbone):
         raise TypeError(f"task=distill needs an srt.Backbone inside the extractor; got {type(bb).__name__}")
@@ -221,8 +220,37 @@ class DistillTask(Task):
             found = found[: cfg.max_images]
         return [Path(p) for p in found], base
 
+    def check_settings(self, model: srt.ModelInfo, srt_cfg: srt.SRTConfig) -> None:
+        if srt_cfg.method == "jitter":
+            raise UserError(
+                "task=distill distils SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
+            )
+        if srt_cfg.output != "pooled":
+            raise UserError(
+                f"srt.output={srt_cfg.output} is not valid for task=distill: the teacher's SRT features must be on the "
+                "token grid; expected srt.output=pooled"
+            )
+        self._patch_size = model.patch_size
+
     def check_data(self) -> None:
+        """Every training image checked whole (:func:`srt.io.check_image`) and, once the model's patch size is
+        known (:meth:`check_settings`), its resized size checked against it."""
         self.images, self.base = self.image_list()
+        check_each(self.images, lambda path: self._size(path, getattr(self, "_patch_size", None)), "training images")
+
+    def _size(self, path: Path, patch: Optional[int]) -> Optional[tuple[int, int]]:
+        """The size frames of ``path`` are resized to (None without a patch size); errors name the file."""
+        w, h = check_image(path, "image")
+        if patch is None:
+            return None
+        size = frame_size(w, h, patch, self.cfg.short_side, self.cfg.long_side_multiple)
+        if size[0] % patch or size[1] % patch:
+            raise UserError(
+                f"{path} is resized to {size[0]}x{size[1]} (task.short_side={self.cfg.short_side}, "
+                f"task.long_side_multiple={self.cfg.long_side_multiple}), not a multiple of the patch size {patch}; "
+                "choose settings that give multiples of it"
+            )
+        return size
 
     def data_files(self) -> DataFiles:
         images, base = self.image_list()
@@ -232,18 +260,7 @@ class DistillTask(Task):
         return {k: v for k, v in asdict(self.cfg).items() if k not in TRAINING_KEYS}
 
     def _load(self, path: Path, patch: int, mean, std) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            w, h = im.size
-        size = frame_size(w, h, patch, self.cfg.short_side, self.cfg.long_side_multiple)
-        if size[0] % patch or size[1] % patch:
-            raise ValueError(
-                f"{path} is resized to {size[0]}x{size[1]} (task.short_side={self.cfg.short_side}, "
-                f"task.long_side_multiple={self.cfg.long_side_multiple}), not a multiple of the patch size {patch}; "
-                "choose settings that give multiples of it"
-            )
-        return read_frame(path, size, mean, std)[0]
+        return read_frame(path, self._size(path, patch), mean, std)[0]
 
     # -- run ---------------------------------------------------------------------------------------
 
@@ -254,7 +271,7 @@ class DistillTask(Task):
             images, base = self.image_list()
         teacher = teacher_backbone(extractor)
         if extractor.stride != extractor.patch_size:
-            raise ValueError(
+            raise UserError(
                 f"task=distill needs the teacher's SRT features on the token grid (srt.output=pooled); "
                 f"the extractor returns stride {extractor.stride}, the patch size is {extractor.patch_size}"
             )
@@ -297,7 +314,7 @@ class DistillTask(Task):
 
         def compare(out: torch.Tensor, t: torch.Tensor, first: int) -> torch.Tensor:
             if out.shape != t.shape:
-                raise ValueError(
+                raise UserError(
                     f"student tokens {tuple(out.shape)} and teacher targets {tuple(t.shape)} differ for "
                     f"{images[first]}: teacher and student must share the patch size and image size "
                     f"(student patch size {student.patch_size}, teacher {extractor.patch_size})"
@@ -404,7 +421,7 @@ class DistillTask(Task):
 def _stack(tensors: list[torch.Tensor], paths: list[Path]) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
-        raise ValueError(
+        raise UserError(
             f"task.batch_size={len(tensors)}: images of one batch must share a size after resizing; "
             f"{', '.join(f'{p} {tuple(t.shape[1:])}' for p, t in zip(paths, tensors))}"
         )
@@ -423,14 +440,14 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - name the file, whatever torch raised
-        raise ValueError(
+        raise UserError(
             f"distill checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it or re-run with force=true"
         ) from e
     keys = ("fingerprint", "epoch", "student", "optimizer", "scheduler", "history", "initial_distance", "rng")
     if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise ValueError(f"distill checkpoint {path} lacks {[k for k in keys if k not in (state or {})]}; delete it")
+        raise UserError(f"distill checkpoint {path} lacks {[k for k in keys if k not in (state or {})]}; delete it")
     if state["fingerprint"] != fingerprint:
-        raise ValueError(
+        raise UserError(
             f"distill checkpoint {path} was written with other settings, images or teacher weights; "
             "delete it or re-run with force=true"
         )

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union
 
+from srt.errors import MissingFileError, UserError
 from srt.viz import SKIMAGE_PREFIX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -26,7 +27,7 @@ def as_entries(value: Any, setting: str) -> list[str]:
         return [str(value)]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, (str, os.PathLike)) for v in value):
         return [str(v) for v in value]
-    raise ValueError(f"{setting}={value!r} is not valid; expected a path (file or folder) or a non-empty list of paths")
+    raise UserError(f"{setting}={value!r} is not valid; expected a path (file or folder) or a non-empty list of paths")
 
 
 def images_in(folder: Path) -> list[Path]:
@@ -48,18 +49,18 @@ def list_images(entries: Iterable[Union[str, os.PathLike]], setting: str) -> lis
         if path.is_dir():
             found = images_in(path)
             if not found:
-                raise ValueError(
+                raise UserError(
                     f"{setting}: folder {path} holds no images (searched recursively for {', '.join(IMAGE_SUFFIXES)})"
                 )
             out += found
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{setting}: {path} is not an image file; expected one of {', '.join(IMAGE_SUFFIXES)}")
+                raise UserError(f"{setting}: {path} is not an image file; expected one of {', '.join(IMAGE_SUFFIXES)}")
             out.append(path)
         else:
-            raise FileNotFoundError(f"{setting}: {path} does not exist (expected an image file or a folder of images)")
+            raise MissingFileError(f"{setting}: {path} does not exist (expected an image file or a folder of images)")
     if not out:
-        raise ValueError(f"{setting} lists no images")
+        raise UserError(f"{setting} lists no images")
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from srt.io import atomic_write_bytes, atomic_write_json
 
-from .run_identity import config_hash, plain, srt_key_part
+from .run_identity import backbone_key_part, config_hash, plain, srt_key_part
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 def cache_key(
     backbone_cfg: Any, srt_cfg: Any, task_key: Mapping[str, Any], data: Optional[Mapping[str, Any]] = None
 ) -> dict:
-    """The item cache key: backbone config, feature-changing SRT settings, the task settings that change
-    items (``tasks.run_identity.task_key_part(task, task.cache_key_config())``: no data paths) and the
-    dataset's identity."""
-    key = {"backbone": plain(backbone_cfg), "srt": srt_key_part(srt_cfg), "task": plain(dict(task_key))}
+    """The item cache key: backbone config (a checkpoint file by its content hash), feature-changing SRT
+    settings, the task settings that change items (``tasks.run_identity.task_key_part(task,
+    task.cache_key_config())``: no data paths) and the dataset's identity (content hashes)."""
+    key = {"backbone": backbone_key_part(backbone_cfg), "srt": srt_key_part(srt_cfg), "task": plain(dict(task_key))}
     if data is not None:
         key["data"] = dict(data)
     return key

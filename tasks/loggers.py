@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from eval.run_record import RunRecord
+from srt.errors import UserError
 from srt.io import atomic_write_text, file_lock
 
 
@@ -25,11 +27,15 @@ class LoggerConfig:
 
     def validate(self) -> LoggerConfig:
         if self.name not in LOGGERS:
-            raise ValueError(f"logger.name={self.name!r} is not valid; expected one of {', '.join(LOGGERS)}")
+            raise UserError(f"logger.name={self.name!r} is not valid; expected one of {', '.join(LOGGERS)}")
         if self.name == "csv" and not self.path:
-            raise ValueError("logger.path is required for logger=csv (the CSV file rows are appended to)")
+            raise UserError("logger.path is required for logger=csv (the CSV file rows are appended to)")
         if self.name == "wandb" and self.mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.mode={self.mode!r} is not valid; expected offline, online or disabled")
+            raise UserError(f"logger.mode={self.mode!r} is not valid; expected offline, online or disabled")
+        if self.name == "wandb" and importlib.util.find_spec("wandb") is None:  # else it fails after the run
+            raise UserError(
+                "logger=wandb needs the wandb package, which is not installed: pip install wandb (or pip install -e '.[wandb]')"
+            )
         return self
 
 

@@ -1,7 +1,8 @@
 """Run identity: what makes two runs the same run, and the run directory that follows from it.
 
-A run is identified by its task settings, the dataset it reads (name and file fingerprint, see
-:class:`tasks.base.DataFiles`), the backbone settings and the SRT settings that change features. Where the
+A run is identified by its task settings, the dataset it reads (name and the content hashes of its files, see
+:class:`tasks.base.DataFiles`), the backbone settings (a checkpoint file by its content hash, not its path)
+and the SRT settings that change features. Where the
 data lies is not part of it: the task settings that hold paths (``Task.data_location_settings``, e.g.
 ``task.root``) are left out, so moving a dataset folder, or running on another machine with the data
 elsewhere, finds the finished runs and the item cache; a dataset whose file list changed is another run.
@@ -51,6 +52,18 @@ def plain(node: Any) -> Any:
     return node
 
 
+def backbone_key_part(backbone_cfg: Any) -> dict:
+    """The backbone settings, with a checkpoint file's path replaced by its content hash
+    (:func:`srt.backbones.weights_identity`): another file at the same path is another run, the same file
+    elsewhere is the same run. Raises :class:`srt.WeightsUnavailableError` when the file is missing."""
+    from srt.backbones import weights_identity
+
+    values = dict(plain(backbone_cfg))
+    if isinstance(values.get("pretrained"), str):
+        values["pretrained"] = weights_identity(values["pretrained"])
+    return values
+
+
 def srt_key_part(srt_cfg: Any) -> dict:
     """The SRT settings that change features (resource settings dropped)."""
     return {k: v for k, v in dict(plain(srt_cfg)).items() if k not in SRT_RESOURCE_KEYS}
@@ -64,12 +77,13 @@ def task_key_part(task: Any, values: Optional[Mapping[str, Any]] = None) -> dict
 
 def run_key(task: Any, backbone_cfg: Any, srt_cfg: Any, data: Optional[Mapping[str, Any]]) -> dict:
     """What identifies a run's results: the task (its name and settings, no data paths), the dataset's
-    identity (``task.data_files().identity()``, None for a task without files), the backbone settings and
-    the feature-changing SRT settings."""
+    identity (``task.data_files().identity()``: content hashes, None for a task without files), the backbone
+    settings (a checkpoint file by its content, :func:`backbone_key_part`) and the feature-changing SRT
+    settings."""
     return {
         "task": {"name": task.name, **task_key_part(task)},
         "data": None if data is None else dict(data),
-        "backbone": plain(backbone_cfg),
+        "backbone": backbone_key_part(backbone_cfg),
         "srt": srt_key_part(srt_cfg),
     }
 

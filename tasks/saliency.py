@@ -24,9 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.saliency import ImageScores, aggregate, image_scores, read_mask
-from srt.io import atomic_save_png, atomic_write_text
+from srt.errors import MissingFileError, UserError
+from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .tokencut import TokenCutConfig, normalised_tensor, tokencut_image
 
 #: dataset -> (image folder, ground-truth folder) inside the dataset root, as the datasets are distributed
@@ -48,9 +49,9 @@ class SaliencyConfig(TokenCutConfig):
     def validate(self) -> SaliencyConfig:
         super().validate()
         if self.dataset not in LAYOUTS:
-            raise ValueError(f"task.dataset={self.dataset!r} is not valid; expected one of {', '.join(LAYOUTS)}")
+            raise UserError(f"task.dataset={self.dataset!r} is not valid; expected one of {', '.join(LAYOUTS)}")
         if self.root in ("", "???"):
-            raise ValueError(
+            raise UserError(
                 f"task.root is not set; expected the {self.dataset} folder holding "
                 f"{'/ and '.join(LAYOUTS[self.dataset])}/"
             )
@@ -63,20 +64,36 @@ def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
     image_dir, gt_dir = Path(root) / image_sub, Path(root) / gt_sub
     for folder in (image_dir, gt_dir):
         if not folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{dataset} folder {folder} does not exist; expected {root}/{{{image_sub},{gt_sub}}}"
             )
     images = sorted(image_dir.glob("*.jpg"))
     if not images:
-        raise FileNotFoundError(f"no *.jpg images in {image_dir}")
+        raise MissingFileError(f"no *.jpg images in {image_dir}")
     pairs = [(image, gt_dir / f"{image.stem}.png") for image in images]
     missing = [gt for _, gt in pairs if not gt.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
             f"images of {image_dir} have no mask in {gt_dir})"
         )
     return pairs
+
+
+def _check_sizes(gt_path: Path, gt_shape: tuple[int, int], image_path: Path, image_size: tuple[int, int]) -> None:
+    width, height = image_size
+    if tuple(gt_shape) != (height, width):
+        raise UserError(
+            f"ground-truth mask {gt_path} is {gt_shape[1]}x{gt_shape[0]} but image {image_path} "
+            f"is {width}x{height}; expected equal sizes"
+        )
+
+
+def check_pair(image_path: Path, gt_path: Path) -> None:
+    """The mask decoded in full and the image checked whole (header, end marker), at one size; UserError naming
+    the file otherwise."""
+    gt = read_mask(gt_path, "ground-truth mask")
+    _check_sizes(gt_path, gt.shape, image_path, check_image(image_path, "image"))
 
 
 def resize_to_patches(image: Image.Image, patch_size: int, path: Path) -> Image.Image:
@@ -84,7 +101,7 @@ def resize_to_patches(image: Image.Image, patch_size: int, path: Path) -> Image.
     width, height = image.size
     new_w, new_h = round(width / patch_size) * patch_size, round(height / patch_size) * patch_size
     if new_w == 0 or new_h == 0:
-        raise ValueError(f"image {path} ({width}x{height}) is smaller than half a patch ({patch_size} px)")
+        raise UserError(f"image {path} ({width}x{height}) is smaller than half a patch ({patch_size} px)")
     return image.resize((new_w, new_h), resample=Image.LANCZOS)
 
 
@@ -101,8 +118,14 @@ class SaliencyTask(Task):
     Config: ClassVar[type] = SaliencyConfig
     outputs: ClassVar[tuple[str, ...]] = ("keys",)
 
+    def check_settings(self, model, srt) -> None:
+        self.cfg.check_settings(model, srt)
+
     def check_data(self) -> None:
-        list_pairs(self.cfg.root, self.cfg.dataset)
+        """Every ground-truth mask decoded and compared with its image's size (read from the image's header);
+        every image checked whole (:func:`srt.io.check_image`). ECSSD's 1000 pairs: ~1-2 s."""
+        pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]
+        check_each(pairs, lambda pair: check_pair(*pair), f"{self.cfg.dataset} image / mask pairs")
 
     def data_files(self) -> DataFiles:
         pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]
@@ -116,14 +139,9 @@ class SaliencyTask(Task):
         rows = ["image,F,IoU,Acc,tokens"]
         feature_s = ncut_s = 0.0
         for image_path, gt_path in tqdm(pairs, desc=f"saliency {cfg.dataset}", disable=not ctx.progress):
-            with Image.open(image_path) as image:
-                rgb = image.convert("RGB")
+            rgb = read_image(image_path, "RGB", f"{cfg.dataset} image")
             gt = read_mask(gt_path, "ground-truth mask")
-            if gt.shape != (rgb.height, rgb.width):
-                raise ValueError(
-                    f"ground-truth mask {gt_path} is {gt.shape[1]}x{gt.shape[0]} but image {image_path} "
-                    f"is {rgb.width}x{rgb.height}; expected equal sizes"
-                )
+            _check_sizes(gt_path, gt.shape, image_path, rgb.size)
 
             def compute() -> dict[str, np.ndarray]:
                 x = normalised_tensor(resize_to_patches(rgb, extractor.patch_size, image_path), extractor)

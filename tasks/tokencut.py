@@ -47,6 +47,8 @@ import scipy.sparse.linalg
 import torch
 from PIL import Image
 
+from srt.errors import UserError
+
 TAU = 0.2
 EPS = 1e-5
 SOLVERS = ("auto", "dense", "sparse")
@@ -72,18 +74,41 @@ class TokenCutConfig:
 
     def validate(self) -> TokenCutConfig:
         if not 0.0 <= self.tau < 1.0:
-            raise ValueError(f"task.tau={self.tau} is not valid; expected 0 <= tau < 1")
+            raise UserError(f"task.tau={self.tau} is not valid; expected 0 <= tau < 1")
         if not self.eps > 0.0:
-            raise ValueError(f"task.eps={self.eps} is not valid; expected eps > 0 (keeps D positive definite)")
+            raise UserError(f"task.eps={self.eps} is not valid; expected eps > 0 (keeps D positive definite)")
         if self.solver not in SOLVERS:
-            raise ValueError(f"task.solver={self.solver!r} is not valid; expected one of {', '.join(SOLVERS)}")
+            raise UserError(f"task.solver={self.solver!r} is not valid; expected one of {', '.join(SOLVERS)}")
         if self.grid not in GRIDS:
-            raise ValueError(f"task.grid={self.grid!r} is not valid; expected one of {', '.join(GRIDS)}")
+            raise UserError(f"task.grid={self.grid!r} is not valid; expected one of {', '.join(GRIDS)}")
         if self.dense_stride is not None and self.dense_stride < 1:
-            raise ValueError(f"task.dense_stride={self.dense_stride} is not valid; expected null or an integer >= 1")
+            raise UserError(f"task.dense_stride={self.dense_stride} is not valid; expected null or an integer >= 1")
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"task.max_images={self.max_images} is not valid; expected null or an integer >= 1")
+            raise UserError(f"task.max_images={self.max_images} is not valid; expected null or an integer >= 1")
         return self
+
+    def check_settings(self, model: Any, srt: Any) -> None:
+        """The settings that depend on the model (``srt.ModelInfo``) and on the SRT settings, before any model
+        is built: ``task.grid=dense`` needs SRT's dense field and a ``task.dense_stride`` dividing the patch size."""
+        if self.grid != "dense":
+            return
+        if srt.method == "jitter":
+            raise UserError(
+                "task.grid=dense needs SRT's dense field, which srt.method=jitter (colour-jittered passes, nothing "
+                "shifted) does not have; use task.grid=token or srt.method=shift"
+            )
+        if srt.at_block is not None:
+            raise UserError(
+                f"task.grid=dense is not available with srt.at_block={srt.at_block} (the remaining blocks run on "
+                "the pooled token grid); use task.grid=token or srt.at_block=null"
+            )
+        p = model.patch_size
+        stride = self.dense_stride or p // 2
+        if p % stride:
+            raise UserError(
+                f"task.dense_stride={stride} is not valid; expected a divisor of the patch size {p} of {model.name}: "
+                f"{[s for s in range(1, p + 1) if p % s == 0]}"
+            )
 
     def ncut_kwargs(self) -> dict[str, Any]:
         return dict(tau=self.tau, eps=self.eps, binary_graph=self.binary_graph, solver=self.solver)
@@ -103,7 +128,7 @@ def unit_tokens(features: torch.Tensor | np.ndarray) -> np.ndarray:
     """``[C, h, w]`` features -> ``[h*w, C]`` float32 rows of unit norm (row-major token order)."""
     feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if feats.ndim != 3:
-        raise ValueError(f"features must have shape [C, h, w]; got shape {tuple(feats.shape)}")
+        raise UserError(f"features must have shape [C, h, w]; got shape {tuple(feats.shape)}")
     tokens = feats.reshape(feats.shape[0], -1).T.astype(np.float32)
     norms = np.maximum(np.linalg.norm(tokens, axis=1, keepdims=True), 1e-12)  # F.normalize's eps
     return tokens / norms
@@ -166,7 +191,7 @@ def sparse_graph(tokens: np.ndarray, tau: float = TAU, eps: float = EPS, binary_
     (1 byte per pair, 1/8 of the dense path's float64 matrix), kept until we know which side is smaller."""
     n = len(tokens)
     if n * n >= 2**31:
-        raise ValueError(f"{n} tokens is too many for the sparse path's int32 indices; expected fewer than 46341")
+        raise UserError(f"{n} tokens is too many for the sparse path's int32 indices; expected fewer than 46341")
     counts, masks, indices, data = [], [], [], []
     for _, sim in _similarity_blocks(tokens):
         edges = _edges(sim, tau, binary_graph)
@@ -211,7 +236,7 @@ def fiedler_sparse(graph: SparseGraph, tol: float = 1e-10) -> np.ndarray:
     ``y = D^1/2 1``)."""
     n = graph.n
     if n < 4:
-        raise ValueError(f"the sparse solver needs at least 4 tokens (ARPACK k=2 < n - 1); got {n}; use solver=dense")
+        raise UserError(f"the sparse solver needs at least 4 tokens (ARPACK k=2 < n - 1); got {n}; use solver=dense")
     inv_sqrt_degree = 1.0 / np.sqrt(graph.degrees())
 
     def normalised_affinity(y: np.ndarray) -> np.ndarray:
@@ -229,7 +254,7 @@ def fiedler_sparse(graph: SparseGraph, tol: float = 1e-10) -> np.ndarray:
 
 def resolve_solver(solver: str, n_tokens: int) -> str:
     if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r} is not valid; expected one of {', '.join(SOLVERS)}")
+        raise UserError(f"solver={solver!r} is not valid; expected one of {', '.join(SOLVERS)}")
     if solver == "auto":
         return "dense" if n_tokens <= DENSE_MAX_TOKENS else "sparse"
     return solver
@@ -254,13 +279,13 @@ def ncut(
 ) -> NCutResult:
     """TokenCut on one feature grid ``[C, h, w]`` (see the module docstring for the steps)."""
     if not 0.0 <= tau < 1.0:
-        raise ValueError(f"tau={tau} is not valid; expected 0 <= tau < 1")
+        raise UserError(f"tau={tau} is not valid; expected 0 <= tau < 1")
     if not eps > 0.0:
-        raise ValueError(f"eps={eps} is not valid; expected eps > 0")
+        raise UserError(f"eps={eps} is not valid; expected eps > 0")
     tokens = unit_tokens(features)
     h, w = features.shape[1:]
     if len(tokens) < 2:
-        raise ValueError(f"ncut needs at least 2 tokens; got a {h}x{w} grid")
+        raise UserError(f"ncut needs at least 2 tokens; got a {h}x{w} grid")
     v = fiedler_vector(tokens, tau, eps, binary_graph, solver)
     bipartition = v > v.mean()
     seed = int(np.argmax(np.abs(v)))
@@ -281,7 +306,7 @@ def component_box(component: np.ndarray, patch_size: int, image_hw: tuple[int, i
     clipped to the image width and height."""
     rows, cols = np.nonzero(component)
     if len(rows) == 0:
-        raise ValueError("component_box needs a non-empty component")
+        raise UserError("component_box needs a non-empty component")
     height, width = image_hw
     x1, y1 = int(cols.min()) * patch_size, int(rows.min()) * patch_size
     x2 = min((int(cols.max()) + 1) * patch_size, int(width))
@@ -306,21 +331,21 @@ def key_grid(
         out, stride = extractor(images), int(extractor.stride)
     elif grid == "dense":
         if not hasattr(extractor, "dense"):
-            raise ValueError(
+            raise UserError(
                 f"task.grid=dense needs an SRT extractor with a dense output (srt.StochasticResonance, srt.method=shift); "
                 f"{getattr(extractor, 'name', type(extractor).__name__)} ({type(extractor).__name__}) has none "
                 f"(a bare backbone or srt.method=jitter); use task.grid=token"
             )
         stride = int(dense_stride or extractor.patch_size // 2)
         if extractor.patch_size % stride:
-            raise ValueError(
+            raise UserError(
                 f"task.dense_stride={stride} is not valid; expected a divisor of the patch size {extractor.patch_size}"
             )
         out = extractor.dense(images, stride=stride)
     else:
-        raise ValueError(f"task.grid={grid!r} is not valid; expected one of {', '.join(GRIDS)}")
+        raise UserError(f"task.grid={grid!r} is not valid; expected one of {', '.join(GRIDS)}")
     if "keys" not in out:
-        raise ValueError(
+        raise UserError(
             f"the extractor returned {sorted(out)}; TokenCut needs 'keys' (load the backbone with outputs=('keys',))"
         )
     return out["keys"], stride

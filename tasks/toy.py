@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from srt.errors import UserError
 from srt.io import atomic_write_text
 
 from .base import FeatureExtractor, RunContext, Task
@@ -34,9 +35,9 @@ class ToyConfig:
 
     def validate(self) -> ToyConfig:
         if self.n_images < 1:
-            raise ValueError(f"task.n_images={self.n_images} is not valid; expected an integer >= 1")
+            raise UserError(f"task.n_images={self.n_images} is not valid; expected an integer >= 1")
         if self.image_size < 1:
-            raise ValueError(f"task.image_size={self.image_size} is not valid; expected an integer >= 1")
+            raise UserError(f"task.image_size={self.image_size} is not valid; expected an integer >= 1")
         return self
 
 
@@ -55,6 +56,13 @@ class ToyTask(Task):
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
     data_location_settings: ClassVar[tuple[str, ...]] = ()
 
+    def check_settings(self, model, srt) -> None:
+        if self.cfg.image_size < model.patch_size:
+            raise UserError(
+                f"task.image_size={self.cfg.image_size} is smaller than the patch size {model.patch_size} of "
+                f"{model.name}; expected at least {model.patch_size}"
+            )
+
     def data_files(self) -> None:
         return None  # synthetic images: a function of the settings, which are part of the run identity anyway
 
@@ -63,7 +71,7 @@ class ToyTask(Task):
         p = extractor.patch_size
         size = cfg.image_size // p * p
         if size < p:
-            raise ValueError(f"task.image_size={cfg.image_size} is smaller than the patch size {p} of {extractor.name}")
+            raise UserError(f"task.image_size={cfg.image_size} is smaller than the patch size {p} of {extractor.name}")
         mean = torch.tensor(extractor.mean).view(3, 1, 1)
         std = torch.tensor(extractor.std).view(3, 1, 1)
 

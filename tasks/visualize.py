@@ -47,9 +47,10 @@ import numpy as np
 
 import srt
 from srt import viz
-from srt.io import atomic_save_png, atomic_write_json, file_lock
+from srt.errors import UserError
+from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .environment import now_iso
 from .images import as_entries, item_ids, list_images
 from .run_identity import config_hash, srt_key_part
@@ -82,20 +83,20 @@ class VisualizeConfig:
             as_entries(self.images, "task.images")
         for name in ("image_size", "stride", "max_fit_samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"task.{name}={getattr(self, name)} is not valid; expected an integer >= 1")
+                raise UserError(f"task.{name}={getattr(self, name)} is not valid; expected an integer >= 1")
         if self.basis not in BASES:
-            raise ValueError(f"task.basis={self.basis!r} is not valid; expected one of {', '.join(BASES)}")
+            raise UserError(f"task.basis={self.basis!r} is not valid; expected one of {', '.join(BASES)}")
         if not 0 <= self.quantile < 0.5:
-            raise ValueError(f"task.quantile={self.quantile} is not valid; expected 0 <= quantile < 0.5")
+            raise UserError(f"task.quantile={self.quantile} is not valid; expected 0 <= quantile < 0.5")
         if self.strip_image < 0:
-            raise ValueError(f"task.strip_image={self.strip_image} is not valid; expected an index >= 0")
+            raise UserError(f"task.strip_image={self.strip_image} is not valid; expected an index >= 0")
         return self
 
     def image_list(self) -> list:
         entries = list(viz.DEFAULT_IMAGES) if self.images is None else as_entries(self.images, "task.images")
         found = list_images(entries, "task.images")
         if self.strip and self.strip_image >= len(found):
-            raise ValueError(
+            raise UserError(
                 f"task.strip_image={self.strip_image} is not valid: task.images holds {len(found)} images "
                 f"(expected 0..{len(found) - 1})"
             )
@@ -105,9 +106,7 @@ class VisualizeConfig:
 def plain_and_config(extractor: FeatureExtractor) -> tuple[Any, srt.SRTConfig]:
     """The plain backbone inside the runner's extractor, and its SRT settings."""
     if isinstance(extractor, srt.JitterEnsemble):
-        raise ValueError(
-            "task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
-        )
+        raise UserError("task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)")
     if isinstance(extractor, srt.StochasticResonance):
         return extractor.wrapped, extractor.config
     return extractor, srt.SRTConfig(level=0)
@@ -120,13 +119,35 @@ class VisualizeTask(Task):
     #: where the images lie; the run identity uses the image files themselves (:meth:`data_files`)
     data_location_settings: ClassVar[tuple[str, ...]] = ("images",)
 
+    def check_settings(self, model: srt.ModelInfo, srt_cfg: srt.SRTConfig) -> None:
+        cfg, p = self.cfg, model.patch_size
+        if srt_cfg.method == "jitter":
+            raise UserError(
+                "task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
+            )
+        if cfg.image_size % p:
+            raise UserError(
+                f"task.image_size={cfg.image_size} is not a multiple of the patch size {p} of {model.name}; "
+                f"use e.g. {cfg.image_size - cfg.image_size % p or p}"
+            )
+        if p % cfg.stride:
+            raise UserError(
+                f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}: "
+                f"{[s for s in range(1, p + 1) if p % s == 0]}"
+            )
+
     def check_data(self) -> None:
+        """Every image checked whole (:func:`srt.io.check_image`: header and end marker)."""
         self.images = self.cfg.image_list()
+        check_each(self._files(self.images), lambda path: check_image(path, "image"), "task.images")
+
+    @staticmethod
+    def _files(images: list) -> list[Path]:
+        return [viz.skimage_file(str(im)) if str(im).startswith(viz.SKIMAGE_PREFIX) else Path(im) for im in images]
 
     def data_files(self) -> DataFiles:
         images = self.cfg.image_list()
-        files = [viz.skimage_file(str(im)) if str(im).startswith(viz.SKIMAGE_PREFIX) else Path(im) for im in images]
-        return DataFiles("images", dict(zip(item_ids(images), files)))
+        return DataFiles("images", dict(zip(item_ids(images), self._files(images))))
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg = self.cfg
@@ -134,12 +155,12 @@ class VisualizeTask(Task):
         fn, srt_cfg = plain_and_config(extractor)
         p = fn.patch_size
         if cfg.image_size % p:
-            raise ValueError(
+            raise UserError(
                 f"task.image_size={cfg.image_size} is not a multiple of the patch size {p} of {fn.name}; "
                 f"use e.g. {cfg.image_size - cfg.image_size % p or p}"
             )
         if p % cfg.stride:
-            raise ValueError(f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}")
+            raise UserError(f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}")
         inputs = [viz.square_image(viz.read_image(str(im)), cfg.image_size) for im in images]
         ids = item_ids(images)
         fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)

@@ -33,6 +33,18 @@ def tiny_kwargs() -> dict:
     return dict(TINY)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_srt_cache(tmp_path_factory):
+    """srt.io's content-hash tables go to a session folder, not the user's ~/.cache/srt (subprocesses inherit it)."""
+    previous = os.environ.get("SRT_CACHE_DIR")
+    os.environ["SRT_CACHE_DIR"] = str(tmp_path_factory.mktemp("srt-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SRT_CACHE_DIR", None)
+    else:
+        os.environ["SRT_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

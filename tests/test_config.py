@@ -116,7 +116,9 @@ def test_wandb_mode_follows_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("name", options("task"))
 def test_task_option_composes_and_builds(name, sample_root):
-    cfg = compose_cfg([f"task={name}", f"paths.data_root={sample_root}"])
+    # DINOv2 publishes NYU depth heads for DINOv2 backbones only: plan refuses task=depth on the default dino_vits16
+    backbone = ["backbone=dinov2_vits14"] if name == "depth" else []
+    cfg = compose_cfg([f"task={name}", f"paths.data_root={sample_root}", *backbone])
     assert cfg.task.name in tasks.TASKS, f"conf/task/{name}.yaml names an unregistered task {cfg.task.name!r}"
     plan = run.plan(cfg)
     assert isinstance(plan.task, tasks.task_class(cfg.task.name))

@@ -13,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from eval import davis as ev
+from srt.errors import report_user_errors
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -272,8 +273,9 @@ def test_only_unscorable_sequences_is_an_error_and_removes_stale_csvs(fixtures_d
     copy_annotations_as_results(root, results)
     stale = results / "global_results-val.csv"
     stale.write_text("J&F-Mean\n0.9\n")
-    assert ev.main(["--davis", str(root), "--results", str(results), "--sequences", "bike-packing"]) == 1
-    assert "no DAVIS object was scored" in capsys.readouterr().err
+    argv = ["--davis", str(root), "--results", str(results), "--sequences", "bike-packing"]
+    assert report_user_errors(ev.main, argv, prog="python -m eval.davis") == 2
+    assert "python -m eval.davis: error: no DAVIS object was scored" in capsys.readouterr().err
     assert not stale.exists()
 
 

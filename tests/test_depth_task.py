@@ -290,7 +290,7 @@ def test_check_data_names_bad_files(tmp_path):
     task.check_data()
     depth = root / "nyu_v2" / "testing" / "depths" / "00001.png"
     Image.fromarray(np.zeros((480, 640), np.uint8)).save(depth)  # 8-bit
-    with pytest.raises(ValueError, match=r"00001\.png is a L image; expected a 16-bit"):
+    with pytest.raises(ValueError, match=r"00001\.png is a L image of shape \(480, 640\); expected a 16-bit"):
         task.check_data()
     Image.fromarray(np.zeros((480, 600), np.uint16)).save(depth)  # wrong size
     with pytest.raises(ValueError, match=r"images/00001\.png is 640x480 but its depth map .*00001\.png is 600x480"):

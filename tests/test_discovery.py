@@ -106,7 +106,7 @@ def test_cli_rescores_a_boxes_file(fixtures_dir, tmp_path, capsys):
     rows = [(i, *(first[i] if i in ("000001", "000005") else (0, 0, 1, 1))) for i in ids]
     pd.DataFrame(rows, columns=["image_id", "x1", "y1", "x2", "y2"]).to_csv(tmp_path / "boxes.csv", index=False)
     assert disc.main(["--pred", str(tmp_path / "boxes.csv"), "--voc", str(root)]) == 0
-    assert json.loads(capsys.readouterr().out) == {"CorLoc": 40.0, "n_images": 5.0}
+    assert json.loads(capsys.readouterr().out) == {"CorLoc": 40.0, "n_images": 5.0, "n_images_without_objects": 0.0}
     pd.DataFrame(rows[:3], columns=["image_id", "x1", "y1", "x2", "y2"]).to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(ValueError, match="no box for 2 of the 5 images"):
         disc.evaluate_file(tmp_path / "few.csv", root)

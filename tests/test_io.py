@@ -124,3 +124,66 @@ def test_eval_and_srt_io_load_without_torch():
     code = "import sys, eval.tables, eval.run_record, srt.io; print(sorted({'torch', 'timm'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading images and remembering content hashes
+# ----------------------------------------------------------------------------------------------------------
+def _jpeg(path: Path, size=(64, 48)) -> Path:
+    noise = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    return path
+
+
+def test_check_image_reads_headers_and_catches_truncation(tmp_path, monkeypatch):
+    from srt.errors import MissingFileError, UserError
+
+    good = _jpeg(tmp_path / "good.jpg")
+    decodes = []
+    real = srt_io.read_image
+    monkeypatch.setattr(srt_io, "read_image", lambda *a, **k: decodes.append(a[0]) or real(*a, **k))
+    assert srt_io.check_image(good) == (64, 48) and decodes == []  # header and end marker: no decode
+    trailer = tmp_path / "trailer.jpg"  # bytes appended after the image (some cameras do): decoded to decide
+    trailer.write_bytes(good.read_bytes() + b"\x01" * 8192)
+    assert srt_io.check_image(trailer) == (64, 48) and decodes == [trailer]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"image .*cut\.jpg is truncated or corrupt: image file is truncated"):
+        srt_io.check_image(cut)
+    assert srt_io.check_image(cut, allow_truncated=True) == (64, 48)
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(UserError, match=r"mask .*text\.jpg is not a readable image"):
+        srt_io.check_image(tmp_path / "text.jpg", "mask")
+    with pytest.raises(MissingFileError, match=r"image .*nope\.png does not exist"):
+        srt_io.check_image(tmp_path / "nope.png")
+    png = tmp_path / "m.png"
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint32).reshape(48, 64).astype(np.uint8)).save(png)
+    assert srt_io.check_image(png) == (64, 48)
+    png.write_bytes(png.read_bytes()[:-30])
+    with pytest.raises(UserError, match=r"m\.png is truncated or corrupt"):
+        srt_io.check_image(png)
+
+
+def test_read_image_names_the_file(tmp_path):
+    from srt.errors import UserError
+
+    good = _jpeg(tmp_path / "a.jpg")
+    assert srt_io.read_image(good).size == (64, 48) and srt_io.read_image(good, "L").mode == "L"
+    good.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(UserError, match=r"cannot decode frame .*a\.jpg: "):
+        srt_io.read_image(good, what="frame")
+
+
+def test_file_hashes_are_remembered_and_survive_an_unwritable_cache(tmp_path):
+    import hashlib
+
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"abc" * 1000)
+    expected = hashlib.sha256(data.read_bytes()).hexdigest()
+    with srt_io.FileHashes(tmp_path / "cache") as hashes:
+        assert hashes.sha256(data) == expected
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    with srt_io.FileHashes(blocked / "sha256") as hashes:  # cannot be written: hashes are still right
+        assert hashes.sha256(data) == expected

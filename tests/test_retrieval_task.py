@@ -381,7 +381,7 @@ def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypa
 
     monkeypatch.setattr(srt, "load_backbone", no_model)
     cfg = compose_cfg(["task=retrieval", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}"])
-    with pytest.raises(FileNotFoundError, match=r"nowhere/revisitop/roxford5k does not exist.*\n\(datasets are read"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/revisitop/roxford5k does not exist.* \(datasets are read"):
         run.execute(cfg)
 
 

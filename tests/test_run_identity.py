@@ -1,8 +1,11 @@
 """Run identity (tasks/run_identity.py, Task.data_files): independent of where the data lies, not of what it is.
 
 - the identity of a dataset is its name and a fingerprint of the files a run reads (relative paths and
-  sizes): moving the folder keeps it, adding, removing or resizing a file changes it; each task lists
+  content hashes): moving the folder keeps it, adding, removing or editing a file changes it (also a same-size
+  edit); the hashes are remembered by size and mtime, so an unchanged file is not read again; each task lists
   only what it reads (checked on the real fixtures);
+- a checkpoint file is identified by its content: replaced at the same path it is another run (and another
+  item cache), moved it is the same run;
 - path-valued task settings enter neither the run directory nor the item cache key;
 - end to end: a finished run whose dataset folder moved is reported finished without building a model;
   an interrupted one resumes from its item cache; a dataset with one more image is a new run.
@@ -10,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -105,6 +109,55 @@ def test_data_files_identity_follows_content_not_location(tmp_path):
     (b / "gt" / "1.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"1\.png does not exist \(a file of the set dataset\)"):
         DataFiles.under("set", b, moved).identity()
+
+
+def test_a_same_size_edit_changes_the_identity_and_unchanged_files_are_not_read_again(tmp_path, monkeypatch):
+    from srt import io as srt_io
+
+    files = [write(tmp_path / "gt.pkl", b"\x00\x01\x02"), write(tmp_path / "img.jpg", b"image")]
+    first = DataFiles.under("set", tmp_path, files).identity()
+    reads = []
+    real = srt_io._sha256_of_file
+    monkeypatch.setattr(srt_io, "_sha256_of_file", lambda path: reads.append(path.name) or real(path))
+    assert DataFiles.under("set", tmp_path, files).identity() == first and reads == []  # remembered
+    files[0].write_bytes(b"\x00\x09\x02")  # same size, new content (e.g. one index fixed in a pickle)
+    os.utime(files[0], ns=(files[0].stat().st_atime_ns, files[0].stat().st_mtime_ns + 1))
+    edited = DataFiles.under("set", tmp_path, files).identity()
+    assert edited != first and reads == ["gt.pkl"]  # only the changed file was read again
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_another_run(tmp_path, monkeypatch):
+    import torch
+
+    def tiny_checkpoint(seed: int) -> None:
+        bb = srt.load_backbone("dino_vits16", pretrained=False, init_seed=seed, depth=2, embed_dim=64, num_heads=2)
+        torch.save(bb.model.state_dict(), weights)
+
+    weights = tmp_path / "weights" / "student.pth"
+    weights.parent.mkdir()
+    tiny_checkpoint(seed=1)
+    args = [
+        "task=toy",
+        "task.n_images=2",
+        "task.image_size=32",
+        "srt.level=0",
+        "progress=false",
+        "device=cpu",
+        f"paths.results_root={tmp_path / 'results'}",
+        f"backbone.pretrained={weights}",
+        "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
+    ]
+    first = run.execute(compose_cfg(args))
+    assert first.items == {"computed": 2, "loaded": 0}
+    tiny_checkpoint(seed=2)  # another file at the same path
+    second = run.execute(compose_cfg(args))
+    assert second.run_dir != first.run_dir and second.items == {"computed": 2, "loaded": 0}
+    assert second.metrics["feature_norm"] != first.metrics["feature_norm"]
+    moved = tmp_path / "elsewhere.pth"
+    shutil.move(weights, moved)  # the same file elsewhere: the same (finished) run
+    monkeypatch.setattr(srt, "load_backbone", lambda *a, **k: pytest.fail("a finished run built a model"))
+    again = run.execute(compose_cfg([*args[:-2], f"backbone.pretrained={moved}", args[-1]]))
+    assert again.run_dir == second.run_dir and again.finished == second.finished
 
 
 def build(name: str, **settings):

@@ -190,5 +190,5 @@ def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypa
     cfg = compose_cfg(
         [f"task={task}", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}", *TINY]
     )
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*\n\(datasets are read under paths.data_root="):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.* \(datasets are read under paths.data_root="):
         run.execute(cfg)

@@ -233,7 +233,7 @@ def test_bad_input_names_the_setting(tiny_bb):
         sr.dense(torch.randn(1, 3, 32, 32), stride=5)
     with pytest.raises(ValueError, match="at_block=7 .*3 blocks"):
         srt.StochasticResonance(tiny_bb, at_block=7)
-    with pytest.raises(ValueError, match="at_block cannot be combined"):
+    with pytest.raises(ValueError, match="at_block=1 cannot be combined with output=dense"):
         srt.StochasticResonance(tiny_bb, at_block=1, output="dense")
     with pytest.raises(ValueError, match=r"unknown srt settings \['levels'\]"):
         srt.build_extractor(tiny_bb, {"levels": 3})

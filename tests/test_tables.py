@@ -16,6 +16,7 @@ import pytest
 
 from eval import figures, tables
 from eval.run_record import method_label
+from srt.errors import UserError, report_user_errors
 
 GOLDEN = Path(__file__).parent / "golden"
 WEIGHTS = {
@@ -162,7 +163,7 @@ def test_formats_and_out_file(tree, tmp_path):
     csv_text = tables.render(tables.build_tables(tree, only=1)[0], "csv")
     header = csv_text.splitlines()[1].split(",")
     assert header[:5] == ["backbone", "weights", "method", "L", "settings"] and "J&F-Mean (paper)" in header
-    assert tables.main([str(tmp_path / "missing")]) == 2
+    assert report_user_errors(tables.main, [str(tmp_path / "missing")]) == 2
 
 
 def test_an_empty_tree_gives_paper_only_tables(tmp_path):
@@ -227,5 +228,6 @@ def test_sweep_figure(tree, tmp_path):
     assert curves["dino_vits16"].to_dict() == pytest.approx({0: 0.0, 1: 2.0, 3: 5.0})
     out = figures.make_sweep_figure(tree, tmp_path / "fig3.png")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert figures.make_sweep_figure(tree, tmp_path / "none.png", task="depth", metric="RMSE") is None
+    with pytest.raises(UserError, match=r"--task depth: no depth run under .*; tasks with runs: davis"):
+        figures.make_sweep_figure(tree, tmp_path / "none.png", task="depth", metric="RMSE")
     assert not (tmp_path / "none.png").exists()
