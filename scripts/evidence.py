@@ -47,7 +47,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.results import atomic_write_bytes, atomic_write_text  # noqa: E402 - after the path is set
+from srt.errors import UserError, report_user_errors  # noqa: E402 - after the path is set
+from srt.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 #: the cut that makes the fixture evidence fit CI (about 25 min on the 2-core build machine, with the tests)
 FIXTURE_CUT = dict(sequences=("blackswan", "car-shadow", "cows", "dog"), frames=8, samples=5)
@@ -194,6 +195,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     davis, full = (args.davis, True) if args.davis else default_davis_root()
+    if not davis.is_dir():
+        raise UserError(
+            f"DAVIS folder {davis} does not exist; expected $SRT_DATA/DAVIS (SRT_DATA set) or the fixtures in "
+            "../shared/fixtures/davis (SRT_FIXTURES overrides), or pass --davis DIR"
+        )
     cut = {} if full else FIXTURE_CUT
     frames = args.frames or cut.get("frames")
     samples = args.samples or cut.get("samples")
@@ -208,7 +214,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     started = time.perf_counter()
     for cmd in commands:
-        subprocess.run(cmd, cwd=REPO, check=True)
+        if subprocess.run(cmd, cwd=REPO).returncode:
+            raise UserError(f"the run `{shlex.join(cmd[1:])}` failed (its error is printed above); nothing reported")
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     header = [
         f"- data: {davis} ({'full dataset' if full else 'shared fixtures, cut to fit CI'}); frames: "
@@ -229,4 +236,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="scripts/evidence.py"))

