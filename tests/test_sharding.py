@@ -160,7 +160,12 @@ def _task_overrides(name: str, fixtures: Path, sample: Path) -> list[str]:
     return {
         "toy": ["task=toy", "task.n_images=6", "task.image_size=32"],
         "davis": ["task=davis", f"task.root={fixtures / 'davis'}", "task.sequences=[dog,cows]", "task.max_frames=2"],
-        "saliency": ["task=saliency", f"paths.data_root={fixtures / 'saliency'}", "task.max_images=3", "task.solver=sparse"],
+        "saliency": [
+            "task=saliency",
+            f"paths.data_root={fixtures / 'saliency'}",
+            "task.max_images=3",
+            "task.solver=sparse",
+        ],
         "discovery": ["task=discovery", f"task.root={fixtures / 'voc07'}", "task.max_images=3", "task.solver=sparse"],
         "retrieval": [
             "task=retrieval",
@@ -210,7 +215,9 @@ def test_every_registered_task_is_covered():
 SHARDS = {"retrieval": 4}
 
 
-@pytest.mark.parametrize("name", ["toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill"])
+@pytest.mark.parametrize(
+    "name", ["toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill"]
+)
 def test_shards_then_metrics_equal_an_unsharded_run(name, fixtures_dir, tmp_path, request):
     sample = request.getfixturevalue("sample_root") if name == "depth" else tmp_path
     args = [*_task_overrides(name, fixtures_dir, sample), *COMMON]
