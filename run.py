@@ -510,7 +510,7 @@ def _is_shard_run(cfg: DictConfig) -> bool:
         return False
 
 
-def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[RunRecord]:
+def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[RunRecord | ShardRecord]:
     """:func:`execute` as a Hydra job runs it: the one place run.py catches errors.
 
     On any error, the run directory is removed if the run produced nothing (:func:`discard_failed_run_dir`),
