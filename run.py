@@ -6,11 +6,17 @@
 
 Nothing here is task-specific: tasks come from the registry in ``tasks/__init__.py`` and are driven
 through the contract in ``tasks/base.py``. Every setting's default lives in a dataclass (srt.SRTConfig,
-srt.BackboneConfig, the task's Config, tasks.loggers.LoggerConfig, RunnerConfig below), registered with
-Hydra's ConfigStore by :func:`register_configs`; every setting is checked (unknown keys, types, values)
-once, before any model is built. The run directory is a function of the run's identity
+srt.BackboneConfig, the task's Config, tasks.loggers.LoggerConfig, tasks.runner_config.RunnerConfig),
+registered with Hydra's ConfigStore by :func:`register_configs`; every setting is checked (unknown keys, types,
+values) once, before any model is built. The run directory is a function of the run's identity
 (tasks/run_identity.py), so re-running a command skips finished runs and resumes interrupted ones
 (``force=true`` recomputes); the record of a run is eval/run_record.py's ``RunRecord``.
+
+``shard=i/n`` splits a run over processes or machines (README: "Running on a SLURM cluster"): each shard
+computes its share of the items into the run's item cache (the assignment: tasks/item_cache.py ``Shard``),
+writes ``shards/<i>-of-<n>.json`` and stops before the metrics; the shard that finds every other item cached
+when its own are done, or a plain run afterwards, computes the metrics from the cache. The shard is not part
+of the run's identity, so all shards and the plain run share one run directory.
 
 Bad input stops a run early with one paragraph (:class:`srt.errors.UserError`, caught in :func:`main`, the one
 catching place of this entry point): settings and the model's shape before anything is read, the device, then
@@ -40,9 +46,10 @@ from omegaconf import DictConfig, OmegaConf
 import tasks
 from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
 from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
+from srt.io import atomic_write_json
 from tasks import environment
 from tasks.config_schema import config_node, defaults_of, typed_config, unknown_setting
-from tasks.item_cache import item_cache_for
+from tasks.item_cache import Shard, ShardFinished, item_cache_for
 from tasks.loggers import LoggerConfig, make_logger
 from tasks.run_identity import (
     SRT_RESOURCE_KEYS,
@@ -52,6 +59,7 @@ from tasks.run_identity import (
     run_subdir_of_config,
     task_key_part,
 )
+from tasks.runner_config import RunnerConfig
 
 log = logging.getLogger("srt-bench")
 
@@ -60,23 +68,6 @@ RANDOM_WEIGHTS_WARNING = (
     "backbone.pretrained=false: the backbone has RANDOM weights. The numbers only prove that the pipeline "
     "runs; they say nothing about SRT or the paper."
 )
-
-
-@dataclass
-class RunnerConfig:
-    """Top-level settings besides the config groups."""
-
-    force: bool = False  # recompute even when the run directory holds a finished run
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N | mps
-    progress: bool = True  # tqdm bars
-    seed: int = 0  # torch's global seed before the task runs
-    debug: bool = False  # show the traceback of errors in the input too (as HYDRA_FULL_ERROR=1)
-
-    def validate(self) -> RunnerConfig:
-        device = self.device
-        if not (device in ("cpu", "cuda", "mps", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
-            raise UserError(f"device={device!r} is not valid; expected cpu, cuda, cuda:N, mps or auto")
-        return self
 
 
 @dataclass
@@ -89,6 +80,7 @@ class Plan:
     logger: LoggerConfig
     runner: RunnerConfig
     run_dir: Path
+    shard: Optional[Shard] = None  # runner.shard, parsed
 
 
 GROUPS = ("paths", "backbone", "srt", "task", "logger")
@@ -150,7 +142,7 @@ def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
     task.check_settings(model, srt_cfg)
     if run_dir is None:
         run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(cfg.task, cfg.backbone, cfg.srt)
-    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir))
+    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir), runner.run_shard())
 
 
 def demo_task_options() -> list[str]:
@@ -207,8 +199,44 @@ def _dataset_hint(cfg: DictConfig) -> Iterator[None]:
         ) from e
 
 
-def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
-    """Run one configured job; return its record (also written to ``<run dir>/metrics.json``).
+@dataclass
+class ShardRecord:
+    """What a shard run did (``<run dir>/shards/<i>-of-<n>.json``): no metrics, they need every item."""
+
+    shard: str  # "i/n"
+    computed: int  # items of this shard computed by this run
+    loaded: int  # items of this shard found in the cache (a resumed shard)
+    other_shards_items: int  # the other shards' items this run skipped ...
+    other_shards_missing: int  # ... and how many of them were not cached when it finished
+    completed_run: bool  # every item was cached: this shard went on to compute the metrics (metrics.json)
+    run_dir: str
+    run_key_hash: str
+    started: str
+    finished: str
+    wall_time_s: float
+    host: Any
+    command: list[str]
+
+    def summary_line(self) -> str:
+        then = (
+            "every item is cached: computing the metrics"
+            if self.completed_run
+            else f"{self.other_shards_missing} of the other shards' {self.other_shards_items} items not cached yet "
+            "(when all shards are done, the same command without shard= computes the metrics)"
+        )
+        return (
+            f"[srt-bench] shard {self.shard} | items computed={self.computed} cached={self.loaded} | {then} | "
+            f"{self.wall_time_s:.1f}s | {self.run_dir}"
+        )
+
+
+def shard_record_path(run_dir: Path, shard: Shard) -> Path:
+    return Path(run_dir) / "shards" / f"{shard.index}-of-{shard.count}.json"
+
+
+def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | ShardRecord:
+    """Run one configured job; return its record (also written to ``<run dir>/metrics.json``), or, for a shard
+    run that stops before the metrics, its :class:`ShardRecord` (``<run dir>/shards/<i>-of-<n>.json``).
 
     Order (each step can stop the run with a :class:`srt.errors.UserError`; no model exists before the last):
     settings and the model's shape (:func:`plan`), the device, the dataset's files and their identity, the
@@ -238,7 +266,9 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
         p.task.check_data()  # every annotation decoded, every input image checked: before any feature
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
-    cache = item_cache_for(p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), data)
+    cache = item_cache_for(
+        p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), data, shard=p.shard
+    )
     if p.runner.force:
         cache.clear()
     started, t0 = environment.now_iso(), time.perf_counter()
@@ -261,7 +291,21 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
     ctx = RunContext(
         out_dir=p.run_dir, cache=cache, device=device, progress=p.runner.progress, extras={"config": resolved}
     )
-    metrics = p.task.run(extractor, ctx)
+    try:
+        metrics = p.task.run(extractor, ctx)
+    except ShardFinished as done:
+        shard_record = _record_shard(p, done, key_hash, started, t0)
+        if not shard_record.completed_run:
+            return shard_record
+        cache.unshard()  # the last shard: every item is cached, so a plain pass computes the metrics
+        torch.manual_seed(p.runner.seed)  # as a plain run starts its task (e.g. distill's shuffling)
+        metrics = p.task.run(extractor, ctx)
+    else:
+        if p.shard is not None:  # a task that ignores sharding would have computed metrics from every item
+            raise RuntimeError(
+                f"task {cfg.task.name!r} finished a shard run without calling ctx.cache.items_done() after its item "
+                "loops; its metrics were not written"
+            )
     if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
         raise TypeError(f"task {cfg.task.name!r} returned {metrics!r}; expected a flat dict of numbers")
 
@@ -302,6 +346,28 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord:
     log.info(record.summary_line())
     if p.backbone.pretrained is False:
         log.warning(RANDOM_WEIGHTS_WARNING)
+    return record
+
+
+def _record_shard(p: Plan, done: ShardFinished, key_hash: str, started: str, t0: float) -> ShardRecord:
+    """Write (atomically) and log the record of a shard run whose item loops are done."""
+    record = ShardRecord(
+        shard=str(done.shard),
+        computed=done.computed,
+        loaded=done.loaded,
+        other_shards_items=done.others,
+        other_shards_missing=done.others_missing,
+        completed_run=done.others_missing == 0,
+        run_dir=str(p.run_dir),
+        run_key_hash=key_hash,
+        started=started,
+        finished=environment.now_iso(),
+        wall_time_s=round(time.perf_counter() - t0, 3),
+        host=environment.host(),
+        command=list(sys.argv),
+    )
+    atomic_write_json(shard_record_path(p.run_dir, done.shard), dataclasses.asdict(record))
+    log.info(record.summary_line())
     return record
 
 
@@ -437,10 +503,18 @@ def discard_failed_run_dir(run_dir: Path, results_root: Optional[Path] = None) -
     return True
 
 
-def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[RunRecord]:
+def _is_shard_run(cfg: DictConfig) -> bool:
+    try:
+        return Shard.parse(OmegaConf.select(cfg, "shard", default=None)) is not None
+    except UserError:
+        return False
+
+
+def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[RunRecord | ShardRecord]:
     """:func:`execute` as a Hydra job runs it: the one place run.py catches errors.
 
-    On any error, the run directory is removed if the run produced nothing (:func:`discard_failed_run_dir`).
+    On any error, the run directory is removed if the run produced nothing (:func:`discard_failed_run_dir`),
+    except in a shard run (the other shards of the run may be writing into it).
     A user error (:func:`srt.errors.is_user_error`) is then reported as one paragraph, ``error: <message>``:
     with ``report`` (jobs in the process of ``python run.py``: single runs and the basic launcher's sweeps)
     it is printed to stderr here and recorded in :data:`FAILED_JOBS` (the process exits with 1 after the last
@@ -452,7 +526,8 @@ def run_job(cfg: DictConfig, run_dir: Path, report: bool = False) -> Optional[Ru
         return execute(cfg, run_dir)
     except Exception as e:
         results_root = OmegaConf.select(cfg, "paths.results_root", default=None)
-        discard_failed_run_dir(run_dir, Path(results_root) if results_root else None)
+        if not _is_shard_run(cfg):  # other shards may be writing into a shard's run directory
+            discard_failed_run_dir(run_dir, Path(results_root) if results_root else None)
         debug = OmegaConf.select(cfg, "debug", default=False) is True or debug_requested()
         if not is_user_error(e) or debug:
             raise

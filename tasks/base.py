@@ -186,7 +186,12 @@ class Task(ABC):
 
     @abstractmethod
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
-        """Run the protocol; return flat metrics (name -> float)."""
+        """Run the protocol; return flat metrics (name -> float).
+
+        The expensive per-item work goes through ``ctx.cache.get_or_compute(item_id, compute)`` (resumable), and
+        for sharded runs (``shard=i/n``) each item loop starts with ``if ctx.cache.skips(item_id): continue``
+        (before the item is read) and ``ctx.cache.items_done()`` follows the loops, before anything that needs
+        every item (metrics, ranking, training): a shard run stops there (tasks/item_cache.py)."""
 
     def cache_key_config(self) -> Mapping[str, Any]:
         """Task config that changes per-item outputs (keys the item cache, with backbone and srt config and

@@ -472,6 +472,8 @@ class DavisTask(Task):
         feature_s = propagation_s = 0.0
         n_frames = 0
         for seq in tqdm(sequences, desc="DAVIS sequences", disable=not ctx.progress):
+            if ctx.cache.skips(seq):  # another shard's sequence (shard=i/n)
+                continue
             frames = davis_eval.image_paths(root, seq, cfg.resolution)
             if cfg.max_frames is not None:
                 frames = frames[: cfg.max_frames]
@@ -489,6 +491,7 @@ class DavisTask(Task):
                 write_label_png(
                     pred_dir / seq / f"{path.stem}.png", soft_to_labels(frame_soft, extractor.stride, annotation.shape)
                 )
+        ctx.cache.items_done()  # a shard run stops here
 
         scores, metrics = davis_eval.evaluate_and_write(
             root, pred_dir, sequences, cfg.split, cfg.max_frames, ctx.progress, cfg.resolution, allow_empty=True

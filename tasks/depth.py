@@ -436,6 +436,8 @@ class DepthTask(Task):
         gts, preds, seconds = [], [], []
         items = self.items()
         for n, item in enumerate(tqdm(items, desc=f"depth {cfg.protocol}", disable=not ctx.progress)):
+            if ctx.cache.skips(item.id):  # another shard's image (shard=i/n)
+                continue
             rgb = read_rgb(item.image, cfg.protocol)
             gt = depth_eval.read_depth(item.depth, cfg.protocol)
             if gt.shape != rgb.shape[:2]:  # check_data compared the headers; this is the decoded data
@@ -463,6 +465,7 @@ class DepthTask(Task):
             preds.append(pred)
             if n < cfg.n_visualizations:
                 atomic_save_png(vis_dir / f"{item.id}.png", depth_panel(rgb, gt, pred))
+        ctx.cache.items_done()  # a shard run stops here
 
         result = depth_eval.evaluate(gts, preds, cfg.protocol, literal=cfg.srt_literal_mask)
         self._write_per_image(out_dir / "per_image.csv", [it.id for it in items], result["per_image"])

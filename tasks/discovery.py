@@ -133,6 +133,8 @@ class DiscoveryTask(Task):
         feature_s = ncut_s = 0.0
         items = []
         for image_id in tqdm(ids, desc=f"discovery VOC{cfg.year} {cfg.image_set}", disable=not ctx.progress):
+            if ctx.cache.skips(f"VOC{cfg.year}/{image_id}"):  # another shard's image (shard=i/n)
+                continue
             image_path = voc / "JPEGImages" / f"{image_id}.jpg"
 
             def compute() -> dict[str, np.ndarray]:
@@ -159,6 +161,7 @@ class DiscoveryTask(Task):
             best = float(box_iou(box, gt_boxes[image_id]).max(initial=0.0))
             hit = int(is_hit(box, gt_boxes[image_id]))
             rows.append(f"{image_id},{','.join(map(str, box))},{best:.6f},{hit},{len(gt_boxes[image_id])}")
+        ctx.cache.items_done()  # a shard run stops here
         atomic_write_text(Path(ctx.out_dir) / cfg.boxes_file, "\n".join(rows) + "\n")
         metrics = {
             "CorLoc": corloc(boxes, [gt_boxes[i] for i in ids]),

@@ -289,7 +289,10 @@ class DistillTask(Task):
                 return {"tokens": extractor(load(images[i])[None].to(device))["tokens"][0].to(dtype)}
 
         for i in tqdm(range(len(images)), desc="teacher targets", disable=not ctx.progress):
+            if ctx.cache.skips(f"targets/{ids[i]}"):  # another shard's image (shard=i/n)
+                continue
             ctx.cache.get_or_compute(f"targets/{ids[i]}", lambda: compute_target(i))  # once; resumed runs load them
+        ctx.cache.items_done()  # a shard run stops here: shards split the teacher targets, training needs them all
 
         def target(i: int) -> torch.Tensor:  # the epochs read the cached targets (n * C * h * w: not kept in memory)
             with np.load(ctx.cache.path(f"targets/{ids[i]}")) as data:

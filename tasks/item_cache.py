@@ -4,21 +4,32 @@
 everything that changes them (:func:`cache_key`); ``get_or_compute`` is what a task calls per item. Each
 item is one ``.npz`` written atomically, so a run killed at any point loses at most the item it was
 computing, and a re-run loads the others instead of recomputing them.
+
+Sharding (``shard=i/n``, for runs split over machines) lives here too, in one place: :class:`Shard` assigns
+each item to one of n shards by a hash of its id, and a cache built with a shard tells the task's loop to
+skip the other shards' items (:meth:`ItemCache.skips`) and stops the run where the loops end
+(:meth:`ItemCache.items_done` raises :class:`ShardFinished`), before anything that needs every item (metrics,
+ranking, training). The runner (run.py) records what the shard did and, when every item is cached by then,
+runs the task once more without the shard to compute the metrics. All shards write into one item cache:
+each item is one file written atomically, so concurrent shards never see a half-written item.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from srt.errors import UserError
 from srt.io import atomic_write_bytes, atomic_write_json
 
 from .run_identity import backbone_key_part, config_hash, plain, srt_key_part
@@ -26,6 +37,65 @@ from .run_identity import backbone_key_part, config_hash, plain, srt_key_part
 log = logging.getLogger(__name__)
 
 _ITEM_ID = re.compile(r"^[A-Za-z0-9._+=-]+(/[A-Za-z0-9._+=-]+)*$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """``shard=i/n``: this run computes the items that :func:`shard_of` assigns to shard ``index`` of ``count``.
+
+    The assignment is a function of the item id alone (not of the order a task visits its items, nor of the
+    process: no salted ``hash()``), so the n shards of a run partition its items whatever each one iterates.
+    """
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, value: Any, setting: str = "shard") -> Optional[Shard]:
+        """``"i/n"`` -> ``Shard(i, n)``, None -> None (a plain run); :class:`UserError` naming ``setting``."""
+        if value is None:
+            return None
+        text = str(value).strip()
+        match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+        if isinstance(value, bool) or match is None:
+            raise UserError(
+                f"{setting}={value!r} is not valid; expected i/n, this run's shard i of n shards with 0 <= i < n "
+                f"(e.g. {setting}=0/8 ... {setting}=7/8), or null for a plain run"
+            )
+        index, count = int(match[1]), int(match[2])
+        if count < 1:
+            raise UserError(f"{setting}={text} is not valid: {count} shards; expected i/n with n >= 1 and 0 <= i < n")
+        if index >= count:
+            raise UserError(
+                f"{setting}={text} is not valid: there is no shard {index} of {count}; expected i/n with 0 <= i < n "
+                f"({setting}=0/{count} ... {setting}={count - 1}/{count})"
+            )
+        return cls(index, count)
+
+    def owns(self, item_id: str) -> bool:
+        return shard_of(item_id, self.count) == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def shard_of(item_id: str, count: int) -> int:
+    """The shard (0..count-1) of an item: the first 8 bytes of the sha256 of its id, modulo ``count``."""
+    digest = hashlib.sha256(str(item_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+class ShardFinished(Exception):
+    """Raised by :meth:`ItemCache.items_done` in a shard run: the task's item loops are over, the rest of
+    ``Task.run`` (metrics, ranking, training) needs every item and must not run. The runner catches it."""
+
+    def __init__(self, shard: Shard, computed: int, loaded: int, others: int, others_missing: int):
+        self.shard, self.computed, self.loaded = shard, computed, loaded
+        self.others, self.others_missing = others, others_missing
+        super().__init__(
+            f"shard {shard}: {computed} items computed, {loaded} loaded; "
+            f"{others_missing} of the other shards' {others} items not cached yet"
+        )
 
 
 class ItemCache:
@@ -37,13 +107,25 @@ class ItemCache:
     one does. ``item_id`` may contain ``/`` (e.g. ``"blackswan/00003"``), stored as subdirectories.
 
     ``computed`` and ``loaded`` count the items of this process (recorded in ``metrics.json``).
+
+    With a ``shard`` (a shard run), a task's item loop asks :meth:`skips` first and goes on to the next item
+    for another shard's, and calls :meth:`items_done` where its item loops end::
+
+        for seq in sequences:
+            if ctx.cache.skips(seq):  # another shard's item (never true in a plain run)
+                continue
+            item = ctx.cache.get_or_compute(seq, compute)
+            ...
+        ctx.cache.items_done()  # a shard run stops here; a plain run goes on to the metrics
     """
 
-    def __init__(self, root: str | os.PathLike, key: Optional[Mapping[str, Any]] = None):
+    def __init__(self, root: str | os.PathLike, key: Optional[Mapping[str, Any]] = None, shard: Optional[Shard] = None):
         self.root = Path(root)
         self.key = dict(key) if key is not None else None
+        self.shard = shard
         self.computed = 0
         self.loaded = 0
+        self.skipped: dict[str, None] = {}  # the other shards' items this run skipped (ordered, each once)
         self.root.mkdir(parents=True, exist_ok=True)
         if self.key is not None:
             key_file = self.root / "key.json"
@@ -61,8 +143,34 @@ class ItemCache:
     def __contains__(self, item_id: str) -> bool:
         return self.path(item_id).is_file()
 
+    def skips(self, item_id: str) -> bool:
+        """True when this is a shard run and ``item_id`` belongs to another shard: the task skips it (no reading,
+        no computing, no writing). Always False in a plain run."""
+        if self.shard is None or self.shard.owns(str(item_id)):
+            return False
+        self.path(item_id)  # a bad id fails in every shard alike
+        self.skipped[str(item_id)] = None
+        return True
+
+    def items_done(self) -> None:
+        """Where a task's item loops end, before anything that needs every item. A plain run goes on; a shard
+        run stops here with :class:`ShardFinished` (counting the skipped items not cached yet)."""
+        if self.shard is None:
+            return
+        missing = sum(1 for item_id in self.skipped if item_id not in self)
+        raise ShardFinished(self.shard, self.computed, self.loaded, len(self.skipped), missing)
+
+    def unshard(self) -> None:
+        """Make this a plain run's cache (the runner's last pass of a shard that found every item cached)."""
+        self.shard, self.computed, self.loaded, self.skipped = None, 0, 0, {}
+
     def get_or_compute(self, item_id: str, fn: Callable[[], Mapping[str, Any]]) -> dict[str, np.ndarray]:
         path = self.path(item_id)
+        if self.shard is not None and not self.shard.owns(str(item_id)):
+            raise RuntimeError(  # a bug of the task: it would compute another shard's item, or use a missing one
+                f"item cache: shard {self.shard} was asked for item {item_id!r} of another shard; the task's loop "
+                "must skip it (if ctx.cache.skips(item_id): continue) and call ctx.cache.items_done() after its loops"
+            )
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as data:
@@ -128,7 +236,9 @@ def item_cache_for(
     srt_cfg: Any,
     task_key: Mapping[str, Any],
     data: Optional[Mapping[str, Any]] = None,
+    shard: Optional[Shard] = None,
 ) -> ItemCache:
-    """The item cache of a run directory for this key (``<run_dir>/cache/<hash of the key>``)."""
+    """The item cache of a run directory for this key (``<run_dir>/cache/<hash of the key>``); the shard is
+    not part of the key: every shard of a run and its plain run share one cache."""
     key = cache_key(backbone_cfg, srt_cfg, task_key, data)
-    return ItemCache(Path(run_dir) / "cache" / config_hash(key, 16), key=key)
+    return ItemCache(Path(run_dir) / "cache" / config_hash(key, 16), key=key, shard=shard)

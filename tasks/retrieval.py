@@ -264,11 +264,13 @@ class RetrievalTask(Task):
         )
         seconds: list[float] = []
 
-        def describe(split: str, names: list[str], boxes: list[Optional[np.ndarray]]) -> np.ndarray:
+        def describe(split: str, names: list[str], boxes: list[Optional[np.ndarray]]) -> list[np.ndarray]:
             out = []
             for name, bbx in tqdm(
                 list(zip(names, boxes)), desc=f"retrieval {cfg.dataset} {split}", disable=not ctx.progress
             ):
+                if ctx.cache.skips(f"{cfg.dataset}/{split}/{name}"):  # another shard's image (shard=i/n)
+                    continue
                 path = self.dataset_dir / "jpg" / f"{name}.jpg"
 
                 def compute() -> dict[str, Any]:
@@ -282,11 +284,13 @@ class RetrievalTask(Task):
                 item = ctx.cache.get_or_compute(f"{cfg.dataset}/{split}/{name}", compute)
                 seconds.append(float(item["seconds"]))
                 out.append(item["descriptor"])
-            return np.stack(out).astype(np.float32)
+            return out
 
         database = describe("database", gt["imlist"], [None] * len(gt["imlist"]))
         query_boxes = [g["bbx"] for g in gt["gnd"]] if cfg.crop_queries else [None] * len(gt["qimlist"])
         queries = describe("queries", gt["qimlist"], query_boxes)
+        ctx.cache.items_done()  # a shard run stops here: ranking needs every descriptor
+        database, queries = np.stack(database).astype(np.float32), np.stack(queries).astype(np.float32)
 
         ranks = rank_database(database, queries)
         scores = evaluate(ranks, gt["gnd"], cfg.kappas)

@@ -11,7 +11,10 @@ elsewhere, finds the finished runs and the item cache; a dataset whose file list
   the same directory: a finished run is skipped (:func:`finished_record`), an interrupted one resumes.
 - Importing this module registers the OmegaConf resolver ``srt_run_subdir`` that ``conf/config.yaml``
   uses for ``hydra.run.dir`` / ``hydra.sweep.subdir`` (at import, so that parallel launchers' worker
-  processes, which import it when they unpickle the job, have it too).
+  processes, which import it when they unpickle the job, have it too), and ``srt_hydra_subdir`` /
+  ``srt_log_file``, which give each shard run its own Hydra record and log file inside the run directory.
+- The top-level ``shard`` setting is deliberately not part of the identity (it is not read here): the shards of
+  a run and the plain run that computes its metrics share one run directory and one item cache.
 """
 
 from __future__ import annotations
@@ -133,10 +136,37 @@ def _resolve_run_subdir(*, _root_: Any) -> str:
     return run_subdir_of_config(_root_.task, _root_.backbone, _root_.srt)
 
 
+def shard_part(shard: Any) -> Optional[str]:
+    """``shard-<i>-of-<n>`` for a valid ``shard=i/n``, None for a plain run (or a malformed value, which the
+    runner reports): names a shard's own files in the shared run directory."""
+    from .item_cache import Shard
+
+    try:
+        parsed = Shard.parse(shard)
+    except ValueError:
+        return None
+    return None if parsed is None else f"shard-{parsed.index}-of-{parsed.count}"
+
+
+def _resolve_hydra_subdir(shard: Any) -> str:
+    """Hydra's record of the job (config.yaml, overrides.yaml, hydra.yaml): ``.hydra``, and for a shard
+    ``.hydra/shard-<i>-of-<n>``, since concurrent shards rewriting one file could leave a mix of two."""
+    part = shard_part(shard)
+    return ".hydra" if part is None else f".hydra/{part}"
+
+
+def _resolve_log_file(job_name: str, shard: Any) -> str:
+    """The job's log file name: ``<job>.log``, ``<job>.shard-<i>-of-<n>.log`` for a shard."""
+    part = shard_part(shard)
+    return f"{job_name}.log" if part is None else f"{job_name}.{part}.log"
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("srt_run_subdir", _resolve_run_subdir, replace=True)
+    OmegaConf.register_new_resolver("srt_hydra_subdir", _resolve_hydra_subdir, replace=True)
+    OmegaConf.register_new_resolver("srt_log_file", _resolve_log_file, replace=True)
 
 
 register_resolvers()

@@ -143,6 +143,9 @@ class SaliencyTask(Task):
         feature_s = ncut_s = 0.0
         items = []
         for image_path, gt_path in tqdm(pairs, desc=f"saliency {cfg.dataset}", disable=not ctx.progress):
+            item_id = f"{cfg.dataset}/{image_path.stem}"
+            if ctx.cache.skips(item_id):  # another shard's image (shard=i/n)
+                continue
             rgb = read_image(image_path, "RGB", f"{cfg.dataset} image")
             gt = read_mask(gt_path, "ground-truth mask")
             _check_sizes(gt_path, gt.shape, image_path, rgb.size)
@@ -158,7 +161,7 @@ class SaliencyTask(Task):
                     "ncut_seconds": out.ncut_seconds,
                 }
 
-            item = ctx.cache.get_or_compute(f"{cfg.dataset}/{image_path.stem}", compute)
+            item = ctx.cache.get_or_compute(item_id, compute)
             items.append(item)
             feature_s += float(item["feature_seconds"])
             ncut_s += float(item["ncut_seconds"])
@@ -169,6 +172,7 @@ class SaliencyTask(Task):
             rows.append(
                 f"{image_path.stem},{score.f_curve[0]:.6f},{score.iou:.6f},{score.acc:.6f},{item['component'].size}"
             )
+        ctx.cache.items_done()  # a shard run stops here
         atomic_write_text(Path(ctx.out_dir) / "per_image.csv", "\n".join(rows) + "\n")
         metrics = aggregate(scores)
         metrics.update(

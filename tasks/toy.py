@@ -86,9 +86,12 @@ class ToyTask(Task):
 
         rows, cosines, norms = ["image,flip_cosine,feature_norm"], [], []
         for i in tqdm(range(cfg.n_images), desc="toy", disable=not ctx.progress):
+            if ctx.cache.skips(f"image{i:04d}"):  # another shard's item (shard=i/n)
+                continue
             out = ctx.cache.get_or_compute(f"image{i:04d}", lambda i=i: compute(i))
             cosines.append(float(out["cosine"]))
             norms.append(float(out["norm"]))
             rows.append(f"{i},{cosines[-1]:.8f},{norms[-1]:.8f}")
+        ctx.cache.items_done()  # a shard run stops here
         atomic_write_text(ctx.out_dir / "per_image.csv", "\n".join(rows) + "\n")
         return {"flip_cosine": float(np.mean(cosines)), "feature_norm": float(np.mean(norms))}

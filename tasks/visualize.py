@@ -168,9 +168,38 @@ class VisualizeTask(Task):
         def store(key: str, compute):  # each image's fields in the item cache: resumable, one image in memory
             return ctx.cache.get_or_compute(f"fields/{key}", compute)
 
-        columns = viz.backbone_columns(
-            inputs, fn, srt_cfg, cfg.stride, "tokens", cfg.basis, progress=ctx.progress, store=store, keys=ids, **fit
-        )
+        def image_columns(chosen: list[int]) -> viz.Columns:  # the plain | SRT columns of these images
+            return viz.backbone_columns(
+                [inputs[i] for i in chosen],
+                fn,
+                srt_cfg,
+                cfg.stride,
+                "tokens",
+                cfg.basis,
+                progress=ctx.progress,
+                store=store,
+                keys=[ids[i] for i in chosen],
+                **fit,
+            )
+
+        levels = viz.strip_levels(srt_cfg.level, srt_cfg.step) if cfg.strip else []
+        strip_key = f"strip/{ids[cfg.strip_image]}" if cfg.strip else ""
+
+        def strip_columns(chosen: list[int]) -> viz.Columns:  # the strip image's fields at these levels
+            image, key = inputs[cfg.strip_image], strip_key
+            return viz.level_columns(image, fn, chosen, srt_cfg, cfg.stride, "tokens", store=store, key=key, **fit)
+
+        if ctx.cache.shard is not None:
+            # a shard run computes its share of the fields (the items); the colours are fitted on all of them,
+            # so the columns it builds on the way are dropped and the figure is left to the run that has them all
+            mine = [i for i in range(len(ids)) if not ctx.cache.skips(f"fields/{ids[i]}")]
+            mine_levels = [lv for lv in levels if not ctx.cache.skips(f"fields/{strip_key}/L{lv}")]
+            if mine:
+                image_columns(mine)
+            if mine_levels:
+                strip_columns(mine_levels)
+            ctx.cache.items_done()  # a shard run stops here
+        columns = image_columns(list(range(len(ids))))
         out = ctx.out_dir
         input_panels = [viz.read_image(im) for im in inputs]
         manifest: dict[str, Any] = {
@@ -187,18 +216,7 @@ class VisualizeTask(Task):
         }
         atomic_save_png(out / "figure.png", viz.figure_from_columns(input_panels, [columns]))
         if cfg.strip:
-            levels = viz.strip_levels(srt_cfg.level, srt_cfg.step)
-            strip = viz.level_columns(
-                inputs[cfg.strip_image],
-                fn,
-                levels,
-                srt_cfg,
-                cfg.stride,
-                "tokens",
-                store=store,
-                key=f"strip/{ids[cfg.strip_image]}",
-                **fit,
-            )
+            strip = strip_columns(levels)
             manifest["strip"] = {
                 "input": manifest["inputs"][cfg.strip_image],
                 "columns": strip.labels,

@@ -457,6 +457,32 @@ CASES: list[Case] = [
         (r"device='tpu' is not valid; expected cpu, cuda, cuda:N, mps or auto",),
     ),
     Case(
+        "shard-malformed",
+        "runner settings",
+        "`shard=3` (not i/n)",
+        "the setting and the expected form",
+        lambda e: runner(e, ["shard=3"]),
+        (r"shard='3' is not valid; expected i/n, this run's shard i of n shards with 0 <= i < n",),
+    ),
+    Case(
+        "shard-out-of-range",
+        "runner settings",
+        "`shard=8/8`",
+        "the setting and the valid shards",
+        lambda e: runner(e, ["shard=8/8"]),
+        (
+            r"shard=8/8 is not valid: there is no shard 8 of 8; expected i/n with 0 <= i < n \(shard=0/8 \.\.\. shard=7/8\)",
+        ),
+    ),
+    Case(
+        "shard-with-force",
+        "runner settings",
+        "`shard=0/8 force=true`",
+        "both settings and what to do instead",
+        lambda e: runner(e, ["shard=0/8", "force=true"]),
+        (r"force=true cannot be combined with shard=0/8: it clears the item cache the other shards are writing into",),
+    ),
+    Case(
         "samples-above-grid",
         "runner settings",
         "`srt.samples=1000` at level 3",

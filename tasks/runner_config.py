@@ -1,0 +1,44 @@
+"""The runner's top-level settings (``force``, ``device``, ``progress``, ``seed``, ``debug``, ``shard``).
+
+In a module of its own, not in run.py: parallel launchers (joblib, submitit) pickle run.py's functions by
+value into their worker processes, where a dataclass defined in ``__main__`` could not have its type hints
+(``Optional[str]``) resolved by OmegaConf; a class of an importable module is pickled by reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from srt.errors import UserError
+
+from .item_cache import Shard
+
+
+@dataclass
+class RunnerConfig:
+    """Top-level settings besides the config groups."""
+
+    force: bool = False  # recompute even when the run directory holds a finished run
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N | mps
+    progress: bool = True  # tqdm bars
+    seed: int = 0  # torch's global seed before the task runs
+    debug: bool = False  # show the traceback of errors in the input too (as HYDRA_FULL_ERROR=1)
+    # i/n: compute only shard i (0 <= i < n) of the items into the run's item cache, then stop without metrics
+    # (shards/<i>-of-<n>.json records it); null: a plain run. Not part of the run's identity (README: SLURM)
+    shard: Optional[str] = None
+
+    def validate(self) -> RunnerConfig:
+        device = self.device
+        if not (device in ("cpu", "cuda", "mps", "auto") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise UserError(f"device={device!r} is not valid; expected cpu, cuda, cuda:N, mps or auto")
+        if self.run_shard() is not None and self.force:
+            raise UserError(
+                f"force=true cannot be combined with shard={self.shard}: it clears the item cache the other shards "
+                "are writing into; to recompute a sharded run, delete its run directory, then run the shards again"
+            )
+        return self
+
+    def run_shard(self) -> Optional[Shard]:
+        """The parsed ``shard`` setting (None: a plain run); UserError naming the setting when malformed."""
+        return Shard.parse(self.shard, "shard")
