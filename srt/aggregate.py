@@ -108,10 +108,19 @@ class Taps:
         """(sum of weighted taps [B,C,Hs,Ws], sum of tap weights [Hs,Ws]) for token grids [B,C,h,w]."""
         out, total = None, None
         for iy, ix, weight in self.items:
-            g = tokens.index_select(2, iy).index_select(3, ix) * weight
+            g = gather_cells(tokens, iy, ix) * weight
             out = g if out is None else out.add_(g)
             total = weight if total is None else total + weight
         return out, total
+
+
+def gather_cells(tokens: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
+    """``tokens[:, :, iy][:, :, :, ix]`` for grids [B,C,h,w]. The column gather runs on a 2-D view: on CPU,
+    ``index_select`` along the last axis of a 4-D tensor is about 7x slower (measured at 384x336x336), and at
+    stride 1 this gather was most of the cost of the dispersion and normalized-border paths."""
+    rows = tokens.index_select(2, iy)
+    B, C, H, w = rows.shape
+    return rows.reshape(B * C * H, w).index_select(1, ix).view(B, C, H, ix.numel())
 
 
 def integral_image(weights: torch.Tensor) -> torch.Tensor:
