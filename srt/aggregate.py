@@ -108,8 +108,8 @@ class Taps:
         """(sum of weighted taps [B,C,Hs,Ws], sum of tap weights [Hs,Ws]) for token grids [B,C,h,w]."""
         out, total = None, None
         for iy, ix, weight in self.items:
-            g = gather_cells(tokens, iy, ix) * weight
-            out = g if out is None else out.add_(g)
+            g = gather_cells(tokens, iy, ix)
+            out = g.mul_(weight) if out is None else out.addcmul_(g, weight)
             total = weight if total is None else total + weight
         return out, total
 
@@ -260,7 +260,7 @@ class AlignedPasses:
             )
         if not self.normalized:
             return value, torch.ones_like(coverage)
-        return value / coverage.clamp(min=1e-12), coverage
+        return value.div_(coverage.clamp(min=1e-12)), coverage
 
 
 class Welford:
@@ -276,16 +276,19 @@ class Welford:
         self.m2 = torch.zeros(shape, device=device)
 
     def add(self, value: torch.Tensor, weight: torch.Tensor, images: slice) -> None:
+        """Fold in one pass; ``value`` is consumed (overwritten), so the update needs one output-sized temporary."""
         total = self.total[images] + weight
         ratio = torch.where(total > 0, weight / total.clamp(min=1e-12), torch.zeros_like(total))
-        delta = value - self.mean[images]
-        self.mean[images] += ratio * delta
-        self.m2[images] += weight * delta * (value - self.mean[images])
+        mean = self.mean[images]  # views: the updates below write into the buffers
+        delta = value - mean
+        mean.addcmul_(ratio, delta)
+        self.m2[images].addcmul_(delta.mul_(value.sub_(mean)), weight)  # += weight * delta * (value - new mean)
         self.total[images] = total
 
     def variance(self) -> torch.Tensor:
-        """Population variance over passes (weighted); 0 where no pass covered the location."""
-        return torch.where(self.total > 0, self.m2 / self.total.clamp(min=1e-12), torch.zeros_like(self.m2))
+        """Population variance over passes (weighted); 0 where no pass covered the location (m2 stayed 0 there).
+        Computed in place in the m2 buffer (no output-sized temporaries): call it once, after the last pass."""
+        return self.m2.div_(self.total.clamp(min=1e-12))
 
 
 class MedianBuffer:

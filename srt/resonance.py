@@ -88,10 +88,10 @@ class _GridStats:
             self.mean.add(values, shift, images)
         if self.aligned is not None:
             value, coverage = self.aligned(values, shift)
+            if self.median is not None:  # copies value; Welford then consumes it
+                self.median.add(value, coverage, images, pass_index)
             if self.welford is not None:
                 self.welford.add(value, coverage, images)
-            if self.median is not None:
-                self.median.add(value, coverage, images, pass_index)
 
     def results(self) -> dict[str, torch.Tensor]:
         if self.median is not None:
