@@ -20,7 +20,6 @@ import io
 import math
 import os
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -150,27 +149,65 @@ def points_for(frame: pd.DataFrame, task: str, metric: str) -> dict[tuple, pd.Da
     return out
 
 
+#: colour of each method in the figure (methods not listed: grey)
+METHOD_COLOURS = {
+    "srt_dense": "C0",
+    "stride": "C1",
+    "stride_srt": "C2",
+    "jitter": "C4",
+    "shift_jitter": "C6",
+    "nearest": "0.65",
+    "bilinear": "0.15",
+}
+
+
+def short_label(label: str, method: str) -> str:
+    """The point's label in the figure, short (the legend names the method by colour)."""
+    text = label.replace(" stratified shifts", " strat.").replace(" shifts", "")
+    for prefix in ("SRT ", "colour jitter "):
+        if text.startswith(prefix) and method != "stride_srt":
+            text = text[len(prefix) :]
+    return text.replace(" on stride s=", " / s=").replace("shifts+jitter ", "jit. ")
+
+
 def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> bytes:
-    """A PNG: one row of three panels (compute, time, memory) per group; every point labelled, the front joined."""
+    """A PNG: one row of three panels (compute, time, memory) per group. Points coloured by method and labelled
+    with their setting; the Pareto front ringed in red and joined by a step line."""
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
     n = max(len(groups), 1)
-    fig = Figure(figsize=(13.5, 4.2 * n), dpi=110)
+    fig = Figure(figsize=(15, 4.8 * n + 0.6), dpi=100)
     axes = fig.subplots(n, 3, squeeze=False)
+    offsets = [(4, 3), (4, -8), (-4, 5), (-4, -9)]  # alternate label placement to reduce collisions
+    methods_seen: dict[str, str] = {}
     for row, (key, group) in enumerate(groups.items()):
         task_, dataset, backbone, weights = key
         for col, (axis, (column, xlabel)) in enumerate(AXES.items()):
             ax = axes[row][col]
-            data = group[[column, "value", "label", f"front_{axis}"]].dropna(subset=[column, "value"])
-            front = data[data[f"front_{axis}"]].sort_values(column)
-            rest = data[~data[f"front_{axis}"]]
-            ax.scatter(rest[column], rest["value"], facecolors="none", edgecolors="0.45", s=36, label="dominated")
-            ax.scatter(front[column], front["value"], color="C3", s=42, zorder=3, label="Pareto front")
+            data = group[[column, "value", "label", "method", f"front_{axis}"]].dropna(subset=[column, "value"])
+            data = data.sort_values([column, "value"]).reset_index(drop=True)
+            front = data[data[f"front_{axis}"]]
+            for method, part in data.groupby("method"):
+                colour = METHOD_COLOURS.get(method, "0.6")
+                methods_seen[UPSAMPLER_LABELS.get(method, method)] = colour
+                ax.scatter(part[column], part["value"], color=colour, s=30, zorder=3)
+            ax.scatter(
+                front[column], front["value"], facecolors="none", edgecolors="C3", s=110, linewidths=1.4, zorder=4
+            )
             if len(front) > 1:
                 ax.step(front[column], front["value"], where="post", color="C3", linewidth=1, zorder=2)
-            for x, y, text in zip(data[column], data["value"], data["label"]):
-                ax.annotate(textwrap.fill(text, 22), (x, y), fontsize=5.5, xytext=(3, 3), textcoords="offset points")
+            for i, r in data.iterrows():
+                dx, dy = offsets[i % len(offsets)]
+                ax.annotate(
+                    short_label(r["label"], r["method"]),
+                    (r[column], r["value"]),
+                    fontsize=6,
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    ha="left" if dx > 0 else "right",
+                )
             if len(data) and (data[column] > 0).all() and data[column].max() / max(data[column].min(), 1e-12) > 8:
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
@@ -178,15 +215,19 @@ def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> by
             ax.set_ylabel(metric, fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
+            ax.margins(x=0.12, y=0.08)
             if col == 0:
-                title = f"{task_}{' ' + dataset if dataset else ''}: {backbone}, weights: {weights}"
+                sizes = ", ".join(sorted(set(group["image_size"]) - {""}))
+                title = f"{task_}{' ' + dataset if dataset else ''}: {backbone}, weights {weights}"
+                title += f", images {sizes}" if sizes else ""
                 if weights == "random":
-                    title += " (RANDOM WEIGHTS: pipeline check only)"
+                    title += "  (RANDOM WEIGHTS: pipeline check only)"
                 ax.set_title(title, fontsize=8, loc="left")
-            if row == 0 and col == 2:
-                ax.legend(fontsize=6, loc="best")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in methods_seen.items()]
+    handles.append(Line2D([], [], marker="o", linestyle="-", color="C3", markerfacecolor="none", label="Pareto front"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     fig.suptitle(f"{task}: {metric} against cost, one point per method and setting", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 / n, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -37,11 +37,11 @@ DEFAULT_CONFIGS = ",".join(
         "224x224:nearest:7",
         "224x224:stride:7",
         "224x224:stride:2",
+        "224x224:stride_srt:7:1",
         "476x840:nearest:7",
         "476x840:bilinear:7",
         "476x840:stride:7",
         "476x840:srt_dense:7:1",
-        "476x840:stride_srt:7:1",
         "476x840:jitter:7:1",
         "476x840:shift_jitter:7:1",
     ]

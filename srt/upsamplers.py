@@ -29,6 +29,12 @@ The methods (:func:`build_upsampler` builds them from an :class:`srt.config.Upsa
 ``naf``
 ==============  ===========================================================================================
 
+Tasks consume them unchanged: DAVIS propagates on ``method(x)["tokens"]`` at ``method.stride``; TokenCut cuts the
+fine grid (``task.grid=token``: the method's stride; ``task.grid=dense``: ``method.dense``); ``task=fidelity``
+compares ``method.dense`` with finer-resolution features. Hook for heads that accept a finer grid (the depth
+task): when the extractor is a :class:`FineFeatures`, ``extractor.dense(images, stride)`` returns every grid output
+the backbone was asked for (``block{k}``, ...) at that stride and ``extractor.backbone`` is the plain backbone.
+
 Cost model (image H x W, patch p, output stride s, P = p/s, plain grid N = HW/p^2 tokens, C channels, depth D):
 one ViT pass costs about D (12 N C^2 + 2 N^2 C) multiply-adds (linear layers + attention);
 ``Cost.pass_equivalents`` is a method's ViT compute per image in units of that. SRT and the ensembles: T passes
