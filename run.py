@@ -154,7 +154,7 @@ def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
         patch_size=model.patch_size, depth=model.depth, group="srt"
     )
     logger = typed_config(LoggerConfig, cfg.logger, "logger").validate()
-    upsampler = upsampler_config(cfg, model.patch_size, srt_cfg)
+    upsampler = upsampler_config(cfg, backbone, model.patch_size, srt_cfg)
     task = tasks.build_task(cfg.task)
     task.check_settings(model, srt_cfg)
     if run_dir is None:
@@ -348,14 +348,18 @@ def _variant(p: Plan) -> dict[str, Any]:
 # Fine-feature methods (upsampler=..., srt/upsamplers.py): all the runner does for them is here.
 
 
-def upsampler_config(cfg: DictConfig, patch_size: int, srt_cfg: Any) -> Any:
-    """``upsampler.*`` checked (with the srt.* settings it uses); a config without the group is the default
-    (method=srt: srt.* alone)."""
+def upsampler_config(cfg: DictConfig, backbone: Any, patch_size: int, srt_cfg: Any) -> Any:
+    """``upsampler.*`` checked (with the srt.* settings it uses; a learned upsampler's repository located in the
+    hub cache), before any model is built; a config without the group is the default (method=srt: srt.*)."""
     import srt
+    from srt.config import LEARNED_UPSAMPLERS
 
     values = cfg.get("upsampler")
     up = typed_config(srt.UpsamplerConfig, values if values is not None else {}, "upsampler")
-    return up.validate(patch_size=patch_size, group="upsampler", srt=srt_cfg)
+    up.validate(patch_size=patch_size, group="upsampler", srt=srt_cfg)
+    if up.method in LEARNED_UPSAMPLERS:
+        srt.upsamplers.locate_hub_upsampler(up.method, backbone.name, up.hub_entry, up.hub_dir)
+    return up
 
 
 def upsampler_settings(p: Plan) -> Optional[dict[str, Any]]:

@@ -25,16 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from srt.errors import UserError, report_user_errors
+
 EPS = 1e-12
 
 
 def _check(fine: torch.Tensor, ref: torch.Tensor) -> None:
     if fine.dim() != 3 or ref.dim() != 3 or fine.shape != ref.shape:
-        raise ValueError(
+        raise UserError(
             f"fidelity needs two [C, h, w] fields of the same shape; got {tuple(fine.shape)} and {tuple(ref.shape)}"
         )
     if min(fine.shape[1:]) < 2:
-        raise ValueError(f"fidelity needs grids of at least 2 x 2 cells; got {tuple(fine.shape[1:])}")
+        raise UserError(f"fidelity needs grids of at least 2 x 2 cells; got {tuple(fine.shape[1:])}")
 
 
 def cosine_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,14 +81,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("fine", help=".npy file holding the method's field [C, h, w]")
     parser.add_argument("reference", help=".npy file holding the finer-resolution reference [C, h, w]")
     args = parser.parse_args(argv)
-    try:
-        scores = fidelity_scores(np.load(args.fine), np.load(args.reference))
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(scores))
+    fields = []
+    for path in (args.fine, args.reference):
+        try:
+            fields.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path} as a .npy array: {e}") from e
+    print(json.dumps(fidelity_scores(*fields)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report_user_errors(main, prog="python -m eval.fidelity"))

@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from srt.errors import MissingFileError, UserError
 from srt.io import atomic_write_bytes
 
 from .run_record import METRICS_FILE, UPSAMPLER_LABELS, read_record
@@ -78,7 +79,7 @@ def load_points(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, 
     """One row per (run with a cost record, metric): group keys, label, the cost columns, metric, value."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"results directory {root} does not exist")
+        raise MissingFileError(f"results directory {root} does not exist")
     rows, skipped = [], []
     for path in sorted(root.rglob(METRICS_FILE)):
         try:
@@ -236,12 +237,23 @@ def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> by
 def make_pareto_figure(
     root: str | os.PathLike, out: str | os.PathLike, task: str = "davis", metric: Optional[str] = None
 ) -> Optional[Path]:
-    """Write the Pareto PNG for ``task``; None (nothing written) when there are no points."""
+    """Write the Pareto PNG for ``task``; UserError when no ``upsampler=...`` run (with a cost record) has
+    ``task`` or ``metric`` (the message lists those that exist)."""
     frame, skipped = load_points(root)
     for _, reason in skipped:
         print(f"warning: skipped {reason}", file=sys.stderr)
     metric = metric or PRIMARY.get(task, "")
-    groups = points_for(frame, task, metric) if not frame.empty else {}
+    tasks = sorted(set(frame["task"]))
+    if task not in tasks:
+        found = f"tasks with such runs: {', '.join(tasks)}" if tasks else "there is none"
+        raise UserError(
+            f"--task {task}: no {task} run of an upsampler=... method (a metrics.json with a cost record) under "
+            f"{root}; {found}"
+        )
+    metrics = sorted(set(frame.loc[frame["task"] == task, "metric"]))
+    if metric not in metrics:
+        raise UserError(f"--metric {metric}: no {task} run under {root} has it; {task} metrics: {', '.join(metrics)}")
+    groups = points_for(frame, task, metric)
     if not groups:
         return None
     atomic_write_bytes(out, plot_pareto(groups, task, metric))

@@ -202,7 +202,7 @@ class UpsamplerConfig:
         _check_choice(n("method"), self.method, UPSAMPLER_METHODS)
         _check_choice(n("interpolation"), self.interpolation, INTERPOLATIONS)
         if self.method == "srt" and self.stride is not None:
-            raise ValueError(
+            raise UserError(
                 f"{n('stride')}={self.stride} is not used by {n('method')}=srt, which returns what the SRT settings "
                 "say (srt.output=dense srt.stride=...); for SRT at an upsampler stride use method srt_dense"
             )
@@ -213,20 +213,20 @@ class UpsamplerConfig:
                 or self.stride < 1
                 or (patch_size is not None and patch_size % self.stride)
             ):
-                raise ValueError(
+                raise UserError(
                     f"{n('stride')}={self.stride} is not valid; expected a divisor of the patch size"
                     + (f" {patch_size}: {valid}" if valid else "")
                 )
         if srt is not None and patch_size is not None and self.method == "stride_srt":
             stride = self.stride or max(patch_size // 2, 1)
             if srt.level >= stride:
-                raise ValueError(
+                raise UserError(
                     f"{sn('level')}={srt.level} is not valid for {n('method')}=stride_srt at {n('stride')}={stride}: "
                     f"the shifts must stay below the reduced token stride; expected 0 <= level < {stride}"
                 )
         used = [k for k in HUB_SETTINGS if getattr(self, k) is not None]
         if self.method not in LEARNED_UPSAMPLERS and used:
-            raise ValueError(
+            raise UserError(
                 f"{n(used[0])} is only used by the learned upsamplers ({', '.join(LEARNED_UPSAMPLERS)}); "
                 f"{n('method')}={self.method}"
             )

@@ -63,14 +63,15 @@ import torch.nn.functional as F
 
 from .backbones import Backbone, PosEmbedResampling
 from .config import SRTConfig, UpsamplerConfig
+from .errors import MissingFileError, UserError
 from .resonance import ColourJitter, StochasticResonance, build_extractor
 
 
-class StrideError(ValueError):
+class StrideError(UserError):
     """A method was asked for an output stride it cannot produce."""
 
 
-class HubUpsamplerUnavailableError(FileNotFoundError):
+class HubUpsamplerUnavailableError(MissingFileError):
     """A learned upsampler's torch.hub repository (or its entry point, weights, dependencies) is not available
     locally. The message says what to download and where to put it."""
 
@@ -288,9 +289,9 @@ class StrideReducedViT(nn.Module):
     def __init__(self, backbone: Backbone, stride: int, fill: str = "zero"):
         super().__init__()
         if not isinstance(backbone, Backbone):
-            raise ValueError(f"stride reduction needs an srt.Backbone; got {type(backbone).__name__}")
+            raise UserError(f"stride reduction needs an srt.Backbone; got {type(backbone).__name__}")
         if backbone.family != "vit":
-            raise ValueError(
+            raise UserError(
                 f"stride reduction is not available for {backbone.name} (family {backbone.family!r}): it needs a "
                 "plain ViT with one global position-embedding table; SAM's windowed attention and relative "
                 "position tables are sized for its patch grid"
@@ -301,7 +302,7 @@ class StrideReducedViT(nn.Module):
                 f"stride reduction: stride={stride!r} is not valid; expected a divisor of p={p}: {divisors(p)}"
             )
         if fill not in ("zero", "reflect", "replicate"):
-            raise ValueError(f"stride reduction: fill={fill!r} is not valid; expected zero, reflect or replicate")
+            raise UserError(f"stride reduction: fill={fill!r} is not valid; expected zero, reflect or replicate")
         self.backbone = backbone
         self.stride = stride
         self.fill = fill
@@ -428,7 +429,7 @@ class FineFeatures(nn.Module):
         stride = self._check_stride(stride)
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
+            raise UserError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
         self._image_size = (int(images.shape[-2]), int(images.shape[-1]))
         with self.meter.measure(images.shape[0], images.device):
             return self._dense(images, stride)
@@ -507,7 +508,7 @@ class InterpolatedFine(FineFeatures):
         measure: bool = False,
     ):
         if mode not in ("nearest", "bilinear", None):
-            raise ValueError(f"interpolation={mode!r} is not valid; expected nearest or bilinear")
+            raise UserError(f"interpolation={mode!r} is not valid; expected nearest or bilinear")
         self.method, self.mode, self.source_stride = method, mode, int(source_stride)
         super().__init__(backbone, stride, measure)
         self.source = source
@@ -662,6 +663,25 @@ def find_hub_repo(github: str, directory: Optional[str] = None) -> Path:
     )
 
 
+def locate_hub_upsampler(
+    project: str, backbone_name: str, entry: Optional[str] = None, directory: Optional[str] = None
+) -> tuple[HubProject, str, Path]:
+    """The project, its entry point for this backbone and its local repository, without importing anything from
+    it (cheap: the runner calls it before building any model). :class:`HubUpsamplerUnavailableError` when the
+    project has no entry for the backbone or the repository is not in the hub cache."""
+    if project not in HUB_PROJECTS:
+        raise UserError(f"unknown learned upsampler {project!r}; expected one of {', '.join(HUB_PROJECTS)}")
+    spec = HUB_PROJECTS[project]
+    entry = entry or spec.entries.get(backbone_name) or spec.entries.get("*")
+    if not entry:
+        known = ", ".join(f"{b}: {e}" for b, e in spec.entries.items()) or "none"
+        raise HubUpsamplerUnavailableError(
+            f"{spec.name} has no hub entry point for backbone {backbone_name} (known: {known}); {spec.note}. "
+            "Set upsampler.hub_entry=<entry> if your copy of the repository has one."
+        )
+    return spec, entry, find_hub_repo(spec.github, directory)
+
+
 class HubUpsampler(nn.Module):
     """A learned upsampler from a local torch.hub repository with its call normalised to
     ``up(features [B,C,h,w], image [B,3,H,W], size (h', w')) -> [B,C,h',w']``.
@@ -682,24 +702,14 @@ class HubUpsampler(nn.Module):
         output: Optional[str] = None,
     ):
         super().__init__()
-        if project not in HUB_PROJECTS:
-            raise ValueError(f"unknown learned upsampler {project!r}; expected one of {', '.join(HUB_PROJECTS)}")
-        spec = HUB_PROJECTS[project]
+        spec, self.entry, self.repo = locate_hub_upsampler(project, backbone_name, entry, directory)
         self.project, self.spec = project, spec
         self.signature = signature or spec.signature
         self.output = output or spec.output
         if self.signature not in SIGNATURES:
-            raise ValueError(f"upsampler.hub_signature={self.signature!r} is not valid; expected one of {SIGNATURES}")
+            raise UserError(f"upsampler.hub_signature={self.signature!r} is not valid; expected one of {SIGNATURES}")
         if self.output not in HUB_OUTPUTS:
-            raise ValueError(f"upsampler.hub_output={self.output!r} is not valid; expected one of {HUB_OUTPUTS}")
-        self.entry = entry or spec.entries.get(backbone_name) or spec.entries.get("*")
-        if not self.entry:
-            known = ", ".join(f"{b}: {e}" for b, e in spec.entries.items()) or "none"
-            raise HubUpsamplerUnavailableError(
-                f"{spec.name} has no hub entry point for backbone {backbone_name} (known: {known}); {spec.note}. "
-                "Set upsampler.hub_entry=<entry> if your copy of the repository has one."
-            )
-        self.repo = find_hub_repo(spec.github, directory)
+            raise UserError(f"upsampler.hub_output={self.output!r} is not valid; expected one of {HUB_OUTPUTS}")
         self.kwargs = dict(spec.kwargs if kwargs is None else kwargs)
         self.hub_model = self._load()
         self.expected_channels = self._expected_channels()
@@ -724,7 +734,7 @@ class HubUpsampler(nn.Module):
                 f"{hub_dir()}/checkpoints; Hugging Face: $HF_HOME/hub); copy them there from a machine with network"
             ) from e
         if not isinstance(model, nn.Module):
-            raise ValueError(f"{spec.name} entry {self.entry!r} returned a {type(model).__name__}, not an nn.Module")
+            raise UserError(f"{spec.name} entry {self.entry!r} returned a {type(model).__name__}, not an nn.Module")
         return model.eval().requires_grad_(False)
 
     def entries(self) -> list[str]:
@@ -767,7 +777,7 @@ class HubUpsampler(nn.Module):
         B, C, h, w = features.shape
         label = f"{self.spec.name} (hub entry {self.entry!r} in {self.repo})"
         if self.expected_channels is not None and C != self.expected_channels:
-            raise ValueError(
+            raise UserError(
                 f"{label} was built for {self.expected_channels}-channel features; this backbone's grid has {C} "
                 "channels: a learned upsampler is trained for one backbone, choose the entry of this backbone "
                 "(upsampler.hub_entry)"
@@ -791,7 +801,7 @@ class HubUpsampler(nn.Module):
                     )
                     out = self.hub_model(features, guidance)
         except Exception as e:  # noqa: BLE001 - whatever the project's module raises, name it and the shapes
-            raise ValueError(
+            raise UserError(
                 f"{label} failed on features {tuple(features.shape)} and image {tuple(image.shape)}: {e}"
             ) from e
         expected = {"x16": (16 * h, 16 * w)}.get(self.output, tuple(size))
@@ -802,7 +812,7 @@ class HubUpsampler(nn.Module):
             or tuple(out.shape[-2:]) != expected
         ):
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
+            raise UserError(
                 f"{label} returned {shape} for features {tuple(features.shape)}; expected {(B, C, *expected)} "
                 f"(signature {self.signature}, output {self.output}): is upsampler.hub_signature / hub_output right?"
             )
@@ -857,7 +867,7 @@ def build_upsampler(
     p = backbone.patch_size
     cfg.validate(patch_size=p, srt=srt_cfg)
     if cfg.method == "srt":
-        raise ValueError("upsampler.method=srt is srt.build_extractor(backbone, srt_config); build that instead")
+        raise UserError("upsampler.method=srt is srt.build_extractor(backbone, srt_config); build that instead")
     stride = cfg.stride or max(p // 2, 1)
     if cfg.method in ("srt_dense", "shift_jitter", "stride_srt"):
         fn, cell = (StrideReducedViT(backbone, stride), stride) if cfg.method == "stride_srt" else (backbone, p)
@@ -871,7 +881,7 @@ def build_upsampler(
                 fn, **shift, patch_size=cell, jitter_strength=srt_cfg.jitter_strength, progress=progress
             )
             if srt_cfg.jitter_passes not in (None, ensemble.passes):
-                raise ValueError(
+                raise UserError(
                     f"srt.jitter_passes={srt_cfg.jitter_passes} does not match the {ensemble.passes} shifted passes of "
                     "upsampler=shift_jitter (each pass is shifted and jittered); leave it null"
                 )
@@ -912,6 +922,7 @@ __all__ = [
     "cubic_axis_weights",
     "divisors",
     "find_hub_repo",
+    "locate_hub_upsampler",
     "process_peak_rss_mib",
     "vit_pass_macs",
 ]

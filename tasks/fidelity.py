@@ -28,9 +28,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from eval.fidelity import fidelity_scores
-from srt.io import atomic_write_text
+from srt.errors import MissingFileError, UserError
+from srt.io import atomic_write_text, check_image, read_image
 
-from .base import DataFiles, FeatureExtractor, RunContext, Task
+from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -44,24 +45,24 @@ class FidelityConfig:
 
     def validate(self) -> FidelityConfig:
         if self.root in ("", "???"):
-            raise ValueError("task.root is not set; expected a folder holding *.jpg or *.png images")
+            raise UserError("task.root is not set; expected a folder holding *.jpg or *.png images")
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"task.max_images={self.max_images} is not valid; expected null or an integer >= 1")
+            raise UserError(f"task.max_images={self.max_images} is not valid; expected null or an integer >= 1")
         if self.short_side < 1:
-            raise ValueError(f"task.short_side={self.short_side} is not valid; expected a positive integer")
+            raise UserError(f"task.short_side={self.short_side} is not valid; expected a positive integer")
         if self.stride is not None and self.stride < 1:
-            raise ValueError(f"task.stride={self.stride} is not valid; expected null or a positive integer")
+            raise UserError(f"task.stride={self.stride} is not valid; expected null or a positive integer")
         return self
 
 
 def list_images(root: str | Path, max_images: Optional[int]) -> list[Path]:
-    """Images under ``root`` (sorted), ``max_images`` of them spread evenly; FileNotFoundError naming the folder."""
+    """Images under ``root`` (sorted), ``max_images`` of them spread evenly; MissingFileError naming the folder."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"task.root={root} is not a folder; expected a folder holding images")
+        raise MissingFileError(f"task.root={root} is not a folder; expected a folder holding images")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise FileNotFoundError(f"no *.jpg / *.jpeg / *.png images under {root}")
+        raise MissingFileError(f"no *.jpg / *.jpeg / *.png images under {root}")
     if max_images is not None and max_images < len(paths):
         picks = np.linspace(0, len(paths) - 1, max_images).round().astype(int)
         paths = [paths[i] for i in picks]
@@ -70,8 +71,7 @@ def list_images(root: str | Path, max_images: Optional[int]) -> list[Path]:
 
 def load_image(path: Path, short_side: int, patch: int, mean, std) -> torch.Tensor:
     """[3, H, W] normalised, short side ``short_side``, H and W floored to multiples of ``patch``."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
+    rgb = read_image(path, "RGB")
     w, h = rgb.size
     scale = short_side / min(w, h)
     size = (max(int(w * scale) // patch, 1) * patch, max(int(h * scale) // patch, 1) * patch)
@@ -94,8 +94,24 @@ class FidelityTask(Task):
     Config: ClassVar[type] = FidelityConfig
     outputs: ClassVar[tuple[str, ...]] = ("tokens",)
 
+    def check_settings(self, model, srt) -> None:
+        """Before any model is built: the compared stride divides the patch size, and the extractor srt.*
+        describes has a dense field (a fine-feature method of ``upsampler=`` always has one)."""
+        if self.cfg.stride is not None and model.patch_size % self.cfg.stride:
+            raise UserError(
+                f"task.stride={self.cfg.stride} is not valid for patch size {model.patch_size}; expected a divisor: "
+                f"{[d for d in range(1, model.patch_size + 1) if model.patch_size % d == 0]}"
+            )
+        if srt.method == "jitter" or srt.at_block is not None:
+            what = "srt.method=jitter" if srt.method == "jitter" else f"srt.at_block={srt.at_block}"
+            raise UserError(
+                f"task=fidelity compares a dense field, which {what} does not have; use a fine-feature method "
+                "(upsampler=jitter for the jitter ensemble, upsampler=srt_dense, ...) or plain SRT"
+            )
+
     def check_data(self) -> None:
-        list_images(self.cfg.root, self.cfg.max_images)
+        """Every image checked whole (:func:`srt.io.check_image`: header and end marker)."""
+        check_each(list_images(self.cfg.root, self.cfg.max_images), check_image, "fidelity images")
 
     def data_files(self) -> DataFiles:
         return DataFiles.under("images", self.cfg.root, list_images(self.cfg.root, self.cfg.max_images))
@@ -105,14 +121,14 @@ class FidelityTask(Task):
         dense = getattr(extractor, "dense", None)
         backbone = getattr(extractor, "backbone", None) or getattr(extractor, "wrapped", None)
         if not callable(dense) or backbone is None:
-            raise ValueError(
+            raise UserError(
                 f"task=fidelity needs an extractor with a dense field and its plain backbone (an upsampler=... method, "
                 f"or SRT with srt.level>=1); got {type(extractor).__name__}"
             )
         p = extractor.patch_size
         stride = int(cfg.stride or extractor.stride)
         if p % stride:
-            raise ValueError(f"task.stride={stride} is not valid; expected a divisor of the patch size {p}")
+            raise UserError(f"task.stride={stride} is not valid; expected a divisor of the patch size {p}")
         paths = list_images(cfg.root, cfg.max_images)
         root = Path(cfg.root)
 

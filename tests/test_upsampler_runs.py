@@ -37,12 +37,24 @@ def options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", options("upsampler"))
-def test_upsampler_option_composes_and_validates(name):
-    cfg = compose_cfg([f"upsampler={name}", "task=toy", "backbone=dinov2_vits14"])
+@pytest.mark.parametrize("name", [*options("upsampler"), "srt"])
+def test_upsampler_option_composes_and_validates(name, tmp_path, monkeypatch):
+    overrides = [f"upsampler={name}", "task=toy", "backbone=dinov2_vits14"]
+    if name in srt.upsamplers.HUB_PROJECTS:  # the runner locates a learned upsampler's repository in the plan
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+        monkeypatch.setattr(torch.hub, "_hub_dir", None)
+        with pytest.raises(
+            srt.upsamplers.HubUpsamplerUnavailableError, match="not in the torch hub cache|no hub entry"
+        ):
+            run.plan(compose_cfg(overrides))
+        repo = tmp_path / "hub" / (srt.upsamplers.HUB_PROJECTS[name].github.replace("/", "_") + "_main")
+        repo.mkdir(parents=True)
+        (repo / "hubconf.py").write_text("dependencies = []\n")
+        if name == "jafar":
+            overrides += ["upsampler.hub_entry=my_jafar", f"upsampler.hub_dir={repo}"]
+    cfg = compose_cfg(overrides)
     assert set(OmegaConf.to_container(cfg.upsampler)) == set(srt.UpsamplerConfig.__dataclass_fields__)
-    plan = run.plan(cfg)
-    assert plan.upsampler.method == name if name != "srt_dense" else plan.upsampler.method == "srt_dense"
+    assert run.plan(cfg).upsampler.method == name
 
 
 @pytest.mark.parametrize("name", options("pareto"))
