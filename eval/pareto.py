@@ -104,7 +104,8 @@ def load_points(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, 
             "pass_equivalents": cost.get("pass_equivalents"),
             "seconds_per_image": cost.get("seconds_per_image"),
             "peak_mib": cost.get("peak_mib"),
-            "image_size": "x".join(map(str, cost.get("image_size") or [])),
+            # width x height, as image sizes are written elsewhere (DAVIS frames 840x476); the record holds [H, W]
+            "image_size": "x".join(map(str, reversed(cost.get("image_size") or []))),
             "finished": record.finished,
             "path": str(path),
         }

@@ -12,8 +12,9 @@ configuration in its own subprocess. Columns, measured within that one process:
   reset before the call; glibc returns freed blocks at once).
 
 Stride reduction's quadratic attention shows in the rows ``stride s=7`` and ``stride s=2``: (p/s)^2 as many tokens,
-(p/s)^4 as many attention pairs. The default sizes keep the whole bench in minutes on 2 CPU cores; s=2 at 476x840
-(99960 tokens, ~1150 plain passes) is left out unless asked for (``--configs "476x840:stride:2"``).
+(p/s)^4 as many attention pairs. The defaults take 20-40 minutes on a shared 2-core CPU (the 9-pass rows at
+476x840 dominate); s=2 at 476x840 (99960 tokens, ~1150 plain passes of compute) is left out unless asked for
+(``--configs "476x840:stride:2"``).
 
     python scripts/bench_upsamplers.py [--configs SIZE:METHOD:STRIDE[:LEVEL],...] [--repeats 2]
 """
