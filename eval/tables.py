@@ -495,7 +495,11 @@ def build_tables(
             else f"{task} (no paper table; ours only)"
         )
         tables.append(build_other_table(task, rest, title))
-    if only is not None:
+    if only is None:  # the fine-feature methods' accuracy against cost (eval/pareto.py)
+        from .pareto import pareto_tables
+
+        tables += pareto_tables(root)
+    else:
         tables = [t for t in tables if t.number == only]
     return tables, skipped
 

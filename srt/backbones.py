@@ -314,6 +314,23 @@ class Backbone(nn.Module):
             if tuple(grid.shape[-2:]) != (h, w):  # cannot happen for offsets in [0, 1); guards the formula
                 raise RuntimeError(f"position embedding resampled to {tuple(grid.shape[-2:])}, expected {(h, w)}")
             patch_pos = grid.permute(0, 2, 3, 1).reshape(1, h * w, C).to(m.pos_embed.dtype)
+        return self.add_pos_embed(x, patch_pos)
+
+    def patch_pos_embed(self) -> tuple[torch.Tensor, int]:
+        """The patch position embeddings as stored, ``[C, N, N]``, and the number of entries before them."""
+        m = self.model
+        n_prefix_pos = 0 if m.no_embed_class else m.num_prefix_tokens
+        patch_pos = m.pos_embed[0, n_prefix_pos:]
+        n = math.isqrt(patch_pos.shape[0])
+        return patch_pos.reshape(n, n, -1).permute(2, 0, 1), n_prefix_pos
+
+    def add_pos_embed(self, x: torch.Tensor, patch_pos: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``x`` [B,h,w,C] plus their position embeddings ``patch_pos`` [1,h*w,C], with the prefix
+        tokens (CLS, registers; plus their own position embeddings) in front, as the original code adds them.
+        Shared by every way of placing patch tokens (the plain grid, stride reduction)."""
+        m = self.model
+        B, h, w, C = x.shape
+        n_prefix_pos = 0 if m.no_embed_class else m.num_prefix_tokens
         x = x.reshape(B, h * w, C) + patch_pos
         prefix = [t.expand(B, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
         if prefix:

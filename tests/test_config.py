@@ -149,7 +149,7 @@ def test_launcher_options_compose(launcher, target):
 def _sweep_combinations(params) -> list[list[str]]:
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
     choices = [
-        [f"{o.key_or_group}={v}" for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
+        [f"{o.get_key_element()}={v}" for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])]
         for o in parsed
     ]
     return [list(c) for c in itertools.product(*choices)]
@@ -268,7 +268,10 @@ def test_command_line_unknown_keys_list_the_valid_settings():
     assert "valid settings of task: n_images, image_size, seed" in str(err.value)
     with pytest.raises(SystemExit) as err:
         run.check_override_keys(["forse=true"])
-    assert "top-level settings: paths, backbone, srt, task, logger, force" in str(err.value)
+    assert "top-level settings: paths, backbone, srt, task, logger, upsampler, force" in str(err.value)
+    with pytest.raises(SystemExit) as err:
+        run.check_override_keys(["upsampler.strid=7"])
+    assert "upsampler.strid is not a valid setting; valid settings of upsampler: method, stride" in str(err.value)
     # valid overrides, sweeps, appends and Hydra's own keys pass
     run.check_override_keys(
         [
@@ -277,6 +280,8 @@ def test_command_line_unknown_keys_list_the_valid_settings():
             "srt.level=0,1",
             "backbone.model_kwargs={depth:2}",
             "+experiment=demo",
+            "+pareto=srt_L1,stride",
+            "upsampler.stride=7",
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=1",
             "force=true",
@@ -324,6 +329,7 @@ def test_composed_defaults_are_the_dataclass_defaults(monkeypatch):
     cfg = compose_cfg(["task=toy"])
     assert _composed(cfg.srt) == _defaults(srt.SRTConfig)
     assert _composed(cfg.logger) == _defaults(run.LoggerConfig)
+    assert _composed(cfg.upsampler) == _defaults(srt.UpsamplerConfig)
     assert {k: cfg[k] for k in _defaults(run.RunnerConfig)} == _defaults(run.RunnerConfig)
     for name in srt.BACKBONES:
         composed = _composed(compose_cfg([f"backbone={name}", "task=toy"]).backbone)
@@ -347,7 +353,9 @@ def test_composed_defaults_are_the_dataclass_defaults(monkeypatch):
     }
 
 
-@pytest.mark.parametrize("path", sorted(p for g in ("srt", "logger", "task") for p in (CONF / g).rglob("*.yaml")))
+@pytest.mark.parametrize(
+    "path", sorted(p for g in ("srt", "logger", "task", "upsampler") for p in (CONF / g).rglob("*.yaml"))
+)
 def test_yaml_files_hold_only_what_differs_from_the_dataclass(path):
     group = path.relative_to(CONF).parts[0]
     values = OmegaConf.to_container(OmegaConf.load(path))
@@ -357,7 +365,7 @@ def test_yaml_files_hold_only_what_differs_from_the_dataclass(path):
         schema = tasks.task_class(name).Config
         base = _defaults(schema) if path.parent == CONF / "task" else _composed(compose_cfg([f"task={name}"]).task)
     else:
-        schema = {"srt": srt.SRTConfig, "logger": run.LoggerConfig}[group]
+        schema = {"srt": srt.SRTConfig, "logger": run.LoggerConfig, "upsampler": srt.UpsamplerConfig}[group]
         base = _defaults(schema)
     assert set(values) <= {f.name for f in schema.__dataclass_fields__.values()}, path
     repeated = {k: v for k, v in values.items() if k in base and base[k] == v}

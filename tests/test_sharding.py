@@ -182,6 +182,12 @@ def _task_overrides(name: str, fixtures: Path, sample: Path) -> list[str]:
             "task.n_visualizations=0",
         ],
         "visualize": ["task=visualize", "task.image_size=32", "task.stride=8"],
+        "fidelity": [
+            "task=fidelity",
+            f"task.root={fixtures / 'davis' / 'JPEGImages' / '480p'}",
+            "task.max_images=3",
+            "task.short_side=32",
+        ],
         "distill": [
             "task=distill",
             f"task.images={fixtures / 'davis' / 'JPEGImages' / '480p' / 'dog'}",
@@ -207,7 +213,7 @@ def sample_root(tmp_path_factory) -> Path:
 
 
 def test_every_registered_task_is_covered():
-    params = {"toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill"}
+    params = {"toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill", "fidelity"}
     assert set(tasks.TASKS) == params, "a new task: add it to test_shards_then_metrics_equal_an_unsharded_run"
 
 
@@ -216,7 +222,7 @@ SHARDS = {"retrieval": 4}
 
 
 @pytest.mark.parametrize(
-    "name", ["toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill"]
+    "name", ["toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill", "fidelity"]
 )
 def test_shards_then_metrics_equal_an_unsharded_run(name, fixtures_dir, tmp_path, request):
     sample = request.getfixturevalue("sample_root") if name == "depth" else tmp_path
