@@ -33,6 +33,22 @@ def tiny_kwargs() -> dict:
     return dict(TINY)
 
 
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """The synthetic sample data of scripts/make_sample_data.py (what `make demo` runs on), made once per session.
+    Shared: tests read it and copy what they change."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from make_sample_data import make_sample_data
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    root = tmp_path_factory.mktemp("sample")
+    make_sample_data(root)
+    return root
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_srt_cache(tmp_path_factory):
     """srt.io's content-hash tables go to a session folder, not the user's ~/.cache/srt (subprocesses inherit it)."""

@@ -53,18 +53,6 @@ def options(group: str) -> list[str]:
     return sorted(files | stored)
 
 
-@pytest.fixture(scope="module")
-def sample_root(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from make_sample_data import make_sample_data
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    root = tmp_path_factory.mktemp("sample")
-    make_sample_data(root)
-    return root
-
-
 def test_config_groups_exist_with_the_fixed_defaults():
     cfg = compose_cfg(["task=toy"], hydra_cfg=True)
     assert cfg.backbone.name == "dino_vits16" and cfg.srt.level == 3 and cfg.logger.name == "none"

@@ -43,18 +43,6 @@ def compose_cfg(overrides: list[str], hydra_cfg: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra_cfg)
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from make_sample_data import make_sample_data
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    root = tmp_path_factory.mktemp("sample")
-    make_sample_data(root)
-    return root
-
-
 # ----------------------------------------------------------------------------------------------
 # Hashes and names
 
@@ -286,9 +274,9 @@ def saliency_args(data_root: Path, results: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_hydra_run_dir_is_the_same_for_moved_data_and_new_for_changed_data(sample, tmp_path):
+def test_hydra_run_dir_is_the_same_for_moved_data_and_new_for_changed_data(sample_root, tmp_path):
     a = tmp_path / "a"
-    shutil.copytree(sample / "ECSSD", a / "ECSSD")
+    shutil.copytree(sample_root / "ECSSD", a / "ECSSD")
     dir_a = compose_cfg(saliency_args(a, tmp_path / "r"), hydra_cfg=True).hydra.run.dir
     b = tmp_path / "b" / "c"
     shutil.move(a, b)
@@ -299,10 +287,10 @@ def test_hydra_run_dir_is_the_same_for_moved_data_and_new_for_changed_data(sampl
 
 
 @pytest.mark.slow
-def test_moved_data_finds_finished_runs_and_the_item_cache(sample, tmp_path, monkeypatch):
+def test_moved_data_finds_finished_runs_and_the_item_cache(sample_root, tmp_path, monkeypatch):
     results = tmp_path / "results"
     a = tmp_path / "a"
-    shutil.copytree(sample / "ECSSD", a / "ECSSD")
+    shutil.copytree(sample_root / "ECSSD", a / "ECSSD")
     first = run.execute(compose_cfg(saliency_args(a, results)))
     n = first.items["computed"]
     assert n == 5 and first.data["name"] == "ECSSD" and first.data["files"] == 10

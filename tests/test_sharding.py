@@ -200,18 +200,6 @@ def _task_overrides(name: str, fixtures: Path, sample: Path) -> list[str]:
     }[name]
 
 
-@pytest.fixture(scope="module")
-def sample_root(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from make_sample_data import make_sample_data
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    root = tmp_path_factory.mktemp("sample")
-    make_sample_data(root)
-    return root
-
-
 def test_every_registered_task_is_covered():
     params = {"toy", "davis", "saliency", "discovery", "retrieval", "depth", "visualize", "distill", "fidelity"}
     assert set(tasks.TASKS) == params, "a new task: add it to test_shards_then_metrics_equal_an_unsharded_run"
