@@ -25,10 +25,10 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from srt.errors import MissingFileError, UserError
+from srt.errors import UserError
 from srt.io import atomic_write_bytes
 
-from .run_record import METRICS_FILE, UPSAMPLER_LABELS, read_record
+from .run_record import UPSAMPLER_LABELS, read_records
 
 AXES = {
     "compute": ("pass_equivalents", "ViT compute per image (plain-pass equivalents)"),
@@ -77,16 +77,8 @@ def point_label(upsampler: dict, srt: dict, cost: dict) -> str:
 
 def load_points(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """One row per (run with a cost record, metric): group keys, label, the cost columns, metric, value."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(f"results directory {root} does not exist")
     rows, skipped = [], []
-    for path in sorted(root.rglob(METRICS_FILE)):
-        try:
-            record = read_record(path)
-        except ValueError as e:  # read_record names the file
-            skipped.append((str(path), str(e)))
-            continue
+    for path, record in read_records(root, skipped):
         cost = record.cost
         if not isinstance(cost, dict):
             continue

@@ -28,12 +28,12 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from srt.errors import UserError
+from srt.errors import MissingFileError, UserError
 from srt.io import atomic_write_json
 
 METRICS_FILE = "metrics.json"
@@ -362,3 +362,18 @@ def read_record(path: str | os.PathLike) -> RunRecord:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable metrics.json ({e})") from e
     return RunRecord.from_json(data, path)
+
+
+def read_records(root: str | os.PathLike, skipped: list[tuple[str, str]]) -> Iterator[tuple[Path, RunRecord]]:
+    """Every readable run record under ``root`` (sorted by path), for the table and figure builders. A record
+    that does not read is appended to ``skipped`` as (path, message naming the file) and left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"results directory {root} does not exist")
+    for path in sorted(root.rglob(METRICS_FILE)):
+        try:
+            record = read_record(path)
+        except ValueError as e:  # read_record names the file
+            skipped.append((str(path), str(e)))
+            continue
+        yield path, record

@@ -37,10 +37,10 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from srt.errors import MissingFileError, UserError, report_user_errors
+from srt.errors import UserError, report_user_errors
 from srt.io import atomic_write_text
 
-from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_record
+from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_records
 
 PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
 DASH = "-"
@@ -100,15 +100,9 @@ def load_results(root: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str,
     When several runs give the same cell (same task, dataset, head, backbone, weights, method, level,
     settings, metric), the most recently finished one is kept and the others are listed as skipped.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingFileError(f"results directory {root} does not exist")
     rows, skipped = [], []
-    for path in sorted(root.rglob(METRICS_FILE)):
-        try:
-            rows += rows_of_record(read_record(path), path)
-        except ValueError as e:  # read_record names the file
-            skipped.append((str(path), str(e)))
+    for path, record in read_records(root, skipped):
+        rows += rows_of_record(record, path)
     frame = pd.DataFrame(rows, columns=[*KEYS, "metric", "value", "finished", "path"])
     if not frame.empty:
         frame = frame.sort_values(["finished", "path"], kind="stable")
