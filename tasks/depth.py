@@ -287,6 +287,14 @@ def _srt_setup(extractor: FeatureExtractor) -> tuple[srt.Backbone, srt.SRTConfig
         raise TypeError(
             f"task depth needs an srt.Backbone or srt.StochasticResonance around one; got {type(extractor).__name__}"
         )
+    check_srt_settings(cfg)
+    return backbone, cfg
+
+
+def check_srt_settings(cfg: srt.SRTConfig) -> None:
+    """The SRT settings the depth protocol supports (before any model, and again on the extractor it gets)."""
+    if cfg.method == "jitter":
+        raise UserError("task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble")
     if cfg.output != "pooled":
         raise UserError("task depth feeds token grids to the head: srt.output must be pooled")
     if cfg.at_block is not None:
@@ -296,7 +304,6 @@ def _srt_setup(extractor: FeatureExtractor) -> tuple[srt.Backbone, srt.SRTConfig
             f"srt.fill={cfg.fill!r}: task depth reproduces the official shift before DINOv2's zero padding, which "
             "fills with zeros; expected srt.fill=zero"
         )
-    return backbone, cfg
 
 
 class DepthTask(Task):
@@ -325,19 +332,7 @@ class DepthTask(Task):
         """The SRT settings the depth protocol supports and the head's blocks against the model's depth, before any
         model is built; remembers the backbone's name for the head checkpoint (:meth:`check_data`)."""
         cfg: DepthConfig = self.cfg
-        if srt_cfg.method == "jitter":
-            raise UserError(
-                "task depth supports srt.method=shift (baseline, +SRT, +OE); Table 2 has no jitter ensemble"
-            )
-        if srt_cfg.output != "pooled":
-            raise UserError("task depth feeds token grids to the head: srt.output must be pooled")
-        if srt_cfg.at_block is not None:
-            raise UserError("task depth does not support srt.at_block (SRT runs on the blocks the head reads)")
-        if srt_cfg.fill != "zero":
-            raise UserError(
-                f"srt.fill={srt_cfg.fill!r}: task depth reproduces the official shift before DINOv2's zero padding, "
-                "which fills with zeros; expected srt.fill=zero"
-            )
+        check_srt_settings(srt_cfg)
         head_blocks(cfg.head, model.depth, cfg.blocks)  # names task.blocks when they do not fit the model
         if cfg.head_weights == "official":
             official_head_file(model.name, cfg.head)  # names the backbones DINOv2 publishes heads for
