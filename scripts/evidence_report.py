@@ -124,14 +124,17 @@ def sequence_properties(davis: Path, sequences: list[str], frames: int) -> dict[
     return out
 
 
-def dispersion_by_sequence(davis: Path, sequences: list[str], backbone_args: dict, cache: Path) -> dict:
+def dispersion_by_sequence(davis: Path, sequences: list[str], backbone_args: dict, task: dict, cache: Path) -> dict:
     """SRT level 1 (all 9 shifts, pooled) with dispersion on each sequence's frame 1 (the scored frame): mean
     channel variance across shifts in token cells inside (object share >= 0.5) vs outside the object.
     Computed once into ``cache`` (keyed by the backbone settings) and reused."""
     key = json.dumps(backbone_args, sort_keys=True)
+    frames = {k: task.get(k, d) for k, d in (("short_side", 480), ("long_side_multiple", 64))}
     done = json.loads(cache.read_text()) if cache.is_file() else {}
-    if done.get("backbone") == key and set(sequences) <= set(done.get("sequences", {})):
-        return done["sequences"]
+    same = done.get("backbone") == key and done.get("frames", {"short_side": 480, "long_side_multiple": 64}) == frames
+    out = done.get("sequences", {}) if same else {}
+    if set(sequences) <= set(out):
+        return out
     import torch
 
     import srt
@@ -140,17 +143,16 @@ def dispersion_by_sequence(davis: Path, sequences: list[str], backbone_args: dic
 
     bb = srt.load_backbone(outputs=("tokens",), **backbone_args)
     extractor = srt.build_extractor(bb, srt.SRTConfig(level=1, dispersion=True))
-    out = {}
-    for seq in sequences:
+    for seq in [s for s in sequences if s not in out]:
         path, mask_path = image_paths(davis, seq)[1], annotation_paths(davis, seq)[1]
         mask = read_label_png(mask_path) > 0
-        size = frame_size(mask.shape[1], mask.shape[0], bb.patch_size)
-        x, _ = read_frame(path, size, DINO_MEAN, DINO_STD)
+        size = frame_size(mask.shape[1], mask.shape[0], bb.patch_size, **frames)
+        x, _ = read_frame(path, size, task.get("mean") or DINO_MEAN, task.get("std") or DINO_STD)
         with torch.no_grad():
             disp = extractor(x[None])["tokens_dispersion"][0, 0].numpy()
         out[seq] = props.dispersion_contrast(disp, props.cell_fractions(mask, disp.shape))
+        atomic_write_json(cache, {"backbone": key, "frames": frames, "sequences": out})  # resumable
         print(f"dispersion {seq}: {out[seq]}", flush=True)
-    atomic_write_json(cache, {"backbone": key, "sequences": out})
     return out
 
 
@@ -338,7 +340,8 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
         table[s]["baseline_J"] = scores["baseline"][s]["j"]
     base_cfg = records["baseline"].config["backbone"]
     backbone_args = {"name": base_cfg["name"], "pretrained": base_cfg["pretrained"], **base_cfg.get("model_kwargs", {})}
-    dispersion = dispersion_by_sequence(davis, sequences, backbone_args, out / "dispersion-L1.json")
+    task = records["baseline"].config["task"]
+    dispersion = dispersion_by_sequence(davis, sequences, backbone_args, task, out / "dispersion-L1.json")
     for s in sequences:
         table[s]["dispersion_ratio"] = dispersion[s]["ratio"]
     gains = paired[GAIN_RUN]["J&F"]["per_sequence"] if GAIN_RUN in paired else {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_cell_fractions_and_dispersion_contrast():
 
 
 TINY_BACKBONE = [
-    "backbone=vit_small_patch16_224",
+    "backbone=dino_vits16",
     "backbone.pretrained=false",
     "backbone.model_kwargs={depth:1,embed_dim:32,num_heads:2}",
 ]
@@ -151,7 +152,8 @@ def _evidence(args: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "scripts" / "evidence.py"), "--set", "davis2016", *args]
     for b in TINY_BACKBONE:
         cmd += ["--backbone-arg", b]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.slow
@@ -160,6 +162,7 @@ def test_davis2016_plan_matches_the_recorded_runs(sample_root, tmp_path):
     data with a one-block random ViT; then the report's statistics against the records' own scores."""
     out = tmp_path / "evidence"
     common = ["--davis", str(sample_root / "DAVIS"), "--out", str(out), "--frames", "3", "--samples", "2"]
+    common += ["--task-arg", "task.short_side=96", "--task-arg", "progress=false"]
     dry = _evidence([*common, "--dry-run"])
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = {}
