@@ -55,8 +55,6 @@ def check_model_free_settings(backbone_cfg: Any, srt_cfg: Any, upsampler_cfg: An
 
     backbone = typed_config(srt.BackboneConfig, backbone_cfg, "backbone").validate(group="backbone")
     srt_typed = typed_config(srt.SRTConfig, srt_cfg, "srt").validate(group="srt")
-    upsampler = typed_config(
-        srt.UpsamplerConfig, upsampler_cfg if upsampler_cfg is not None else {}, "upsampler"
-    )
+    upsampler = typed_config(srt.UpsamplerConfig, upsampler_cfg if upsampler_cfg is not None else {}, "upsampler")
     upsampler.validate(group="upsampler", srt=srt_typed)
     return backbone, srt_typed, upsampler
