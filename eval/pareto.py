@@ -21,7 +21,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
 
@@ -29,6 +29,7 @@ from srt.errors import UserError
 from srt.io import atomic_write_bytes
 
 from .run_record import UPSAMPLER_LABELS, read_records
+from .table_format import DASH, RANDOM_NOTE, Table
 
 AXES = {
     "compute": ("pass_equivalents", "ViT compute per image (plain-pass equivalents)"),
@@ -253,11 +254,9 @@ def make_pareto_figure(
     return Path(out)
 
 
-def pareto_tables(root: str | os.PathLike) -> list[Any]:
-    """One :class:`eval.tables.Table` per (task, dataset, backbone, weights) group of points: methods by compute,
+def pareto_tables(root: str | os.PathLike) -> list[Table]:
+    """One :class:`eval.table_format.Table` per (task, dataset, backbone, weights) group of points: methods by compute,
     the task's metrics, the costs and which fronts each point is on."""
-    from .tables import DASH, RANDOM_NOTE, Table
-
     frame, _ = load_points(root)
     tables = []
     if frame.empty:

