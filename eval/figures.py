@@ -12,6 +12,8 @@ For every (backbone, weights, settings[, dataset, head]) that has a level-0 run 
 other levels (``srt.method=shift``), it plots the relative improvement of the metric over level 0, in percent,
 against the perturbation level: one line per backbone. The paper's Fig. 3 shows this for DAVIS J&F with
 ViT-S/16 and ViT-B/16 (levels 1-5 or so; its values are only drawn, not printed, so they are not overlaid).
+The title names the weights of the curves (:func:`sweep_title`): only pretrained weights are the paper's
+setting; random weights are titled a pipeline check, not a result.
 """
 
 from __future__ import annotations
