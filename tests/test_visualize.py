@@ -28,6 +28,7 @@ if str(REPO) not in sys.path:
 
 import srt  # noqa: E402
 from srt import viz  # noqa: E402
+from srt.viz.figures import _font  # noqa: E402
 from tasks import runner  # noqa: E402
 from tasks.visualize import COLUMN_ORDER  # noqa: E402
 
@@ -134,7 +135,7 @@ def test_a_figure_has_the_layout_of_its_grid():
 def titled(title: str, footer: int = 0, **grid) -> viz.GridLayout:
     """The layout of a titled figure: the title's lines, wrapped to the figure's width, as extra header rows."""
     plain = viz.GridLayout(**grid)
-    lines = viz.wrap_text(title, plain.size[1] - 2 * plain.margin, viz._font(12))
+    lines = viz.wrap_text(title, plain.size[1] - 2 * plain.margin, _font(12))
     assert lines and " ".join(lines) == " ".join(title.split())
     return dataclasses.replace(plain, header_rows=plain.header_rows + len(lines), footer=footer)
 
@@ -173,7 +174,7 @@ def test_pca_figure_and_level_strip_without_hydra(tiny, tmp_path):
     assert (fig[bottom + layout.gap + 4, left:right] == 255).all()
 
     strip = viz.level_strip("skimage:coffee", [tiny], levels=[0, 1, 2], size=32, path=tmp_path / "s.png")
-    label_width = int(viz._font(12).getlength(tiny.name)) + 2 * 4  # the backbone's name left of its row
+    label_width = int(_font(12).getlength(tiny.name)) + 2 * 4  # the backbone's name left of its row
     strip_layout = titled(viz.strip_title([tiny.weights]), rows=1, cols=4, panel=32, label_width=label_width)
     assert strip.shape == (*strip_layout.size, 3)
     assert (tmp_path / "s.png").is_file() and strip.shape[0] == strip_layout.size[0]
