@@ -205,7 +205,7 @@ def draw_cost_panel(
         colour = palette.get(method, "0.6")
         methods_seen[UPSAMPLER_LABELS.get(method, method)] = colour
         if len(errors) == 2:
-            yerr = [part["err_low"].to_numpy(float), part["err_high"].to_numpy(float)]
+            yerr = part[["err_low", "err_high"]].to_numpy(float).T  # [2, n]: below, above
             ax.errorbar(part[column], part["value"], yerr=yerr, fmt="none", ecolor=colour, capsize=2, zorder=2)
         ax.scatter(part[column], part["value"], color=colour, s=30, zorder=3)
     ax.scatter(front[column], front["value"], facecolors="none", edgecolors="C3", s=110, linewidths=1.4, zorder=4)

