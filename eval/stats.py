@@ -11,7 +11,7 @@ Each unit (sequence) gives one paired difference d_i = method_i - baseline_i. Re
 - the two-sided exact sign test on the non-zero differences (:func:`sign_test_p`).
 
 :func:`verdict` turns an interval into words: an interval that contains 0 is "no measurable effect", never a
-gain or a loss. With ten units these are indications, not findings: the interval is wide and the smallest
+gain or a loss; one that excludes 0 is a gain or loss only when the exact sign-flip test agrees (p < 0.05). With ten units these are indications, not findings: the interval is wide and the smallest
 possible sign-flip p-value is 2/1024.
 """
 
@@ -84,13 +84,16 @@ def sign_test_p(diffs: Sequence[float], tie: float = TIE) -> float:
     return float(min(1.0, 2.0 * tail))
 
 
-def verdict(lo: float, hi: float) -> str:
-    """The interval in words: "gain" / "loss" only when it excludes 0."""
-    if lo > 0:
-        return "gain"
-    if hi < 0:
-        return "loss"
-    return "no measurable effect"
+def verdict(lo: float, hi: float, p: float = 0.0, alpha: float = 0.05) -> str:
+    """The interval in words: "no measurable effect" when it contains 0; "gain" / "loss" when it excludes 0 and
+    the exact test agrees (``p`` < ``alpha``); otherwise "uncertain": the percentile bootstrap over ten units
+    is known to be too narrow, so an interval that just excludes 0 while the exact test does not reject is not
+    called a gain or a loss."""
+    if lo <= 0 <= hi:
+        return "no measurable effect"
+    if p >= alpha:
+        return f"uncertain (interval excludes 0, exact p = {p:.2f})"
+    return "gain" if lo > 0 else "loss"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def summarize(diffs: Sequence[float], n_boot: int = 10000, seed: int = 0) -> Pai
         tied=tied,
         p_sign_flip=sign_flip_p(d),
         p_sign_test=sign_test_p(d),
-        verdict=verdict(lo, hi),
+        verdict=verdict(lo, hi, sign_flip_p(d)),
     )
 
 

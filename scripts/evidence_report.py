@@ -421,7 +421,8 @@ def markdown(result: dict, planned: list, info: dict, command: str) -> str:
         "(full sets: level 1 9, level 2 25, level 3 49; the paper's jitter ensemble 49)",
         "- Δ: method minus baseline per sequence, mean over sequences with a seeded percentile bootstrap 95% "
         "interval (10000 resamples); p sign-flip: exact paired permutation test over all 2^n sign flips; p sign test: "
-        "exact two-sided binomial test; an interval containing 0 is 'no measurable effect'",
+        "exact two-sided binomial test; verdict: an interval containing 0 is 'no measurable effect'; a gain or loss "
+        "needs the interval to exclude 0 and the sign-flip p < 0.05 (else 'uncertain')",
         "- cost: pass eq. = ViT compute per frame in plain passes (the run's cost model; passes for token-grid "
         "methods); s / frame = the run's measured feature time per frame (shared CPU: noisy); peak MiB = the run's "
         "peak process memory",

@@ -74,9 +74,12 @@ def test_sign_test_p_by_hand():
 
 
 def test_verdict_calls_an_interval_containing_zero_no_effect():
-    assert stats.verdict(-0.01, 0.02) == "no measurable effect"
-    assert stats.verdict(0.001, 0.02) == "gain"
-    assert stats.verdict(-0.03, -0.01) == "loss"
+    assert stats.verdict(-0.01, 0.02, p=0.001) == "no measurable effect"
+    assert stats.verdict(0.0, 0.02, p=0.001) == "no measurable effect"
+    assert stats.verdict(0.001, 0.02, p=0.01) == "gain"
+    assert stats.verdict(-0.03, -0.01, p=0.002) == "loss"
+    # an interval just off 0 while the exact test does not reject: neither gain nor loss
+    assert stats.verdict(0.001, 0.02, p=0.12).startswith("uncertain")
 
 
 def test_summarize_and_pairing():
