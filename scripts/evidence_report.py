@@ -432,6 +432,17 @@ def markdown(result: dict, planned: list, info: dict, command: str) -> str:
     lines += ["", "## Paired differences and cost", ""]
     lines += paired_table(planned, result["paired"], result["costs"], result["mean_jf"])
     lines += ["", "## Per-sequence J&F", ""] + per_sequence_table(planned, result["scores"], seqs)
+    levels = [p for p in planned if p.run.kind == "pooled" and p.run.level > 0 and p.run.key in result["paired"]]
+    if levels:
+        lines += ["", "## Gain against level (pooled SRT, Δ J&F per sequence)", ""]
+        lines += ["| sequence | " + " | ".join(f"L{p.run.level} ({p.passes} passes)" for p in levels) + " |"]
+        lines += ["|" + "---|" * (len(levels) + 1)]
+        for s in seqs:
+            lines.append(
+                f"| {s} | "
+                + " | ".join(f"{result['paired'][p.run.key]['J&F']['per_sequence'][s]:+.3f}" for p in levels)
+                + " |"
+            )
     if result["spearman"]:
         corr = {n: (v["rho"], v["p"]) for n, v in result["spearman"].items()}
         gains = result["paired"][GAIN_RUN]["J&F"]["per_sequence"]
