@@ -91,12 +91,16 @@ def cost_of(record) -> dict[str, Optional[float]]:
 # ----------------------------------------------------------------------------------------------- statistics
 
 
-def paired_stats(scores: dict[str, dict], sequences: list[str]) -> dict[str, dict]:
-    """key -> metric -> summary and per-sequence differences, against the baseline's scores."""
-    base = scores["baseline"]
+#: the reference of the second comparison of the stride-7 methods: the plain features on the same 68x120 grid
+FINE_REFERENCE = "nearest"
+
+
+def paired_stats(scores: dict[str, dict], sequences: list[str], reference: str = "baseline", keys=None) -> dict:
+    """key -> metric -> summary and per-sequence differences, against the ``reference`` run's scores."""
+    base = scores[reference]
     out = {}
     for key, per_seq in scores.items():
-        if key == "baseline":
+        if key == reference or (keys is not None and key not in keys):
             continue
         out[key] = {}
         for metric, field in METRICS.items():
@@ -336,6 +340,8 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
     scores = {key: sequence_scores(rec, davis) for key, rec in records.items()}
     sequences = [s for s in select_sequences(davis, "val", None) if s in scores["baseline"]]
     paired = paired_stats(scores, sequences)
+    fine = {p.run.key for p in planned if p.run.kind == "fine"}
+    vs_fine = paired_stats(scores, sequences, FINE_REFERENCE, fine) if FINE_REFERENCE in scores else {}
     costs = {key: cost_of(rec) for key, rec in records.items()}
     absolute = {key: float(np.mean([scores[key][s]["jf"] for s in sequences])) for key in scores}
     table = sequence_properties(davis, sequences, info["frames"])
@@ -368,6 +374,7 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
         "scores": scores,
         "mean_jf": absolute,
         "paired": paired,
+        "paired_vs_nearest": vs_fine,
         "costs": costs,
         "properties": table,
         "dispersion": dispersion,
@@ -431,6 +438,15 @@ def markdown(result: dict, planned: list, info: dict, command: str) -> str:
         lines.append(f"- NOT FINISHED (left out of every table): {', '.join(result['not_finished'])}")
     lines += ["", "## Paired differences and cost", ""]
     lines += paired_table(planned, result["paired"], result["costs"], result["mean_jf"])
+    if result["paired_vs_nearest"]:
+        lines += ["", f"## Stride-7 methods against {FINE_REFERENCE} (same 68x120 grid, plain features)", ""]
+        lines += ["| method | Δ J&F [95% CI] | improved / worse | p sign-flip | verdict |", "|---|---|---|---|---|"]
+        for p in planned:
+            m = result["paired_vs_nearest"].get(p.run.key, {}).get("J&F")
+            if m:
+                lines.append(
+                    f"| {p.run.label} | {fmt_ci(m)} | {m['improved']} / {m['worse']} | {m['p_sign_flip']:.3f} | {m['verdict']} |"
+                )
     lines += ["", "## Per-sequence J&F", ""] + per_sequence_table(planned, result["scores"], seqs)
     levels = [p for p in planned if p.run.kind == "pooled" and p.run.level > 0 and p.run.key in result["paired"]]
     if levels:
