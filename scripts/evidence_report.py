@@ -91,8 +91,9 @@ def cost_of(record) -> dict[str, Optional[float]]:
 # ----------------------------------------------------------------------------------------------- statistics
 
 
-#: the reference of the second comparison of the stride-7 methods: the plain features on the same 68x120 grid
-FINE_REFERENCE = "nearest"
+#: references of the second comparison of the stride-7 methods, on the same 68x120 grid: the plain features
+#: nearest-upsampled (separates the grid from the features) and bilinear-upsampled (the 1-pass competitor)
+FINE_REFERENCES = ("nearest", "bilinear")
 
 
 def paired_stats(scores: dict[str, dict], sequences: list[str], reference: str = "baseline", keys=None) -> dict:
@@ -341,7 +342,9 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
     sequences = [s for s in select_sequences(davis, "val", None) if s in scores["baseline"]]
     paired = paired_stats(scores, sequences)
     fine = {p.run.key for p in planned if p.run.kind == "fine"}
-    vs_fine = paired_stats(scores, sequences, FINE_REFERENCE, fine) if FINE_REFERENCE in scores else {}
+    vs_fine = {
+        ref: paired_stats(scores, sequences, ref, fine - {"nearest"}) for ref in FINE_REFERENCES if ref in scores
+    }
     costs = {key: cost_of(rec) for key, rec in records.items()}
     absolute = {key: float(np.mean([scores[key][s]["jf"] for s in sequences])) for key in scores}
     table = sequence_properties(davis, sequences, info["frames"])
@@ -374,7 +377,7 @@ def analyse(planned: list, info: dict, out: Path) -> dict:
         "scores": scores,
         "mean_jf": absolute,
         "paired": paired,
-        "paired_vs_nearest": vs_fine,
+        "paired_vs_fine_references": vs_fine,
         "costs": costs,
         "properties": table,
         "dispersion": dispersion,
@@ -438,11 +441,11 @@ def markdown(result: dict, planned: list, info: dict, command: str) -> str:
         lines.append(f"- NOT FINISHED (left out of every table): {', '.join(result['not_finished'])}")
     lines += ["", "## Paired differences and cost", ""]
     lines += paired_table(planned, result["paired"], result["costs"], result["mean_jf"])
-    if result["paired_vs_nearest"]:
-        lines += ["", f"## Stride-7 methods against {FINE_REFERENCE} (same 68x120 grid, plain features)", ""]
+    for ref, vs in result["paired_vs_fine_references"].items():
+        lines += ["", f"## Stride-7 methods against {ref} (the same 68x120 grid, plain features, 1 pass)", ""]
         lines += ["| method | Δ J&F [95% CI] | improved / worse | p sign-flip | verdict |", "|---|---|---|---|---|"]
         for p in planned:
-            m = result["paired_vs_nearest"].get(p.run.key, {}).get("J&F")
+            m = vs.get(p.run.key, {}).get("J&F")
             if m:
                 lines.append(
                     f"| {p.run.label} | {fmt_ci(m)} | {m['improved']} / {m['worse']} | {m['p_sign_flip']:.3f} | {m['verdict']} |"
