@@ -164,6 +164,12 @@ class Task(ABC):
         :func:`check_each` to report every bad file at once. The runner calls it after the finished-run
         check (a finished run reads nothing) and before the model is built."""
 
+    def largest_input(self, model: ModelInfo) -> Optional[tuple[int, int, Optional[int]]]:
+        """``(H, W, dense stride)`` of the largest image this run feeds the extractor (the stride of a dense field
+        the task itself asks for, else None), for the memory estimate made before any model is built
+        (tasks/memory.py); None when it is not known in advance (no estimate is made)."""
+        return None
+
     def data_files(self) -> Optional[DataFiles]:
         """The dataset files a run reads (None: the task reads no files); they identify the run's data.
 

@@ -444,6 +444,11 @@ class DavisTask(Task):
                 f"{model.name}; expected at least {model.patch_size}"
             )
 
+    def largest_input(self, model: ModelInfo) -> tuple[int, int, None]:
+        """DAVIS frames are 854 x 480 at 480p: the size they are resized to (memory estimate)."""
+        w, h = frame_size(854, 480, model.patch_size, self.cfg.short_side, self.cfg.long_side_multiple)
+        return h, w, None
+
     def check_data(self) -> None:
         """Every selected sequence through :func:`eval.davis.check_sequence`: every annotation decoded (object
         ids 1..N in the first, one size, ids the first frame lacks named in a warning), every frame checked

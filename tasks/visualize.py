@@ -139,6 +139,10 @@ class VisualizeTask(Task):
                 f"{[s for s in range(1, p + 1) if p % s == 0]}"
             )
 
+    def largest_input(self, model: srt.ModelInfo) -> tuple[int, int, int]:
+        """Every image is drawn at ``task.image_size`` squared, its SRT field at ``task.stride`` (memory estimate)."""
+        return self.cfg.image_size, self.cfg.image_size, self.cfg.stride
+
     def check_data(self) -> None:
         """Every image checked whole (:func:`srt.io.check_image`: header and end marker)."""
         self.images = self.cfg.image_list()
