@@ -359,6 +359,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
         git=environment.git_revision(),
         host=environment.host(),
         command=list(sys.argv),
+        extra=p.task.record_notes(),  # e.g. the images a task excluded, by id
     )
     write_record(p.run_dir, record)
     make_logger(p.logger).log_run(record, p.run_dir)

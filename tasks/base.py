@@ -193,6 +193,11 @@ class Task(ABC):
         (before the item is read) and ``ctx.cache.items_done()`` follows the loops, before anything that needs
         every item (metrics, ranking, training): a shard run stops there (tasks/item_cache.py)."""
 
+    def record_notes(self) -> dict[str, Any]:
+        """What a finished :meth:`run` wants recorded in metrics.json beside its flat metrics (top-level keys that
+        are not numbers, e.g. depth's ``excluded_images``: id -> why). Default: nothing."""
+        return {}
+
     def cache_key_config(self) -> Mapping[str, Any]:
         """Task config that changes per-item outputs (keys the item cache, with backbone and srt config and
         the dataset's identity; the data location settings are dropped by the runner).

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval import davis as davis_eval
+from eval.pairing import pair_by_name
 from srt.backbones import ModelInfo
 from srt.config import SRTConfig
 from srt.errors import MissingFileError, UserError
@@ -447,15 +448,18 @@ class DavisTask(Task):
     def check_data(self) -> None:
         """Every selected sequence through :func:`eval.davis.check_sequence`: every annotation decoded (object
         ids 1..N in the first, one size, ids the first frame lacks named in a warning), every frame checked
-        (whole, not truncated, the annotations' size). DAVIS-2017 val: ~2000 annotations, a few seconds."""
+        (whole, not truncated, the annotations' size), frames and annotations paired by name. DAVIS-2017 val: ~2000 annotations, a few seconds."""
         cfg = self.cfg
         root = Path(cfg.root)
         sequences = davis_eval.select_sequences(root, cfg.split, cfg.sequences)
-        check_each(
-            sequences,
-            lambda seq: davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames),
-            "DAVIS sequences",
-        )
+        def check(seq: str) -> None:
+            davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames)
+            frames = davis_eval.image_paths(root, seq, cfg.resolution)[: cfg.max_frames]
+            annotations = davis_eval.annotation_paths(root, seq, cfg.resolution)[: cfg.max_frames]
+            folder = root / "Annotations" / cfg.resolution / seq  # each frame scored against its namesake
+            pair_by_name(frames, annotations, "frame", "annotation", folder, ".png")
+
+        check_each(sequences, check, "DAVIS sequences")
 
     def data_files(self) -> DataFiles:
         cfg = self.cfg

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from eval.pairing import pair_by_name
 from eval.saliency import ImageScores, aggregate, image_scores, read_mask
 from srt.errors import MissingFileError, UserError
 from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
@@ -59,7 +60,8 @@ class SaliencyConfig(TokenCutConfig):
 
 
 def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
-    """(image, GT mask) paths in sorted image order; GT = image stem + .png. Errors name what is missing."""
+    """(image, GT mask) paths in sorted image order, paired by name (GT = image stem + .png; a mask without an
+    image of its name is an error too: :func:`eval.pairing.pair_by_name`). Errors name what is missing."""
     image_sub, gt_sub = LAYOUTS[dataset]
     image_dir, gt_dir = Path(root) / image_sub, Path(root) / gt_sub
     for folder in (image_dir, gt_dir):
@@ -70,14 +72,7 @@ def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
     images = sorted(image_dir.glob("*.jpg"))
     if not images:
         raise MissingFileError(f"no *.jpg images in {image_dir}")
-    pairs = [(image, gt_dir / f"{image.stem}.png") for image in images]
-    missing = [gt for _, gt in pairs if not gt.is_file()]
-    if missing:
-        raise MissingFileError(
-            f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
-            f"images of {image_dir} have no mask in {gt_dir})"
-        )
-    return pairs
+    return pair_by_name(images, sorted(gt_dir.glob("*.png")), "image", "ground-truth mask", gt_dir, ".png")
 
 
 def _check_sizes(gt_path: Path, gt_shape: tuple[int, int], image_path: Path, image_size: tuple[int, int]) -> None:

@@ -425,3 +425,20 @@ def test_data_files_are_the_protocols_files(sample):
     srt_files = task_for(protocol="srt", root=sample / "nyu_v2", max_images=2).data_files()
     assert sorted(srt_files.files) == [f"testing/{d}/0000{i}.png" for d in ("depths", "images") for i in (0, 1)]
     assert toolbox.identity()["name"] == "NYU-v2 (toolbox layout)"
+
+
+def test_a_depth_map_without_valid_pixels_stops_the_run_or_is_excluded_and_counted(tmp_path):
+    root = make_sample(tmp_path / "s") / "nyu_v2"
+    bad = root / "testing" / "depths" / "00001.png"
+    Image.fromarray(np.zeros((480, 640), np.uint16)).save(bad)  # 16-bit, every pixel 0 = invalid
+    with pytest.raises(depth_eval.InvalidGroundTruthError, match=r"00001\.png has 0 valid pixels of 307200"):
+        task_for(protocol="srt", root=root, max_images=2).check_data()
+    task = task_for(protocol="srt", root=root, max_images=2, skip_invalid=True, n_visualizations=0)
+    task.check_data()
+    bb = srt.load_backbone("dinov2_vits14", pretrained=False, **TINY_V2)
+    metrics, _ = run_task(task, bb, tmp_path / "run")
+    assert metrics["n_images"] == 1 and metrics["n_excluded"] == 1
+    assert all(math.isfinite(metrics[k]) for k in depth_eval.SRT_METRICS)
+    assert list(task.record_notes()["excluded_images"]) == ["00001"]
+    assert not (tmp_path / "run" / "depth_predictions" / "00001.png").exists()  # not even predicted
+    assert [r.split(",")[0] for r in (tmp_path / "run" / "per_image.csv").read_text().splitlines()] == ["image", "00000"]
