@@ -51,7 +51,7 @@ from eval.pairing import pair_by_name
 from srt.backbones import ModelInfo
 from srt.config import SRTConfig
 from srt.errors import MissingFileError, UserError
-from srt.io import atomic_save_png
+from srt.io import atomic_save_png, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 
@@ -310,14 +310,20 @@ def frame_size(
 def read_frame(
     path: Path, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """A frame as DINO reads it: cv2 BGR, bilinear resize to ``size`` (w, h) in uint8, /255, RGB, normalised.
+    """A frame as DINO reads it: decoded to RGB, bilinear cv2 resize to ``size`` (w, h) in uint8, /255, normalised.
 
+    Decoded by the project's one reader (:func:`srt.io.read_image`: any 8-bit or 16-bit greyscale mode, errors
+    name the file); DINO decodes with ``cv2.imread``, which gives the same pixels (every JPEG and PNG of the
+    DAVIS, saliency, VOC and ROxford fixtures compared: identical), and cv2's resize acts per channel.
     Returns the ``[3,h,w]`` tensor and the original (height, width)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise UserError(f"cannot read image {path} (missing, empty or not an image)")
+    try:
+        img = np.asarray(read_image(path, "RGB", "image"))
+    except MissingFileError:
+        raise
+    except UserError as e:
+        raise UserError(f"cannot read image {path}: {e.__cause__ or e}") from e
     orig = img.shape[:2]
-    img = cv2.resize(img, size)[:, :, ::-1].astype(np.float32) / 255.0
+    img = cv2.resize(img, size).astype(np.float32) / 255.0
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[
         :, None, None
@@ -452,6 +458,7 @@ class DavisTask(Task):
         cfg = self.cfg
         root = Path(cfg.root)
         sequences = davis_eval.select_sequences(root, cfg.split, cfg.sequences)
+
         def check(seq: str) -> None:
             davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames)
             frames = davis_eval.image_paths(root, seq, cfg.resolution)[: cfg.max_frames]

@@ -48,7 +48,7 @@ import numpy as np
 import srt
 from srt import viz
 from srt.errors import UserError
-from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock
+from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .environment import now_iso
@@ -255,10 +255,7 @@ def _slug(label: str) -> str:
 
 
 def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
+    return np.asarray(read_image(path, "RGB", "panel")).copy()  # the project's one image reader
 
 
 def _order(name: str) -> tuple[int, str]:

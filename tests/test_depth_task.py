@@ -441,4 +441,7 @@ def test_a_depth_map_without_valid_pixels_stops_the_run_or_is_excluded_and_count
     assert all(math.isfinite(metrics[k]) for k in depth_eval.SRT_METRICS)
     assert list(task.record_notes()["excluded_images"]) == ["00001"]
     assert not (tmp_path / "run" / "depth_predictions" / "00001.png").exists()  # not even predicted
-    assert [r.split(",")[0] for r in (tmp_path / "run" / "per_image.csv").read_text().splitlines()] == ["image", "00000"]
+    assert [r.split(",")[0] for r in (tmp_path / "run" / "per_image.csv").read_text().splitlines()] == [
+        "image",
+        "00000",
+    ]
