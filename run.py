@@ -276,6 +276,8 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
 
     with _dataset_hint(cfg):
         p.task.check_data()  # every annotation decoded, every input image checked: before any feature
+    if not p.runner.force:  # what an earlier run left to resume from (a checkpoint), read before any model
+        p.task.check_run_dir(p.run_dir)
     if p.backbone.pretrained is False:
         log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
     cache = item_cache_for(

@@ -164,6 +164,12 @@ class Task(ABC):
         :func:`check_each` to report every bad file at once. The runner calls it after the finished-run
         check (a finished run reads nothing) and before the model is built."""
 
+    def check_run_dir(self, run_dir: Path) -> None:
+        """Check what an earlier run of this configuration left in ``run_dir`` to resume from (e.g. distill's
+        ``checkpoint.pt``: read safely, checked against the configured model), before any model is built; raise
+        :class:`srt.errors.UserError` naming the file. The runner calls it after :meth:`check_data`, unless
+        ``force=true`` (which discards it). Default: nothing to check."""
+
     def data_files(self) -> Optional[DataFiles]:
         """The dataset files a run reads (None: the task reads no files); they identify the run's data.
 

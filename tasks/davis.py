@@ -47,7 +47,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eval import davis as davis_eval
-from eval.pairing import pair_by_name
 from srt.backbones import ModelInfo
 from srt.config import SRTConfig
 from srt.errors import MissingFileError, UserError
@@ -459,14 +458,11 @@ class DavisTask(Task):
         root = Path(cfg.root)
         sequences = davis_eval.select_sequences(root, cfg.split, cfg.sequences)
 
-        def check(seq: str) -> None:
-            davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames)
-            frames = davis_eval.image_paths(root, seq, cfg.resolution)[: cfg.max_frames]
-            annotations = davis_eval.annotation_paths(root, seq, cfg.resolution)[: cfg.max_frames]
-            folder = root / "Annotations" / cfg.resolution / seq  # each frame scored against its namesake
-            pair_by_name(frames, annotations, "frame", "annotation", folder, ".png")
-
-        check_each(sequences, check, "DAVIS sequences")
+        check_each(
+            sequences,
+            lambda seq: davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames),
+            "DAVIS sequences",
+        )
 
     def data_files(self) -> DataFiles:
         cfg = self.cfg

@@ -351,13 +351,14 @@ class DepthTask(Task):
         head_blocks(cfg.head, model.depth, cfg.blocks)  # names task.blocks when they do not fit the model
         if cfg.head_weights == "official":
             official_head_file(model.name, cfg.head)  # names the backbones DINOv2 publishes heads for
-        self._backbone_name = model.name
+        self._backbone_name, self._embed_dim = model.name, model.embed_dim
 
     def check_data(self) -> None:
         """Every depth map decoded in full (16-bit single channel, at least one valid pixel under the protocol unless
         ``task.skip_invalid``), every image checked whole
         (:func:`srt.io.check_image`) and of its depth map's size; then the head checkpoint is located (downloaded
-        if the host is reachable), so that a missing head is named before any model is built."""
+        if the host is reachable), read safely and loaded into the configured head, so that a missing, foreign or
+        mis-shaped head is named before the backbone is built."""
         cfg: DepthConfig = self.cfg
 
         def check(item: depth_eval.DepthItem) -> None:
@@ -375,7 +376,9 @@ class DepthTask(Task):
         check_each(self.items(), check, "NYU-v2 images and depth maps")
         name = getattr(self, "_backbone_name", None)
         if cfg.head_weights != "random" and name is not None:
-            resolve_head_checkpoint(name, cfg.head, cfg.head_weights)
+            path = resolve_head_checkpoint(name, cfg.head, cfg.head_weights)
+            # read safely and checked (keys, shapes) against the configured head, before the backbone is built
+            load_head_weights(build_head(cfg.head, self._embed_dim, NYU_DEPTH_RANGE), path, name)
 
     def cache_key_config(self) -> Mapping[str, Any]:
         keep = dataclasses.asdict(self.cfg)

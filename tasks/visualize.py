@@ -52,7 +52,7 @@ from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock, r
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .environment import now_iso
-from .images import as_entries, item_ids, list_images
+from .images import as_entries, check_run_size, item_ids, list_images
 from .run_identity import config_hash, srt_key_part
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class VisualizeTask(Task):
 
     def check_settings(self, model: srt.ModelInfo, srt_cfg: srt.SRTConfig) -> None:
         cfg, p = self.cfg, model.patch_size
+        self._patch_size = p
         if srt_cfg.method == "jitter":
             raise UserError(
                 "task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
@@ -139,7 +140,15 @@ class VisualizeTask(Task):
     def check_data(self) -> None:
         """Every image checked whole (:func:`srt.io.check_image`: header and end marker)."""
         self.images = self.cfg.image_list()
-        check_each(self._files(self.images), lambda path: check_image(path, "image"), "task.images")
+        patch = getattr(self, "_patch_size", None)
+
+        def check(path: Path) -> None:
+            size = check_image(path, "image")
+            if patch is not None:  # the stated minimum: one patch (less is upscaled from under one token of detail)
+                how = f"its centre square, resized to task.image_size={self.cfg.image_size}; the stated minimum is one patch"
+                check_run_size(path, size, (min(size),) * 2, patch, how)
+
+        check_each(self._files(self.images), check, "task.images")
 
     @staticmethod
     def _files(images: list) -> list[Path]:
