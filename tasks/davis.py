@@ -519,6 +519,18 @@ class DavisTask(Task):
         )
         return metrics
 
+    def _frame_grid(self, extractor: FeatureExtractor, W: int, H: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The (w, h) frames of a W x H sequence are resized to and the (h, w) feature grid at the extractor's stride."""
+        cfg: DavisConfig = self.cfg
+        p, s = extractor.patch_size, extractor.stride
+        size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
+        if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
+            raise UserError(
+                f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
+                f"feature stride {s}; change task.short_side / task.long_side_multiple"
+            )
+        return size, (size[1] // s, size[0] // s)
+
     def _propagate_sequence(
         self,
         extractor: FeatureExtractor,
@@ -534,14 +546,8 @@ class DavisTask(Task):
         mean = cfg.mean if cfg.mean is not None else extractor.mean
         std = cfg.std if cfg.std is not None else extractor.std
         H, W = annotation.shape
-        p, s = extractor.patch_size, extractor.stride
-        size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
-        if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
-            raise UserError(
-                f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
-                f"feature stride {s}; change task.short_side / task.long_side_multiple"
-            )
-        grid = (size[1] // s, size[0] // s)
+        s = extractor.stride
+        size, grid = self._frame_grid(extractor, W, H)
         n_labels = davis_eval.object_count(annotation, f"first-frame annotation {annotation_path}") + 1
         feature_s = propagation_s = 0.0
 

@@ -172,42 +172,11 @@ class VisualizeTask(Task):
             raise UserError(f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}")
         inputs = [viz.square_image(viz.read_image(str(im)), cfg.image_size) for im in images]
         ids = item_ids(images)
-        fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)
-
-        def store(key: str, compute):  # each image's fields in the item cache: resumable, one image in memory
-            return ctx.cache.get_or_compute(f"fields/{key}", compute)
-
-        def image_columns(chosen: list[int]) -> viz.Columns:  # the plain | SRT columns of these images
-            return viz.backbone_columns(
-                [inputs[i] for i in chosen],
-                fn,
-                srt_cfg,
-                cfg.stride,
-                "tokens",
-                cfg.basis,
-                progress=ctx.progress,
-                store=store,
-                keys=[ids[i] for i in chosen],
-                **fit,
-            )
-
-        levels = viz.strip_levels(srt_cfg.level, srt_cfg.step) if cfg.strip else []
-        strip_key = f"strip/{ids[cfg.strip_image]}" if cfg.strip else ""
-
-        def strip_columns(chosen: list[int]) -> viz.Columns:  # the strip image's fields at these levels
-            image, key = inputs[cfg.strip_image], strip_key
-            return viz.level_columns(image, fn, chosen, srt_cfg, cfg.stride, "tokens", store=store, key=key, **fit)
-
+        fields = _Fields(cfg, fn, srt_cfg, inputs, ids, ctx)
         if ctx.cache.shard is not None:
-            # a shard run computes its share of the fields (the items); the colours are fitted on all of them,
-            # so the columns it builds on the way are dropped and the figure is left to the run that has them all
-            mine = [i for i in range(len(ids)) if not ctx.cache.skips(f"fields/{ids[i]}")]
-            mine_levels = [lv for lv in levels if not ctx.cache.skips(f"fields/{strip_key}/L{lv}")]
-            if mine:
-                image_columns(mine)
-            if mine_levels:
-                strip_columns(mine_levels)
+            fields.compute_share()
             ctx.cache.items_done()  # a shard run stops here
+        image_columns, strip_columns, levels = fields.image_columns, fields.strip_columns, fields.levels
         columns = image_columns(list(range(len(ids))))
         out = ctx.out_dir
         input_panels = [viz.read_image(im) for im in inputs]
@@ -261,6 +230,52 @@ class VisualizeTask(Task):
 
 def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in label).strip("_").lower()
+
+
+class _Fields:
+    """The cached fields of a visualize run as figure columns: the plain | SRT columns of chosen images, the
+    strip image's at chosen levels (each image's fields one item of the cache: resumable, one image in memory)."""
+
+    def __init__(self, cfg: VisualizeConfig, fn, srt_cfg, inputs: list, ids: list[str], ctx: RunContext):
+        self.cfg, self.fn, self.srt_cfg, self.inputs, self.ids, self.ctx = cfg, fn, srt_cfg, inputs, ids, ctx
+        self.fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)
+        self.levels = viz.strip_levels(srt_cfg.level, srt_cfg.step) if cfg.strip else []
+        self.strip_key = f"strip/{ids[cfg.strip_image]}" if cfg.strip else ""
+
+    def store(self, key: str, compute):
+        return self.ctx.cache.get_or_compute(f"fields/{key}", compute)
+
+    def image_columns(self, chosen: list[int]) -> viz.Columns:  # the plain | SRT columns of these images
+        cfg = self.cfg
+        return viz.backbone_columns(
+            [self.inputs[i] for i in chosen],
+            self.fn,
+            self.srt_cfg,
+            cfg.stride,
+            "tokens",
+            cfg.basis,
+            progress=self.ctx.progress,
+            store=self.store,
+            keys=[self.ids[i] for i in chosen],
+            **self.fit,
+        )
+
+    def strip_columns(self, chosen: list[int]) -> viz.Columns:  # the strip image's fields at these levels
+        image, key, cfg = self.inputs[self.cfg.strip_image], self.strip_key, self.cfg
+        return viz.level_columns(
+            image, self.fn, chosen, self.srt_cfg, cfg.stride, "tokens", store=self.store, key=key, **self.fit
+        )
+
+    def compute_share(self) -> None:
+        """A shard run computes its share of the fields (the items); the colours are fitted on all of them, so
+        the columns it builds on the way are dropped and the figure is left to the run that has them all."""
+        skips = self.ctx.cache.skips
+        mine = [i for i in range(len(self.ids)) if not skips(f"fields/{self.ids[i]}")]
+        mine_levels = [lv for lv in self.levels if not skips(f"fields/{self.strip_key}/L{lv}")]
+        if mine:
+            self.image_columns(mine)
+        if mine_levels:
+            self.strip_columns(mine_levels)
 
 
 def _read_png(path: Path) -> np.ndarray:
