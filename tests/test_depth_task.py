@@ -445,3 +445,29 @@ def test_a_depth_map_without_valid_pixels_stops_the_run_or_is_excluded_and_count
         "image",
         "00000",
     ]
+
+
+def test_the_runner_records_excluded_images_in_metrics_json(tmp_path):
+    """python run.py task=depth task.skip_invalid=true: n_images / n_excluded in the metrics, the excluded ids
+    and why in metrics.json (the summary line shows the counts; the log names each id)."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    import run
+
+    data = make_sample(tmp_path / "s")
+    Image.fromarray(np.zeros((480, 640), np.uint16)).save(data / "nyu_v2" / "testing" / "depths" / "00000.png")
+    overrides = [
+        "task=depth", "backbone=dinov2_vits14", "backbone.pretrained=false",
+        "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}", f"paths.data_root={data}",
+        f"paths.results_root={tmp_path / 'results'}", "task.protocol=srt", "task.head_weights=random",
+        "task.max_images=2", "task.n_visualizations=0", "task.skip_invalid=true", "progress=false", "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    record = run.execute(cfg, tmp_path / "run")
+    assert record.metrics["n_images"] == 1.0 and record.metrics["n_excluded"] == 1.0
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(stored["excluded_images"]) == ["00000"] and "0 valid pixels" in stored["excluded_images"]["00000"]
+    assert "n_excluded=1" in record.summary_line()
