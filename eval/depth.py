@@ -240,7 +240,7 @@ def evaluate(
 ) -> dict:
     """Depth metrics of predictions against ground truth, both [H, W] in metres, under ``protocol``.
 
-    ``ids`` name the images in messages and results (default: ``image <index>``). An image whose ground truth
+    ``ids`` name the images in messages and results (default: ``#<index>``). An image whose ground truth
     has no valid pixel (:func:`ground_truth_problem`) or whose metrics come out NaN is an
     :class:`InvalidGroundTruthError` naming it, or, with ``skip_invalid``, excluded (``literal`` keeps the NaN of
     the bug it reproduces, e.g. rows 0-1 without depth, but not images without any valid pixel). Returns ``{"per_image":
@@ -251,7 +251,7 @@ def evaluate(
     if literal and protocol != "srt":
         raise UserError("literal=True reproduces a bug of the SRT protocol; it is not valid with protocol='toolbox'")
     gts, preds = list(gts), list(preds)
-    ids = [f"image {i}" for i in range(len(gts))] if ids is None else list(ids)
+    ids = [f"#{i}" for i in range(len(gts))] if ids is None else list(ids)
     if len(gts) != len(preds):
         raise UserError(f"{len(gts)} ground-truth maps but {len(preds)} predictions; expected one per image")
     if len(ids) != len(gts):

@@ -382,14 +382,9 @@ class DepthTask(Task):
 
     def cache_key_config(self) -> Mapping[str, Any]:
         keep = dataclasses.asdict(self.cfg)
-        for scoring_only in (
-            "srt_literal_mask",
-            "max_images",
-            "n_visualizations",
-            "visualizations_dir",
-            "skip_invalid",
-        ):
-            keep.pop(scoring_only)
+        scoring_only = ("srt_literal_mask", "max_images", "n_visualizations", "visualizations_dir", "skip_invalid")
+        for key in scoring_only:
+            keep.pop(key)
         return keep
 
     # -- models ------------------------------------------------------------------------------------
@@ -456,9 +451,7 @@ class DepthTask(Task):
 
         def infer(x: torch.Tensor) -> torch.Tensor:
             depth = predict(x)
-            if (
-                self.cfg.use_flip
-            ):  # DINOv2's aug_test: the mean of the prediction and the flipped prediction of the flip
+            if self.cfg.use_flip:  # DINOv2's aug_test: the mean of the prediction and the flipped one of the flip
                 depth = (depth + predict(x.flip(-1)).flip(-1)) / 2
             return depth
 
@@ -530,7 +523,8 @@ class DepthTask(Task):
         self._notes = {"excluded_images": excluded} if excluded else {}
         self._write_per_image(out_dir / "per_image.csv", result["ids"], result["per_image"])
         passes = extractor_passes * (2 if cfg.use_flip else 1)
-        seconds = [s for i, s in zip(done.ids, done.seconds) if i in set(result["ids"])]
+        scored = set(result["ids"])
+        seconds = [s for i, s in zip(done.ids, done.seconds) if i in scored]
         return {
             **result["mean"],
             "n_images": float(result["n_images"]),
