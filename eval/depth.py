@@ -270,7 +270,8 @@ def evaluate(
             nan = [n for n in names if problem is None and not literal and math.isnan(metrics[n])]
             if nan:
                 problem = (
-                    f"image {ids[i]}: {', '.join(nan)} {'is' if len(nan) == 1 else 'are'} NaN ({protocol} protocol)"
+                    f"{ids[i]}: {', '.join(nan)} {'is' if len(nan) == 1 else 'are'} NaN under the {protocol} protocol "
+                    "(a prediction of zeros?)"
                 )
             if problem is None:
                 per_image.append(metrics)

@@ -105,7 +105,7 @@ def test_toolbox_valid_pixels_only_outside_the_eigen_crop_count_as_none():
 def test_a_nan_metric_is_named_not_averaged():
     gt = np.full((6, 8), 2.0, np.float32)
     pred = np.zeros((6, 8), np.float32)  # median 0: median scaling gives 0 * inf = NaN
-    with pytest.raises(ed.InvalidGroundTruthError, match=r"image x: RMSE, .* are NaN"):
+    with pytest.raises(ed.InvalidGroundTruthError, match=r"x: RMSE, .* are NaN under the srt protocol"):
         ed.evaluate([gt], [pred], "srt", ids=["x"])
 
 
