@@ -454,7 +454,7 @@ def test_the_runner_records_excluded_images_in_metrics_json(tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import runner
 
     data = make_sample(tmp_path / "s")
     Image.fromarray(np.zeros((480, 640), np.uint16)).save(data / "nyu_v2" / "testing" / "depths" / "00000.png")
@@ -466,7 +466,7 @@ def test_the_runner_records_excluded_images_in_metrics_json(tmp_path):
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    record = run.execute(cfg, tmp_path / "run")
+    record = runner.execute(cfg, tmp_path / "run")
     assert record.metrics["n_images"] == 1.0 and record.metrics["n_excluded"] == 1.0
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(stored["excluded_images"]) == ["00000"] and "0 valid pixels" in stored["excluded_images"]["00000"]
