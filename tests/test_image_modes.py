@@ -69,3 +69,20 @@ def test_no_other_module_decodes_input_images():
             ):
                 offenders.append(rel)
     assert not offenders, f"decode images with srt.io.read_image: {offenders}"
+
+
+def test_the_reader_decodes_as_opencv_does_where_a_protocol_used_opencv(fixtures_dir):
+    """DINO (DAVIS) and the depth toolbox decode with cv2.imread; the one reader gives the same pixels (on all
+    894 fixture JPEGs and PNGs when this was written; here a sample of each kind, so a library update that
+    changes decoding fails here)."""
+    import cv2
+
+    files = [
+        *sorted((fixtures_dir / "davis").rglob("*.jpg"))[:5],
+        *sorted((fixtures_dir / "roxford").rglob("*.jpg"))[:5],
+        *sorted((fixtures_dir / "davis").rglob("*.png"))[:5],
+    ]
+    assert len(files) >= 12
+    for path in files:
+        expected = cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
+        assert np.array_equal(_rgb(path), expected), path
