@@ -325,3 +325,17 @@ def test_a_checkpoint_is_read_safely_and_checked_against_the_student_before_any_
     distill.save_checkpoint(tmp_path / distill.CHECKPOINT, {"student": {}})
     with pytest.raises(ValueError, match=r"lacks \['fingerprint', 'epoch'.* not a checkpoint of task=distill"):
         task.check_run_dir(tmp_path)
+
+
+def test_the_loss_plot_says_what_was_distilled_and_the_weights():
+    history = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    title = distill.loss_title(3, "dino_vits16", "random (init_seed=0)")
+    fig = distill.loss_curve_figure(history, "mse", title, level=3)
+    ax = fig.axes[0]
+    assert ax.get_title().replace("\n", " ").startswith("self-distillation by SRT (L=3): dino_vits16; RANDOM WEIGHTS")
+    assert ax.get_ylabel() == "mse to SRT targets"
+    plain = distill.loss_title(0, "dino_vits16", "pretrained timm/x")
+    assert "SRT" not in plain.replace("no SRT", "") and plain.endswith("pretrained weights")  # level 0: not SRT
+    ax0 = distill.loss_curve_figure(history, "mse", plain, level=0).axes[0]
+    assert ax0.get_ylabel() == "mse to plain targets" and "self-distillation by SRT" not in ax0.get_title()
+    assert distill.loss_curve_png(history, "mse", title, 3)[:8] == b"\x89PNG\r\n\x1a\n"
