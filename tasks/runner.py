@@ -197,6 +197,8 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
         with _dataset_hint(cfg):
             p.task.check_data()  # every annotation decoded, every input image checked: before any feature
         _check_memory(p, job)
+        if not p.runner.force:  # what an earlier run left to resume from (a checkpoint), read before any model
+            p.task.check_run_dir(p.run_dir)
         if p.backbone.pretrained is False:
             log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
         return _compute(cfg, p, job)
@@ -371,6 +373,7 @@ def _run_record(p: Plan, job: _Job, metrics: dict, resolved: dict, bb: Any, extr
         git=environment.git_revision(),
         host=environment.host(),
         command=list(sys.argv),
+        extra=p.task.record_notes(),  # e.g. the images a task excluded, by id
     )
 
 
