@@ -56,7 +56,7 @@ from eval import figures as eval_figures  # noqa: E402
 from eval import retrieval as eval_retrieval  # noqa: E402
 from eval import saliency as eval_saliency  # noqa: E402
 from eval import tables as eval_tables  # noqa: E402
-from srt.errors import UserError, report_user_errors  # noqa: E402
+from srt.errors import UserError, is_user_error, paragraph, report_user_errors  # noqa: E402
 from tasks import command_line  # noqa: E402
 from tasks import runner as pipeline  # noqa: E402  (the name runner is this catalogue's kind)
 
@@ -391,6 +391,41 @@ def _fidelity_cli_shapes(env: Env) -> Outcome:
 
 def _figures(env: Env, argv: list[str]) -> Outcome:
     return cli(env, eval_figures.main, [str(results_with_one_run(env)), *argv], "python -m eval.figures")
+
+
+def _sample_davis(env: Env) -> Path:
+    """A data root holding a tiny DAVIS layout (the synthetic sample data)."""
+    root = env.tmp / "sample"
+    if not root.exists():
+        import_script("make_sample_data").main(["--out", str(root)])
+    return root
+
+
+def _with_available_memory(env: Env, free: float, run: Callable[[], Outcome]) -> Outcome:
+    """``run`` on a machine that has ``free`` bytes available (tasks.memory reads /proc/meminfo otherwise)."""
+    from tasks import memory
+
+    env.monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    return run()
+
+
+def _full_disk_write(env: Env) -> Outcome:
+    """An atomic write that meets ENOSPC (the error a full disk gives at write time, simulated: the real tmpfs case
+    is in tests/test_runner_edges.py) is reported naming the target file."""
+    import errno as errno_module
+
+    from srt.io import atomic_write_bytes
+
+    def full(fd: int) -> None:
+        raise OSError(errno_module.ENOSPC, os.strerror(errno_module.ENOSPC))
+
+    env.monkeypatch.setattr(os, "fsync", full)
+    try:
+        atomic_write_bytes(env.tmp / "metrics.json", b"{}")
+    except OSError as e:
+        assert is_user_error(e)
+        return Outcome(paragraph(e), exit_code=1, error=e)
+    raise AssertionError("the write did not fail")
 
 
 def _median_over_budget(env: Env) -> Outcome:
@@ -1420,6 +1455,92 @@ CASES: list[Case] = [
         (r"srt\.levle is not a valid setting; valid settings of srt: method, level",),
     ),
     Case(
+        "cli-default-task-key",
+        "CLI",
+        "`python run.py task.max_frame=3` (misspelt key of the default task, no `task=` written)",
+        "the key and the valid settings of the task the command runs",
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["task.max_frame=3"])),
+        (r"task\.max_frame is not a valid setting; valid settings of task: root, split",),
+    ),
+    Case(
+        "cli-preset-task-key",
+        "CLI",
+        "`python run.py +experiment=table3 task.max_frame=3` (the preset's task has no such key)",
+        "the key and the valid settings of the preset's task",
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["+experiment=table3", "task.max_frame=3"])),
+        (r"task\.max_frame is not a valid setting; valid settings of task: tau, eps",),
+    ),
+    Case(
+        "cli-unquoted-path",
+        "CLI",
+        "`python run.py paths.data_root=/data/my set (1)` (characters Hydra's grammar refuses)",
+        "the override, how to quote it, and SRT_DATA",
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["paths.data_root=/data/my set (1)"])),
+        (r"cannot be read by Hydra's override grammar", r"paths\.data_root='\"/data/my set \(1\)\"'", r"SRT_DATA="),
+    ),
+    Case(
+        "cli-unquoted-brackets",
+        "CLI",
+        "`python run.py task=davis task.root=/data/DAVIS[2017]` (unquoted brackets)",
+        "the override and how to quote it",
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["task=davis", "task.root=/data/DAVIS[2017]"])),
+        (r"task\.root=/data/DAVIS\[2017\]", r"must be quoted"),
+    ),
+    Case(
+        "cli-results-under-file",
+        "CLI",
+        "`paths.results_root=` under a regular file",
+        "the setting, the file in the way (before Hydra makes a directory)",
+        lambda e: _system_exit(
+            lambda: command_line.check_results_root([f"paths.results_root={_text(e.tmp / 'f')}/results"])
+        ),
+        (r"paths\.results_root=.*f/results: .*f is a file, not a folder",),
+    ),
+    Case(
+        "cli-results-missing-parent-file",
+        "CLI",
+        "`paths.results_root=` two levels under a regular file",
+        "the file in the way",
+        lambda e: _system_exit(
+            lambda: command_line.check_results_root([f"paths.results_root={_text(e.tmp / 'g')}/a/b"])
+        ),
+        (r"g is a file, not a folder",),
+    ),
+    Case(
+        "memory-visualize-size",
+        "runner settings",
+        "`task=visualize task.image_size=6720` (more memory than the machine has)",
+        "the estimate by part, the memory available, the setting to reduce, check_memory=false",
+        lambda e: runner(e, ["task=visualize", "task.image_size=6720", "srt.level=1"]),
+        (r"needs an estimated .* GiB \(dense field", r"GiB available", r"reduce task\.stride", r"check_memory=false"),
+    ),
+    Case(
+        "memory-stride-reduction",
+        "runner settings",
+        "`upsampler=stride upsampler.stride=1` on DAVIS frames (400k tokens a pass) on a machine with 2 GiB free",
+        "the estimate, the memory available, upsampler.stride",
+        lambda e: _with_available_memory(
+            e,
+            2 * 2**30,
+            lambda: runner(
+                e,
+                ["task=davis", "upsampler=stride", "upsampler.stride=1", "backbone.pretrained=false"],
+                data_root=_sample_davis(e),
+                tiny=False,
+            ),
+        ),
+        (r"needs an estimated .* GiB \(forward passes", r"reduce upsampler\.stride"),
+        data=True,
+    ),
+    Case(
+        "os-full-disk-write",
+        "runner data (any task)",
+        "a full disk during a result, cache or checkpoint write",
+        "the file, the system's reason and errno, that finished files are intact",
+        lambda e: _full_disk_write(e),
+        (r"metrics\.json: No space left on device \(ENOSPC\)", r"nothing finished before this was damaged"),
+    ),
+    Case(
         "cli-unknown-option",
         "CLI",
         "`python run.py backbone=vit_tiny` (not an option of the group)",
@@ -1540,7 +1661,7 @@ CASES: list[Case] = [
             ["--out", str(_text(e.tmp / "file") / "sub")],
             "scripts/make_sample_data.py",
         ),
-        (r"Not a directory: .*file/sub",),
+        (r"file/sub.*: Not a directory \(ENOTDIR\)",),
     ),
     Case(
         "cli-bench-fixtures",
