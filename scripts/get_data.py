@@ -237,6 +237,7 @@ def prepare(d: Dataset, root: Path, mirror: Optional[str], keep: bool, progress:
     else:
         for path in paths:
             if path.suffix == ".pkl":
+                (root / d.extract_to).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, root / d.extract_to / path.name)
                 continue
             staging = root / d.extract_to / (".extract-" + path.name) if d.flatten_into else root / d.extract_to
