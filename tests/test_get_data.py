@@ -155,24 +155,36 @@ def nyu_files(fixtures: Path, tmp: Path) -> tuple[bytes, bytes]:
     return (tmp / "labeled.mat").read_bytes(), (tmp / "splits.mat").read_bytes()
 
 
-def build_archives(fixtures: Path, tmp: Path) -> dict[str, bytes]:
-    """URL -> bytes for every file of get_data.DATASETS."""
-    f = fixtures
-    davis = f / "davis"
+def davis_zip(fixtures: Path) -> bytes:
+    """DAVIS-2017-trainval-480p.zip's layout: DAVIS/{JPEGImages,Annotations}/480p/<seq>/, ImageSets/2017/."""
+    davis = fixtures / "davis"
     seqs = {"blackswan": "val", "dog": "train"}
-    davis_zip = {}
+    entries = {}
     for seq in seqs:
         for k in range(3):
-            davis_zip[f"DAVIS/JPEGImages/480p/{seq}/{k:05d}.jpg"] = (
+            entries[f"DAVIS/JPEGImages/480p/{seq}/{k:05d}.jpg"] = (
                 davis / f"JPEGImages/480p/{seq}/{k:05d}.jpg"
             ).read_bytes()
-            davis_zip[f"DAVIS/Annotations/480p/{seq}/{k:05d}.png"] = (
+            entries[f"DAVIS/Annotations/480p/{seq}/{k:05d}.png"] = (
                 davis / f"Annotations/480p/{seq}/{k:05d}.png"
             ).read_bytes()
     for split in ("train", "val"):
-        davis_zip[f"DAVIS/ImageSets/2017/{split}.txt"] = "".join(
-            f"{s}\n" for s, v in seqs.items() if v == split
-        ).encode()
+        entries[f"DAVIS/ImageSets/2017/{split}.txt"] = "".join(f"{s}\n" for s, v in seqs.items() if v == split).encode()
+    return zip_bytes(entries)
+
+
+def voc_tar(fixtures: Path) -> bytes:
+    voc = fixtures / "voc07" / "VOCdevkit" / "VOC2007"
+    ids = ["000001", "000005"]
+    entries = {f"VOCdevkit/VOC2007/JPEGImages/{i}.jpg": (voc / f"JPEGImages/{i}.jpg").read_bytes() for i in ids}
+    entries.update({f"VOCdevkit/VOC2007/Annotations/{i}.xml": (voc / f"Annotations/{i}.xml").read_bytes() for i in ids})
+    entries["VOCdevkit/VOC2007/ImageSets/Main/trainval.txt"] = "".join(f"{i}\n" for i in ids).encode()
+    return tar_bytes(entries, mode="w")
+
+
+def build_archives(fixtures: Path, tmp: Path) -> dict[str, bytes]:
+    """URL -> bytes for every file of get_data.DATASETS."""
+    f = fixtures
     ecssd = f / "saliency" / "ECSSD"
     ids = ["0001", "0002", "0003"]
     duts = sorted((f / "saliency" / "DUTS-TR" / "DUTS-TR-Image").glob("*.jpg"))[:3]
@@ -187,7 +199,7 @@ def build_archives(fixtures: Path, tmp: Path) -> dict[str, bytes]:
     q, db = "all_souls_000013", "all_souls_000055"
     labeled, splits = nyu_files(f, tmp)
     by_name = {
-        "DAVIS-2017-trainval-480p.zip": zip_bytes(davis_zip),
+        "DAVIS-2017-trainval-480p.zip": davis_zip(f),
         "images.zip": zip_bytes({f"images/{i}.jpg": (ecssd / f"images/{i}.jpg").read_bytes() for i in ids}),
         "ground_truth_mask.zip": zip_bytes(
             {f"ground_truth_mask/{i}.png": (ecssd / f"ground_truth_mask/{i}.png").read_bytes() for i in ids}
@@ -208,7 +220,7 @@ def build_archives(fixtures: Path, tmp: Path) -> dict[str, bytes]:
         "DUT-OMRON-gt-pixelwise.zip.zip": zip_bytes(
             {f"pixelwiseGT-new-PNG/im{i}.png": (ecssd / f"ground_truth_mask/{i}.png").read_bytes() for i in ids}
         ),
-        "VOCtrainval_06-Nov-2007.tar": tar_bytes(voc_tar, mode="w"),
+        "VOCtrainval_06-Nov-2007.tar": voc_tar(f),
         "gnd_roxford5k.pkl": gnd_pickle([db], [q]),
         "oxbuild_images.tgz": tar_bytes(
             {f"{q}.jpg": (ox / f"{q}.jpg").read_bytes(), f"{db}.jpg": (ox / f"{db}.jpg").read_bytes()}
@@ -241,6 +253,32 @@ def serve_all(server, archives, monkeypatch):
 
     patched = fetch.Remote(url, md5=hashlib.md5(archives[url]).hexdigest(), approx_size=voc.files[0].approx_size)
     monkeypatch.setitem(get_data.DATASETS, "voc2007", get_data.Dataset(**{**voc.__dict__, "files": (patched,)}))
+
+
+def tiny_runs(root: Path) -> dict[str, list[str]]:
+    """One tiny run per prepared dataset (both NYU layouts)."""
+    return {
+        "davis": ["task=davis", f"task.root={root}/DAVIS", "task.max_frames=2"],
+        "ecssd": ["task=saliency", "task.dataset=ECSSD", f"task.root={root}/ECSSD"],
+        "duts": ["task=saliency", "task.dataset=DUTS-TE", f"task.root={root}/DUTS-TE"],
+        "omron": ["task=saliency", "task.dataset=DUT-OMRON", f"task.root={root}/DUT-OMRON"],
+        "voc": ["task=discovery", f"task.root={root}/VOC2007"],
+        "roxford": ["task=retrieval", "task.dataset=roxford5k", f"task.root={root}/revisitop", "task.imsize=64"],
+        "rparis": ["task=retrieval", "task.dataset=rparis6k", f"task.root={root}/revisitop", "task.imsize=64"],
+        "nyu-toolbox": [
+            "task=depth",
+            "backbone=dinov2_vits14",
+            f"task.toolbox_root={root}/NYU",
+            "task.head_weights=random",
+        ],
+        "nyu-srt": [
+            "task=depth",
+            "backbone=dinov2_vits14",
+            "task.protocol=srt",
+            f"task.srt_root={root}/nyu_v2",
+            "task.head_weights=random",
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,28 +324,7 @@ def test_every_dataset_fetched_checked_and_run(server, archives, monkeypatch, tm
     assert server.mirror.requests == []
 
     base = ["progress=false", "device=cpu", f"paths.results_root={tmp_path / 'results'}", "srt.level=1", *TINY]
-    runs = {
-        "davis": ["task=davis", f"task.root={root}/DAVIS", "task.max_frames=2"],
-        "ecssd": ["task=saliency", "task.dataset=ECSSD", f"task.root={root}/ECSSD"],
-        "duts": ["task=saliency", "task.dataset=DUTS-TE", f"task.root={root}/DUTS-TE"],
-        "omron": ["task=saliency", "task.dataset=DUT-OMRON", f"task.root={root}/DUT-OMRON"],
-        "voc": ["task=discovery", f"task.root={root}/VOC2007"],
-        "roxford": ["task=retrieval", "task.dataset=roxford5k", f"task.root={root}/revisitop", "task.imsize=64"],
-        "rparis": ["task=retrieval", "task.dataset=rparis6k", f"task.root={root}/revisitop", "task.imsize=64"],
-        "nyu-toolbox": [
-            "task=depth",
-            "backbone=dinov2_vits14",
-            f"task.toolbox_root={root}/NYU",
-            "task.head_weights=random",
-        ],
-        "nyu-srt": [
-            "task=depth",
-            "backbone=dinov2_vits14",
-            "task.protocol=srt",
-            f"task.srt_root={root}/nyu_v2",
-            "task.head_weights=random",
-        ],
-    }
+    runs = tiny_runs(root)
     for name, overrides in runs.items():
         record = run.execute(compose_cfg([*overrides, *base]))
         assert record.metrics, name
