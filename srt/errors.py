@@ -25,6 +25,7 @@ __all__ = [
     "BudgetError",
     "MissingFileError",
     "UserError",
+    "WeightsUnavailableError",
     "debug_requested",
     "is_user_error",
     "paragraph",
@@ -41,6 +42,10 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed to (a dataset, a checkpoint, a results folder) is not there."""
+
+
+class WeightsUnavailableError(MissingFileError):
+    """Pretrained weights were asked for but cannot be found locally or downloaded."""
 
 
 class BudgetError(UserError, MemoryError):

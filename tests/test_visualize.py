@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 from srt import viz  # noqa: E402
+from tasks import runner  # noqa: E402
 from tasks.visualize import COLUMN_ORDER  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
@@ -94,8 +94,8 @@ def test_plain_and_srt_panels_come_from_one_basis(tiny):
         f["plain"] = f["plain"].repeat_interleave(8, 1).repeat_interleave(8, 2)
     basis = viz.PCABasis.fit([f[k] for f in fields for k in ("plain", "srt")], quantile=0.05)
     for row, f in zip(cols.panels, fields):
-        assert np.array_equal(row[0], viz._panel(basis.rgb(f["plain"]), 32))
-        assert np.array_equal(row[1], viz._panel(basis.rgb(f["srt"]), 32))
+        assert np.array_equal(row[0], viz.figures._panel(basis.rgb(f["plain"]), 32))
+        assert np.array_equal(row[1], viz.figures._panel(basis.rgb(f["srt"]), 32))
     assert cols.labels == ["plain", "SRT L=2"] and -1 <= cols.stats["cosine_plain_srt"] <= 1
     # the SRT field takes part in the fit: a different SRT level recolours the plain column too
     other = viz.backbone_columns(images, tiny, srt.SRTConfig(level=5), stride=2, quantile=0.05)
@@ -103,7 +103,7 @@ def test_plain_and_srt_panels_come_from_one_basis(tiny):
     # with basis=image, each image's plain and SRT fields get their own basis
     per_image = viz.backbone_columns(images, tiny, cfg, stride=2, basis="image", quantile=0.05)
     own = viz.PCABasis.fit([fields[1]["plain"], fields[1]["srt"]], quantile=0.05)
-    assert np.array_equal(per_image.panels[1][1], viz._panel(own.rgb(fields[1]["srt"]), 32))
+    assert np.array_equal(per_image.panels[1][1], viz.figures._panel(own.rgb(fields[1]["srt"]), 32))
 
 
 def test_a_figure_has_the_layout_of_its_grid():
@@ -167,7 +167,7 @@ def visualize(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
-    first = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
+    first = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
     out = Path(first.run_dir)
     assert first.method == "+SRT" and first.metrics["n_images"] == 3
     assert first.metrics["n_backbones_combined"] == 1
@@ -189,11 +189,11 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     # an interrupted run resumes from the cached fields and draws the same figure
     (out / "metrics.json").unlink()
     (out / "figure.png").unlink()
-    again = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
+    again = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
     assert again.items == {"computed": 0, "loaded": 12} and again.metrics == first.metrics
     assert np.array_equal(np.asarray(Image.open(out / "figure.png")), fig)
 
-    second = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
+    second = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
     assert second.metrics["n_backbones_combined"] == 2
     [combined] = (tmp_path / "visualize").glob("figure-*.png")
     both = np.asarray(Image.open(combined))
@@ -201,7 +201,7 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
     [combined_strip] = (tmp_path / "visualize").glob("level_strip-*.png")
     assert np.asarray(Image.open(combined_strip)).shape[0] == viz.GridLayout(2, 4, 32).size[0]
     # another setting is another figure, not a third column of this one
-    third = run.execute(compose_cfg(visualize(tmp_path, "backbone=dino_vits8")))
+    third = runner.execute(compose_cfg(visualize(tmp_path, "backbone=dino_vits8")))
     assert third.metrics["n_backbones_combined"] == 1 and len(list((tmp_path / "visualize").glob("figure-*.png"))) == 2
 
 
@@ -212,18 +212,18 @@ def test_visualize_bad_input_is_named_before_a_model_is_built(tmp_path, monkeypa
     monkeypatch.setattr(srt, "load_backbone", no_model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"task.images: folder .*empty holds no images"):
-        run.execute(compose_cfg(visualize(tmp_path, f"task.images={tmp_path / 'empty'}")))
+        runner.execute(compose_cfg(visualize(tmp_path, f"task.images={tmp_path / 'empty'}")))
     with pytest.raises(FileNotFoundError, match=r"task.images: .*nowhere.jpg does not exist"):
-        run.execute(compose_cfg(visualize(tmp_path, f"task.images=[{tmp_path / 'nowhere.jpg'}]")))
+        runner.execute(compose_cfg(visualize(tmp_path, f"task.images=[{tmp_path / 'nowhere.jpg'}]")))
     with pytest.raises(ValueError, match=r"task.strip_image=5 is not valid: task.images holds 3 images"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.strip_image=5")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.strip_image=5")))
     with pytest.raises(ValueError, match="task.basis='pixel' is not valid"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.basis=pixel")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.basis=pixel")))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="task.image_size=40 is not a multiple of the patch size 16"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.image_size=40")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.image_size=40")))
     with pytest.raises(ValueError, match="srt.method=jitter is not valid here"):
-        run.execute(compose_cfg(visualize(tmp_path, "srt=jitter")))
+        runner.execute(compose_cfg(visualize(tmp_path, "srt=jitter")))
 
 
 def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
@@ -249,7 +249,7 @@ def test_fig1_preset_is_the_papers_five_backbones_on_the_notebooks_shift_grid(ti
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=fig1"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params.backbone.split(",") == list(COLUMN_ORDER)
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     shifts = srt.make_shifts(plan.srt.level, step=plan.srt.step, patch_size=16)
     notebook = {(dy, dx) for dy in range(-6, 7, 2) for dx in range(-6, 7, 2)}  # visualization.ipynb's loops
     assert plan.task.cfg.image_size == 224 and set(shifts) == notebook and len(shifts) == 49

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io
-from .config import SRTConfig
-from .errors import UserError
-from .io import atomic_save_png
+from .. import io
+from ..config import SRTConfig
+from ..errors import UserError
+from ..io import atomic_save_png
 
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 SKIMAGE_PREFIX = "skimage:"
@@ -301,7 +301,7 @@ def fields_of(
 
     ``plain``: the token grid [C,S/p,S/p] of one forward pass; ``srt``: ``sr.dense(x, stride)``
     [C,S/stride,S/stride]; ``dispersion`` ([1,S/stride,S/stride], float32) when ``cfg.dispersion``."""
-    from .resonance import build_extractor
+    from ..resonance import build_extractor
 
     p = fn.patch_size
     if stride < 1 or p % stride:
@@ -444,7 +444,7 @@ def level_columns(
 ) -> Columns:
     """One backbone's SRT fields of one image at each level (level 0: the plain pass), coloured with one basis
     fitted on all of them. ``srt.samples``, when set, is capped at each level's number of shifts."""
-    from .shifts import make_shifts
+    from ..shifts import make_shifts
 
     base = _shift_config(srt_config, dispersion=False)
     size = _one_size([image01])
