@@ -57,7 +57,7 @@ def build(source: Path, dest: Path, jpeg: bool) -> Path:
 
 
 def score(root: Path, results: Path, level: int):
-    import run
+    from tasks import runner
 
     with presets.hydra_conf():
         from hydra import compose
@@ -77,7 +77,7 @@ def score(root: Path, results: Path, level: int):
                 "progress=false",
             ],
         )
-        return run.execute(cfg)
+        return runner.execute(cfg)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -181,9 +181,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             "--small` runs the same checks on the CPU."
         )
         return 0
-    import run
+    from tasks import runner
 
-    device = run.resolve_device(args.device)
+    device = runner.resolve_device(args.device)
     torch.manual_seed(0)
     bb = backbone(device, args.small)
     rows, ok = exactness(bb, device, args.small)

@@ -94,9 +94,9 @@ class Probe:
     """Random-weight backbones (one per architecture) for pass counts and forward timings on one device."""
 
     def __init__(self, device: str, reps: int):
-        import run
+        from tasks import runner
 
-        self.device = run.resolve_device(device)
+        self.device = runner.resolve_device(device)
         self.reps = reps
         self.models: dict[tuple, Any] = {}
         self.times: dict[tuple, float] = {}
@@ -172,13 +172,13 @@ def missing_weights(p) -> Optional[str]:
 
 def plan_run(r: PlannedRun, overrides: list[str], probe: Probe) -> None:
     """Fill in one run's status, run directory, passes, images and estimate (never raises a UserError)."""
-    import run
+    from tasks import runner
     from tasks.run_identity import config_hash, finished_record, run_key
 
     cfg = presets.compose_job(r.preset, r.job, overrides)
     r.task = cfg.task.name
     try:
-        p = run.plan(cfg)
+        p = runner.plan(cfg)
     except UserError as e:
         r.status, r.reason = "invalid", paragraph(e)
         return
@@ -196,7 +196,7 @@ def plan_run(r: PlannedRun, overrides: list[str], probe: Probe) -> None:
         r.status, r.reason, r.missing = "missing", weights, ("weights", p.backbone.name)
         return
     bb, _ = probe.backbone(p)
-    r.passes = int(run.build_feature_extractor(bb, p).passes)
+    r.passes = int(runner.build_feature_extractor(bb, p).passes)
     r.seconds = r.items * r.passes * (2 if r.flip else 1) * probe.seconds_per_pass(p)
     key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data, cfg.get("upsampler")))
     if finished_record(p.run_dir, key_hash) is not None:

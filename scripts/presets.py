@@ -20,10 +20,12 @@ PAPER_PRESETS = ("table1", "table2", "table3", "table4_discovery", "table4_retri
 
 @contextmanager
 def hydra_conf() -> Iterator[None]:
-    """Hydra initialised on conf/ with the runner's settings registered (import run does that)."""
+    """Hydra initialised on conf/ with the runner's settings registered in Hydra's ConfigStore."""
     from hydra import initialize_config_dir
 
-    import run  # noqa: F401 - registers the dataclass defaults with Hydra's ConfigStore
+    from tasks import command_line
+
+    command_line.register_configs()  # the dataclass defaults, as run.py registers them
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         yield

@@ -283,7 +283,7 @@ def tiny_runs(root: Path) -> dict[str, list[str]]:
 def test_every_dataset_fetched_checked_and_run(server, archives, monkeypatch, tmp_path):
     """All eight datasets through the mirror: verified, extracted / converted, accepted by check_data, one tiny
     run on each; the lock file holds every unpublished checksum and a second call verifies without downloading."""
-    import run
+    from tasks import runner
     from tests.test_runner import compose_cfg
 
     serve_all(server, archives, monkeypatch)
@@ -321,7 +321,7 @@ def test_every_dataset_fetched_checked_and_run(server, archives, monkeypatch, tm
     base = ["progress=false", "device=cpu", f"paths.results_root={tmp_path / 'results'}", "srt.level=0", *TINY]
     runs = tiny_runs(root)
     for name, overrides in runs.items():
-        record = run.execute(compose_cfg([*overrides, *base]))
+        record = runner.execute(compose_cfg([*overrides, *base]))
         assert record.metrics, name
         assert record.passes == 1, name
 
