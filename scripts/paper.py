@@ -64,6 +64,7 @@ class PlannedRun:
     items: Optional[int] = None
     flip: bool = False
     seconds: Optional[float] = None
+    full_size: bool = False  # images is the full dataset's size (the dataset is not on disk)
     also_in: list[str] = field(default_factory=list)
 
     def line(self, results: Path) -> str:
@@ -72,7 +73,7 @@ class PlannedRun:
         )
         est = f"~{_duration(self.seconds)}" if self.seconds is not None else "-"
         passes = "-" if self.passes is None else str(self.passes)
-        items = "-" if self.items is None else str(self.items)
+        items = "-" if self.items is None else f"~{self.items}" if self.full_size else str(self.items)
         flip = " x2 (flip)" if self.flip else ""
         extra = f" ({self.reason})" if self.reason else ""
         also = f" [also {', '.join(self.also_in)}]" if self.also_in else ""
@@ -170,8 +171,28 @@ def missing_weights(p) -> Optional[str]:
     return None
 
 
+#: images of each full dataset (the estimate of a run whose dataset is not on disk yet)
+FULL_ITEMS = {
+    ("davis", "val"): 1999,
+    ("saliency", "ECSSD"): 1000,
+    ("saliency", "DUTS-TE"): 5019,
+    ("saliency", "DUT-OMRON"): 5168,
+    ("discovery", "trainval"): 5011,
+    ("retrieval", "roxford5k"): 5063,
+    ("retrieval", "rparis6k"): 6392,
+    ("depth", ""): 654,
+}
+
+
+def full_items(task) -> Optional[int]:
+    cfg = task.cfg
+    part = getattr(cfg, "dataset", None) or getattr(cfg, "split", None) or getattr(cfg, "image_set", None) or ""
+    return FULL_ITEMS.get((task.name, "" if task.name == "depth" else str(part)))
+
+
 def plan_run(r: PlannedRun, overrides: list[str], probe: Probe) -> None:
-    """Fill in one run's status, run directory, passes, images and estimate (never raises a UserError)."""
+    """Fill in one run's status, run directory, passes, images and estimate (never raises a UserError). A run
+    missing its dataset is estimated on the full dataset's size (``images=~N``)."""
     from tasks import runner
     from tasks.run_identity import config_hash, finished_record, run_key
 
@@ -184,20 +205,24 @@ def plan_run(r: PlannedRun, overrides: list[str], probe: Probe) -> None:
         return
     r.run_dir, r.backbone = p.run_dir, p.backbone.name
     r.flip = bool(getattr(p.task.cfg, "use_flip", False))
+    bb, _ = probe.backbone(p)
+    r.passes = int(runner.build_feature_extractor(bb, p).passes)
+    data = None
     try:
         data = p.task.data_identity()
         r.items = count_items(p.task)
     except UserError as e:
         dataset = getattr(p.task.cfg, "dataset", None) or p.task.name
         r.status, r.reason, r.missing = "missing", paragraph(e), ("dataset", str(dataset))
+        r.items, r.full_size = full_items(p.task), True
+    if r.items is not None:
+        r.seconds = r.items * r.passes * (2 if r.flip else 1) * probe.seconds_per_pass(p)
+    if data is None:
         return
     weights = missing_weights(p)
     if weights:
         r.status, r.reason, r.missing = "missing", weights, ("weights", p.backbone.name)
         return
-    bb, _ = probe.backbone(p)
-    r.passes = int(runner.build_feature_extractor(bb, p).passes)
-    r.seconds = r.items * r.passes * (2 if r.flip else 1) * probe.seconds_per_pass(p)
     key_hash = config_hash(run_key(p.task, cfg.backbone, cfg.srt, data, cfg.get("upsampler")))
     if finished_record(p.run_dir, key_hash) is not None:
         r.status = "finished"
@@ -226,11 +251,13 @@ def print_plan(runs: list[PlannedRun], results: Path, probe: Probe) -> None:
         print("  " + r.line(results))
     todo = [r for r in runs if r.status == "to run"]
     total = sum(r.seconds or 0 for r in todo)
+    all_s = sum(r.seconds or 0 for r in runs if r.status != "finished")
     counts = {s: sum(1 for r in runs if r.status == s) for s in ("to run", "finished", "missing", "invalid")}
     print(
         f"To run: {counts['to run']} ({sum((r.passes or 0) * (r.items or 0) * (2 if r.flip else 1) for r in todo)} "
         f"forward passes, ~{_duration(total)}); finished: {counts['finished']}; missing data or weights: "
-        f"{counts['missing']}; invalid: {counts['invalid']}"
+        f"{counts['missing']}; invalid: {counts['invalid']}; everything not finished, missing data on its full "
+        f"size: ~{_duration(all_s)}"
     )
     print(f"Basis of the estimate: {probe.basis()}")
 
