@@ -226,11 +226,16 @@ def _flatten(source: Path, dest: Path) -> None:
     shutil.rmtree(source)
 
 
+def needed_bytes(d: Dataset, root: Path) -> int:
+    """What preparing ``d`` still needs on disk: the files not downloaded yet and the prepared dataset."""
+    downloads = root / "downloads" / d.name
+    return sum(r.expected_bytes for r in d.files if not (downloads / r.name).is_file()) + d.disk_bytes
+
+
 def prepare(d: Dataset, root: Path, mirror: Optional[str], keep: bool, progress: bool) -> None:
     lock = fetch.LockFile(root)
     downloads = root / "downloads" / d.name
-    pending = [r for r in d.files if not (downloads / r.name).is_file()]
-    fetch.check_free_disk(root, sum(r.expected_bytes for r in pending) + d.disk_bytes, f"dataset {d.name}")
+    fetch.check_free_disk(root, needed_bytes(d, root), f"dataset {d.name}")
     paths = [fetch.download(r, downloads, lock, mirror, progress) for r in d.files]
     if d.name == "nyu":
         nyu.convert(paths[0], paths[1], root, progress)
@@ -256,7 +261,7 @@ def get(names: list[str], root: Path, mirror: Optional[str] = None, keep: bool =
     datasets = select(names)
     root.mkdir(parents=True, exist_ok=True)
     todo = [d for d in datasets if not marker(root, d).is_file()]
-    total = sum(r.expected_bytes for d in todo for r in d.files) + sum(d.disk_bytes for d in todo)
+    total = sum(needed_bytes(d, root) for d in todo)
     fetch.check_free_disk(root, total, f"datasets {', '.join(d.name for d in todo)}" if todo else "nothing")
     for d in datasets:
         if d not in todo:

@@ -228,7 +228,10 @@ def plan_run(r: PlannedRun, overrides: list[str], probe: Probe) -> None:
         r.status = "finished"
 
 
-def build_plan(names: list[str], overrides: list[str], probe: Probe) -> list[PlannedRun]:
+def build_plan(
+    names: list[str], overrides: list[str], probe: Probe, results: Optional[Path] = None
+) -> list[PlannedRun]:
+    """Every run of the presets, planned one by one (with ``results``, each line printed as soon as it is known)."""
     runs: list[PlannedRun] = []
     by_dir: dict[Path, PlannedRun] = {}
     with presets.hydra_conf():
@@ -236,19 +239,22 @@ def build_plan(names: list[str], overrides: list[str], probe: Probe) -> list[Pla
             for job in presets.sweep(preset, overrides):
                 r = PlannedRun(preset, job)
                 plan_run(r, overrides, probe)
-                if r.run_dir is not None and r.status != "invalid" and r.run_dir in by_dir:
-                    by_dir[r.run_dir].also_in.append(f"{preset} {' '.join(job)}")  # e.g. Fig. 3 reuses Table 1's
+                first = by_dir.get(r.run_dir) if r.run_dir is not None and r.status != "invalid" else None
+                if first is not None:  # e.g. Fig. 3 reuses Table 1's runs: one run, listed once
+                    first.also_in.append(f"{preset} {' '.join(job)}")
+                    if results is not None:
+                        print(f"  {'same':8s} {preset:17s} {' '.join(job):45s} = {first.preset} {' '.join(first.job)}")
                     continue
                 if r.run_dir is not None:
                     by_dir[r.run_dir] = r
                 runs.append(r)
+                if results is not None:
+                    print("  " + r.line(results), flush=True)
     return runs
 
 
 def print_plan(runs: list[PlannedRun], results: Path, probe: Probe) -> None:
     print(f"Plan: {len(runs)} runs of {', '.join(dict.fromkeys(r.preset for r in runs))} (results under {results})")
-    for r in runs:
-        print("  " + r.line(results))
     todo = [r for r in runs if r.status == "to run"]
     total = sum(r.seconds or 0 for r in todo)
     all_s = sum(r.seconds or 0 for r in runs if r.status != "finished")
@@ -367,7 +373,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     overrides = [f"paths.results_root={args.results}", *args.overrides]
     device = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("device=")), "auto")
     probe = Probe(device, args.probe_reps)
-    runs = build_plan(args.presets, overrides, probe)
+    print(f"Planning the runs of {', '.join(args.presets)} (results under {args.results}):", flush=True)
+    runs = build_plan(args.presets, overrides, probe, args.results)
     print_plan(runs, args.results, probe)
     if args.dry_run:
         return 0
