@@ -152,7 +152,7 @@ def count_items(task) -> int:
     files = task.data_files()
     if files is None:
         return 0
-    names = [rel.lower() for rel in files.files]
+    names = [Path(path).name.lower() for path in files.files.values()]  # keys may be item ids (visualize)
     jpgs = sum(1 for n in names if n.endswith(IMAGE_SUFFIXES))
     return jpgs or sum(1 for n in names if n.endswith(".png"))
 
