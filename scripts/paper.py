@@ -370,6 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise UserError(f"{bad[0]!r} is not a run.py override; expected key=value (e.g. device=cuda shard=1/4)")
+    args.results = args.results.resolve()  # the runs start in the repository root
     overrides = [f"paths.results_root={args.results}", *args.overrides]
     device = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("device=")), "auto")
     probe = Probe(device, args.probe_reps)

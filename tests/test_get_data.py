@@ -405,7 +405,7 @@ def test_too_little_disk_refuses_before_downloading(server, archives, monkeypatc
     assert server.mirror.requests == []
 
 
-def test_unknown_name_and_unreachable_host(tmp_path, capsys):
+def test_unknown_name_and_unreachable_host(tmp_path, capsys, monkeypatch):
     assert get_data.main and fetch.MIRROR_ENV == "SRT_MIRROR"
     from srt.errors import report_user_errors
 
@@ -418,6 +418,10 @@ def test_unknown_name_and_unreachable_host(tmp_path, capsys):
     msg = str(e.value)
     assert "127.0.0.1:9/www.cse.cuhk.edu.hk/leojia/projects/hsaliency/data/ECSSD/images.zip" in msg
     assert "--mirror" in msg and "SRT_MIRROR" in msg
+    monkeypatch.setenv("SRT_MIRROR", unreachable)  # the environment variable is the same override
+    assert fetch.mirror_of(None) == unreachable and fetch.mirror_of("http://other") == "http://other"
+    monkeypatch.delenv("SRT_MIRROR")
+    assert fetch.mirror_of(None) is None
 
 
 def test_convert_nyu_command_and_a_failing_check_names_the_file(fixtures_dir, tmp_path, capsys):
