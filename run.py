@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     _ENTRY_PID = os.getpid()
     command_line.check_override_keys(sys.argv[1:])
+    command_line.check_results_root(sys.argv[1:])
     main()
     failed = runner.FAILED_JOBS
     if len(failed) > 1:

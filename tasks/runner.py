@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 import tasks
 from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
 from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
-from srt.io import atomic_write_json
+from srt.io import atomic_write_json, exclusive_run_lock
 from tasks import environment
 from tasks.command_line import GROUPS
 from tasks.config_schema import defaults_of, typed_config
@@ -187,16 +187,32 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
     cfg = job_config(cfg)
     p = plan(cfg, run_dir)
     job = _identify(cfg, p)
-    done = None if p.runner.force else finished_record(p.run_dir, job.key_hash)
-    if done is not None:
-        log.info("already finished (force=true recomputes): %s", p.run_dir)
-        log.info(done.summary_line())
-        return done
-    with _dataset_hint(cfg):
-        p.task.check_data()  # every annotation decoded, every input image checked: before any feature
-    if p.backbone.pretrained is False:
-        log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
-    return _compute(cfg, p, job)
+    with exclusive_run_lock(_run_lock_path(p), lambda holder: _say_waiting(p, holder)):
+        done = None if p.runner.force else finished_record(p.run_dir, job.key_hash)
+        if done is not None:
+            log.info("already finished (force=true recomputes): %s", p.run_dir)
+            log.info(done.summary_line())
+            return done
+        with _dataset_hint(cfg):
+            p.task.check_data()  # every annotation decoded, every input image checked: before any feature
+        if p.backbone.pretrained is False:
+            log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
+        return _compute(cfg, p, job)
+
+
+def _run_lock_path(p: Plan) -> Path:
+    """One lock per run, or per shard (the shards of a run share its directory and run at once by design)."""
+    name = "run.lock" if p.shard is None else f"run.shard-{p.shard.index}-of-{p.shard.count}.lock"
+    return p.run_dir / name
+
+
+def _say_waiting(p: Plan, holder: str) -> None:
+    log.warning(
+        "%s is being computed by %s (the same run, started earlier): waiting for it to finish, then its results "
+        "are used (Ctrl-C stops waiting; nothing of the other run is touched)",
+        p.run_dir,
+        holder,
+    )
 
 
 @dataclass
@@ -241,6 +257,12 @@ def _compute(cfg: DictConfig, p: Plan, job: _Job) -> RunRecord | ShardRecord:
     )
     if p.runner.force:
         cache.clear()
+    elif len(cache):
+        log.info(
+            "resuming: %d items of an earlier, interrupted run are cached in %s (loaded, not recomputed)",
+            len(cache),
+            cache.root,
+        )
     job.started, job.t0 = environment.now_iso(), time.perf_counter()
     if job.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(job.device)
@@ -468,7 +490,7 @@ class RunFailed(CompactHydraException):
 
 
 #: what a run directory holds before the run computed anything (Hydra's record and log, the cache's key)
-_SCAFFOLDING = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "run.log")
+_SCAFFOLDING = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "run.log", "run.lock")
 #: the process of ``python run.py``: jobs running in it print their own bad-input paragraph (see run_job)
 _ENTRY_PID: Optional[int] = None
 #: the paragraphs of this process's jobs that stopped on bad input (the exit code is 1 when there are any)

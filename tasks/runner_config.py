@@ -26,7 +26,7 @@ class RunnerConfig:
     seed: int = 0  # torch's global seed before the task runs
     debug: bool = False  # show the traceback of errors in the input too (as HYDRA_FULL_ERROR=1)
     # i/n: compute only shard i (0 <= i < n) of the items into the run's item cache, then stop without metrics
-    # (shards/<i>-of-<n>.json records it); null: a plain run. Not part of the run's identity (README: SLURM)
+    # (shards/<i>-of-<n>.json records it); null: a plain run. Not part of the run's identity (docs/cluster.md)
     shard: Optional[str] = None
 
     def validate(self) -> RunnerConfig:

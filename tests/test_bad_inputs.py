@@ -8,13 +8,13 @@ Each :class:`Case` below sets up one bad input in a temporary folder and runs it
   checks the real console in a subprocess). ``srt.load_backbone`` is replaced by a trap, so every runner case
   also proves that it failed before any model was built, hence before any forward pass; the results folder is
   checked to hold no cached item and no run directory afterwards.
-- ``library`` / ``checkpoint``: the call raises the exception type named in the README (all are
+- ``library`` / ``checkpoint``: the call raises the exception type named in docs/bad-input.md (all are
   ``srt.UserError``, a ValueError; missing files are also FileNotFoundError).
 - ``CLI``: ``srt.errors.report_user_errors(main, argv)``, which is what every ``__main__`` of ``eval/`` and
   ``scripts/`` runs: exit code 2 and ``<prog>: error: <one paragraph>`` on stderr.
 
-The README's "What happens on bad input" table is generated from this catalogue
-(``python tests/test_bad_inputs.py`` rewrites it) and ``test_readme_lists_the_catalogue`` fails if they drift.
+The catalogue table of docs/bad-input.md is generated from this catalogue
+(``python tests/test_bad_inputs.py`` rewrites it) and ``test_docs_list_the_catalogue`` fails if they drift.
 
 Which data checks decode in full and which read headers (``scripts/bench_data_checks.py`` on the fixtures):
 annotations and ground truth (DAVIS PNGs, saliency masks, depth maps, VOC XML, the revisitop pickle) are decoded
@@ -62,7 +62,7 @@ from tasks import runner as pipeline  # noqa: E402  (the name runner is this cat
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 TINY_KWARGS = dict(depth=2, embed_dim=64, num_heads=2)
-README = REPO / "README.md"
+CATALOGUE_DOC = REPO / "docs" / "bad-input.md"
 BEGIN, END = "<!-- bad-input-catalogue:begin -->", "<!-- bad-input-catalogue:end -->"
 
 
@@ -221,9 +221,9 @@ def import_script(name: str):
 @dataclass
 class Case:
     id: str
-    area: str  # README grouping: runner settings, runner data (<task>), checkpoint, library, CLI
-    bad: str  # the bad input, for the README
-    named: str  # what the message names, for the README
+    area: str  # grouping in docs/bad-input.md: runner settings, runner data (<task>), checkpoint, library, CLI
+    bad: str  # the bad input, for the docs table
+    named: str  # what the message names, for the docs table
     run: Callable[[Env], Outcome]
     expect: tuple[str, ...]  # regexes the message must match (in order of appearance not required)
     data: bool = False  # a data error: nothing may be computed before it is reported
@@ -1472,7 +1472,7 @@ def test_a_run_that_fails_after_caching_items_keeps_them(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The README's table
+# The table in docs/bad-input.md
 # ----------------------------------------------------------------------------------------------------------
 def readme_table() -> str:
     lines = ["| where | bad input | the message names |", "|---|---|---|"]
@@ -1486,14 +1486,14 @@ def _readme_block(text: str) -> str:
     return text[start:end].strip()
 
 
-def test_readme_lists_the_catalogue():
-    assert _readme_block(README.read_text()) == readme_table(), (
-        "README's bad-input table differs from tests/test_bad_inputs.py: run python tests/test_bad_inputs.py"
+def test_docs_list_the_catalogue():
+    assert _readme_block(CATALOGUE_DOC.read_text()) == readme_table(), (
+        "docs/bad-input.md's table differs from tests/test_bad_inputs.py: run python tests/test_bad_inputs.py"
     )
 
 
-if __name__ == "__main__":  # rewrite the README's table from the catalogue
-    text = README.read_text()
+if __name__ == "__main__":  # rewrite the table of docs/bad-input.md from the catalogue
+    text = CATALOGUE_DOC.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    README.write_text(text[:start] + "\n" + readme_table() + "\n" + text[end:])
-    print(f"wrote the table of {len(CASES)} bad inputs into {README}")
+    CATALOGUE_DOC.write_text(text[:start] + "\n" + readme_table() + "\n" + text[end:])
+    print(f"wrote the table of {len(CASES)} bad inputs into {CATALOGUE_DOC}")

@@ -300,3 +300,17 @@ def test_a_distilled_pretrained_student_is_the_distill_by_srt_row_of_table_1(tmp
     row = t1.values.set_index(["backbone", "weights", "method", "L"]).loc[("dino_vits16", "pretrained", "distilled", 0)]
     assert row["J&F-Mean"] == 0.612 and row["J&F-Mean (paper)"] == 0.625  # beside the paper's "Distill by SRT"
     assert row["rel. gain J&F-Mean %"] == pytest.approx(2.0)  # over the same backbone's pretrained baseline
+
+
+def test_the_loss_plot_says_what_was_distilled_and_the_weights():
+    history = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    title = distill.loss_title(3, "dino_vits16", "random (init_seed=0)")
+    fig = distill.loss_curve_figure(history, "mse", title, level=3)
+    ax = fig.axes[0]
+    assert ax.get_title().replace("\n", " ").startswith("self-distillation by SRT (L=3): dino_vits16; RANDOM WEIGHTS")
+    assert ax.get_ylabel() == "mse to SRT targets"
+    plain = distill.loss_title(0, "dino_vits16", "pretrained timm/x")
+    assert "SRT" not in plain.replace("no SRT", "") and plain.endswith("pretrained weights")  # level 0: not SRT
+    ax0 = distill.loss_curve_figure(history, "mse", plain, level=0).axes[0]
+    assert ax0.get_ylabel() == "mse to plain targets" and "self-distillation by SRT" not in ax0.get_title()
+    assert distill.loss_curve_png(history, "mse", title, 3)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -147,6 +147,9 @@ def test_pareto_figure_and_table_from_runs(tmp_path):
     assert labels == {"nearest", "bilinear", "SRT L1, 9 shifts", "colour jitter x9 + nearest"}
     out = pareto.make_pareto_figure(tmp_path, tmp_path / "pareto.png", task="toy")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = pareto.pareto_figure(pareto.points_for(frame, "toy", "flip_cosine"), "toy", "flip_cosine")
+    [row_title] = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert "weights random" in row_title and "RANDOM WEIGHTS: pipeline check only" in row_title
     built, _ = tables.build_tables(tmp_path)
     table = next(t for t in built if "accuracy against cost" in t.title)
     assert list(table.cells["method"])[:2] in (["nearest", "bilinear"], ["bilinear", "nearest"])

@@ -3,6 +3,7 @@ strip, and the figure layout. Optional: srt's core never imports it; ``task=visu
 use it, and :func:`pca_figure` works without Hydra."""
 
 from .figures import (
+    COLOUR_BAR_HEIGHT,
     DEFAULT_IMAGES,
     SKIMAGE_PHOTOS,
     SKIMAGE_PREFIX,
@@ -12,7 +13,9 @@ from .figures import (
     backbone_columns,
     compose,
     dispersion_rgb,
+    dispersion_top,
     fields_of,
+    fig1_title,
     figure_from_columns,
     level_columns,
     level_strip,
@@ -27,10 +30,14 @@ from .figures import (
     square_image,
     strip_from_columns,
     strip_levels,
+    strip_title,
+    weights_caption,
+    wrap_text,
     write_png,
 )
 
 __all__ = [
+    "COLOUR_BAR_HEIGHT",
     "Columns",
     "DEFAULT_IMAGES",
     "GridLayout",
@@ -40,7 +47,9 @@ __all__ = [
     "backbone_columns",
     "compose",
     "dispersion_rgb",
+    "dispersion_top",
     "fields_of",
+    "fig1_title",
     "figure_from_columns",
     "level_columns",
     "level_strip",
@@ -55,5 +64,8 @@ __all__ = [
     "square_image",
     "strip_from_columns",
     "strip_levels",
+    "strip_title",
+    "weights_caption",
+    "wrap_text",
     "write_png",
 ]
