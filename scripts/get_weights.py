@@ -180,9 +180,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     mirror = fetch.mirror_of(args.mirror)
     pending = [w for w in weights if not (w.dest.is_file() or (w.dest / "refs" / "main").is_file())]
-    for w in pending:
-        fetch.check_free_disk(w.dest.parent, sum(x.approx_bytes for x in pending), "the weights")
-        break
+    for cache in {w.dest.parent for w in pending}:  # the hub cache and the torch hub checkpoints folder
+        need = sum(w.approx_bytes for w in pending if w.dest.parent == cache)
+        fetch.check_free_disk(cache, need, f"the weights going to {cache}")
     for w in weights:
         path = (fetch_backbone if w.kind == "backbone" else fetch_head)(w, mirror, not args.no_progress)
         print(f"{w.kind} {w.name}: {path}")
