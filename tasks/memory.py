@@ -7,7 +7,7 @@ available and the setting that would shrink it; ``check_memory=false`` runs it a
 Cost model (float32, one image at a time; N = tokens of one pass, C = width, D = depth, s = output stride):
 
 - weights: 12 D C^2 x 4 bytes (the linear layers; embeddings are small);
-- one forward pass: about 12 N C x 4 bytes live at once (the residual stream, q/k/v, the MLP's 4C hidden and its
+- one forward pass: about 20 N C x 4 bytes live at once (the residual stream, q/k/v, the MLP's 4C hidden and its
   activation); attention runs through PyTorch's fused kernel, which does not hold the N x N matrix;
   SRT runs ``srt.batch_size`` passes together;
 - a dense output at stride s: the running sum, the aligned pass being added and (dispersion) the Welford mean
@@ -30,7 +30,7 @@ from srt.errors import BudgetError
 log = logging.getLogger("srt-bench")
 
 BYTES = 4  # float32
-ACTIVATION_FACTOR = 12  # tensors of N x C floats alive at once inside one block (see the module docstring)
+ACTIVATION_FACTOR = 20  # N x C float tensors alive at once in one pass (block temporaries, allocator slack)
 
 
 @dataclass
