@@ -230,6 +230,26 @@ def _as_pair(gt, pred, index: int) -> tuple[np.ndarray, np.ndarray]:
 SKIP_HINT = "skip_invalid=True (task.skip_invalid=true, python -m eval.depth --skip-invalid) excludes and counts it"
 
 
+def _scored_image(
+    gt: np.ndarray, pred: np.ndarray, protocol: str, literal: bool, image_id: str
+) -> tuple[dict, str | None]:
+    """One image's metrics, and why it cannot be scored (no valid ground truth, a NaN metric) or None."""
+    problem = ground_truth_problem(gt, protocol, image_id)
+    if problem is not None:
+        return {}, problem
+    score = toolbox_image if protocol == "toolbox" else srt_image_literal if literal else srt_image
+    metrics = score(gt, pred)
+    # literal reproduces a published bug whose NaN / inf are its output (warned where it is chosen)
+    nan = [n for n, v in metrics.items() if not literal and isinstance(v, float) and math.isnan(v)]
+    if nan:
+        verb = "is" if len(nan) == 1 else "are"
+        return (
+            metrics,
+            f"{image_id}: {', '.join(nan)} {verb} NaN under the {protocol} protocol (a prediction of zeros?)",
+        )
+    return metrics, None
+
+
 def evaluate(
     gts: Iterable[np.ndarray],
     preds: Iterable[np.ndarray],
@@ -258,21 +278,12 @@ def evaluate(
         raise UserError(f"{len(ids)} ids for {len(gts)} images; expected one per image")
     if not gts:
         raise UserError("no images to evaluate")
-    score = toolbox_image if protocol == "toolbox" else srt_image_literal if literal else srt_image
     names = TOOLBOX_METRICS if protocol == "toolbox" else SRT_METRICS
     per_image, scored, excluded = [], [], {}
     with np.errstate(divide="ignore", invalid="ignore"):  # inf are results here, as in the references
         for i, (gt, pred) in enumerate(zip(gts, preds)):
             gt, pred = _as_pair(gt, pred, i)
-            problem = ground_truth_problem(gt, protocol, ids[i])
-            metrics = score(gt, pred) if problem is None else {}
-            # literal reproduces a published bug whose NaN / inf are its output (warned where it is chosen)
-            nan = [n for n in names if problem is None and not literal and math.isnan(metrics[n])]
-            if nan:
-                problem = (
-                    f"{ids[i]}: {', '.join(nan)} {'is' if len(nan) == 1 else 'are'} NaN under the {protocol} protocol "
-                    "(a prediction of zeros?)"
-                )
+            metrics, problem = _scored_image(gt, pred, protocol, literal, ids[i])
             if problem is None:
                 per_image.append(metrics)
                 scored.append(ids[i])
