@@ -44,7 +44,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
+from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, passes_used, write_record
 from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
 from srt.io import atomic_write_json
 from tasks import environment
@@ -349,6 +349,7 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
         srt=dataclasses.asdict(p.srt),
         **upsampler_record(extractor, p),
         passes=int(extractor.passes),
+        passes_used=passes_used(extractor),
         items={"computed": cache.computed, "loaded": cache.loaded},
         wall_time_s=round(time.perf_counter() - t0, 3),
         started=started,

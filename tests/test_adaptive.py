@@ -50,7 +50,9 @@ class ShiftTable:
 
     def values(self, shifts: torch.Tensor, scale: float) -> np.ndarray:
         """[T, dims]: the outputs of the passes in the order of ``shifts``."""
-        return np.stack([(self.mean + scale * self.table[tuple(s)]).numpy() for s in shifts.tolist()]).astype(np.float64)
+        return np.stack([(self.mean + scale * self.table[tuple(s)]).numpy() for s in shifts.tolist()]).astype(
+            np.float64
+        )
 
 
 def expected_stop(values: np.ndarray, eps: float, min_passes: int, check_every: int) -> int:
@@ -266,3 +268,43 @@ def test_bad_adaptive_settings_are_named(settings, message):
         srt.SRTConfig(**settings).validate(patch_size=16)
     with pytest.raises(srt.UserError, match=r"srt\.(tolerance|min_passes|check_every)"):
         srt.SRTConfig(**settings).validate(patch_size=16, group="srt")
+
+
+def test_a_run_records_the_passes_its_images_took(tmp_path):
+    """srt.tolerance through the runner: metrics.json, the summary line and the table row say the passes used."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo))
+    import run
+    from eval import tables
+
+    overrides = [
+        "task=toy",
+        "task.n_images=3",
+        "task.image_size=32",
+        "progress=false",
+        "device=cpu",
+        f"paths.results_root={tmp_path}",
+        "backbone.pretrained=false",
+        "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
+        "srt.level=1",
+        "srt.tolerance=1e9",  # every image stops at the first check
+        "srt.min_passes=2",
+    ]
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    record = run.execute(cfg)
+    data = json.loads((Path(record.run_dir) / "metrics.json").read_text())
+    assert data["passes"] == 9
+    used = data["passes_used"]
+    # the toy task extracts each of its 3 images twice (as it is and flipped): 6 extractions
+    assert (used["mean"], used["min"], used["max"], used["images"], used["full"]) == (2, 2, 2, 6, 9)
+    assert "passes=mean 2.0 (2-2 of 9)" in record.summary_line()
+    frame, _ = tables.load_results(tmp_path)
+    (settings,) = set(frame["settings"])
+    assert "srt.min_passes=2, srt.tolerance=1000000000.0" in settings and settings.endswith(", mean passes=2.0/9")
