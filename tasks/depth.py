@@ -26,8 +26,9 @@ picks the protocol's reference choice.
 
 Outputs under the run directory: ``depth_predictions/<item id>.png`` (16-bit, millimetres; these are also the
 per-image cache, so an interrupted run resumes, and ``python -m eval.depth --pred-dir`` rescores them),
-``depth_visualizations/<item id>.png`` for the first ``task.n_visualizations`` images (input | ground truth |
-prediction | absolute error; depth colour scale shared by GT and prediction, black = no ground truth) and
+``depth_visualizations/<item id>.png`` for the first ``task.n_visualizations`` images (titled panels input |
+ground truth | prediction | |error| under a title naming the run and its weights; depth colour scale shared by
+GT and prediction, colour bars in metres, black = no ground truth) and
 ``per_image.csv``.
 
 Cost model (T = SRT passes, F = 2 with flip else 1; per 480x640 image with ViT-S/14: backbone ~70 GFLOP, linear
@@ -59,6 +60,7 @@ from tqdm import tqdm
 
 import srt
 from eval import depth as depth_eval
+from srt import viz
 from srt.errors import UserError
 from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
 
@@ -188,30 +190,57 @@ def read_rgb(path: Path, protocol: str) -> np.ndarray:
 # Pictures
 
 
-def _colour(values: np.ndarray, vmin: float, vmax: float, cmap: str, valid: np.ndarray | None = None) -> np.ndarray:
+PANEL_TITLES = ("input", "ground truth", "prediction", "|error|")
+
+
+def depth_figure(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str = ""):
+    """The matplotlib Figure of one image: input | ground truth | prediction | |error|, each panel titled;
+    ground truth and prediction on one depth scale (magma_r: near is bright) with one colour bar in metres, the
+    error (inferno) with its own; black = no ground truth. ``title`` (the run: backbone, method, weights) on top."""
     from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    t = np.clip((values - vmin) / max(vmax - vmin, 1e-9), 0, 1)
-    rgb = (colormaps[cmap](t)[..., :3] * 255 + 0.5).astype(np.uint8)
-    if valid is not None:
-        rgb[~valid] = 0
-    return rgb
-
-
-def depth_panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """input | ground truth | prediction (one depth scale, magma_r: near is bright) | |error| (inferno), side by side."""
     valid = gt > 0
     vmax = float(max(gt[valid].max() if valid.any() else 0, pred.max(), 1e-3))
     err = np.abs(pred - gt)
     emax = float(err[valid].max()) if valid.any() else 1.0
-    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
-    tiles = [
-        rgb,
-        _colour(gt, 0, vmax, "magma_r", valid),
-        _colour(pred, 0, vmax, "magma_r"),
-        _colour(err, 0, emax, "inferno", valid),
-    ]
-    return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+    depth_cmap, err_cmap = (
+        colormaps["magma_r"].with_extremes(bad="black"),
+        colormaps["inferno"].with_extremes(bad="black"),
+    )
+    h, w = gt.shape
+    width = max(w / 100, 2.0)  # inches per panel: about the image's own pixels at dpi 100
+    fig = Figure(figsize=(4 * width + 1.6, width * h / w + 1.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(rgb)
+    axes[1].imshow(np.ma.masked_where(~valid, gt), cmap=depth_cmap, vmin=0, vmax=vmax)
+    shown = axes[2].imshow(pred, cmap=depth_cmap, vmin=0, vmax=vmax)
+    error = axes[3].imshow(np.ma.masked_where(~valid, err), cmap=err_cmap, vmin=0, vmax=emax)
+    for ax, name in zip(axes, PANEL_TITLES):
+        ax.set_title(name, fontsize=11)
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=list(axes[1:3]), label="depth (m)", shrink=0.9)
+    fig.colorbar(error, ax=axes[3], label="|error| (m)", shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def depth_panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, title: str = "") -> np.ndarray:
+    """:func:`depth_figure` rendered to a uint8 [H,W,3] picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(depth_figure(rgb, gt, pred, title))
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def panel_title(backbone: Any, srt_cfg: srt.SRTConfig, cfg: DepthConfig) -> str:
+    """What a depth picture shows: protocol, backbone, method, head and the weights (random ones said so)."""
+    method = "baseline" if srt_cfg.level == 0 else f"{'+OE' if cfg.output_ensemble else '+SRT'} L={srt_cfg.level}"
+    head = f"{cfg.head} head" + (" with RANDOM head weights" if cfg.head_weights == "random" else "")
+    weights = viz.weights_caption(getattr(backbone, "weights", ""))
+    return f"NYU-v2 depth ({cfg.protocol} protocol): {backbone.name}, {method}, {head}; {weights}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +458,7 @@ class DepthTask(Task):
         out_dir = Path(ctx.out_dir)
         pred_dir, vis_dir = out_dir / cfg.predictions_dir, out_dir / cfg.visualizations_dir
         gts, preds, seconds = [], [], []
-        items = self.items()
+        items, title = self.items(), panel_title(backbone, srt_cfg, cfg)
         for n, item in enumerate(tqdm(items, desc=f"depth {cfg.protocol}", disable=not ctx.progress)):
             if ctx.cache.skips(item.id):  # another shard's image (shard=i/n)
                 continue
@@ -459,7 +488,7 @@ class DepthTask(Task):
             gts.append(gt)
             preds.append(pred)
             if n < cfg.n_visualizations:
-                atomic_save_png(vis_dir / f"{item.id}.png", depth_panel(rgb, gt, pred))
+                atomic_save_png(vis_dir / f"{item.id}.png", depth_panel(rgb, gt, pred, f"{item.id}: {title}"))
         ctx.cache.items_done()  # a shard run stops here
 
         result = depth_eval.evaluate(gts, preds, cfg.protocol, literal=cfg.srt_literal_mask)

@@ -26,7 +26,8 @@ re-run of the same command continues from it and ends with the same weights as a
 
 Outputs in the run directory: ``student.safetensors`` (the student's timm state dict; its metadata holds the
 training record, which marks runs that load it as distilled), ``checkpoint.pt``, ``loss.csv`` (epoch, loss,
-penalty, lr) and ``loss.png``. Metrics: ``loss_first_epoch``, ``loss_last_epoch`` and ``loss_epoch_<k>`` (mean
+penalty, lr) and ``loss.png`` (titled with the level and the teacher's weights; at ``srt.level=0`` the targets are
+the plain features and the title says so). Metrics: ``loss_first_epoch``, ``loss_last_epoch`` and ``loss_epoch_<k>`` (mean
 distance per epoch, penalty excluded), ``target_distance_initial`` / ``target_distance_final`` (the distance of
 the initial / final student to the targets over all images, eval mode), ``n_images``, ``epochs``.
 
@@ -41,6 +42,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -52,6 +54,7 @@ from tqdm import tqdm
 
 import srt
 from eval import davis as davis_eval
+from srt import viz
 from srt.errors import UserError
 from srt.io import atomic_write_bytes, atomic_write_text, check_image
 
@@ -408,7 +411,9 @@ class DistillTask(Task):
             "epoch,loss,penalty,lr\n"
             + "".join(f"{h['epoch']},{h['loss']:.8g},{h['penalty']:.8g},{h['lr']:.8g}\n" for h in history),
         )
-        atomic_write_bytes(ctx.out_dir / "loss.png", loss_curve_png(history, cfg.loss))
+        level = getattr(getattr(extractor, "config", None), "level", 0)
+        title = loss_title(level, teacher.name, teacher.weights)
+        atomic_write_bytes(ctx.out_dir / "loss.png", loss_curve_png(history, cfg.loss, title, level))
         width = len(str(cfg.epochs))
         return {
             "loss_first_epoch": history[0]["loss"],
@@ -457,21 +462,35 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     return state
 
 
-def loss_curve_png(history: list[dict[str, float]], loss: str) -> bytes:
-    """The loss per epoch (log scale) as PNG bytes."""
-    from matplotlib.figure import Figure  # the object API: no display backend needed
+def loss_title(level: int, teacher: str, weights: Any) -> str:
+    """What the loss plot shows: self-distillation by SRT at level > 0; at level 0 the targets are the backbone's
+    own features (a control, not SRT distillation). With the teacher's weights (random ones said so)."""
+    what = (
+        f"self-distillation by SRT (L={level})" if level > 0 else "distillation to plain features (srt.level=0, no SRT)"
+    )
+    return f"{what}: {teacher}; {viz.weights_caption(weights)}"
+
+
+def loss_curve_figure(history: list[dict[str, float]], loss: str, title: str, level: int = 1):
+    """The loss per epoch (log scale) as a matplotlib Figure (the object API: no display backend needed)."""
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(5, 3.2), dpi=120)
+    fig = Figure(figsize=(5, 3.4), dpi=120)
     ax = fig.subplots()
     ax.plot(epochs, [h["loss"] for h in history], marker="o", markersize=3)
     if all(h["loss"] > 0 for h in history):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{loss} to SRT targets")
-    ax.set_title("self-distillation by SRT")
+    ax.set_ylabel(f"{loss} to {'SRT' if level > 0 else 'plain'} targets")
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def loss_curve_png(history: list[dict[str, float]], loss: str, title: str, level: int = 1) -> bytes:
+    """:func:`loss_curve_figure` as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    loss_curve_figure(history, loss, title, level).savefig(buf, format="png")
     return buf.getvalue()

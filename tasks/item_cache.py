@@ -5,97 +5,36 @@ everything that changes them (:func:`cache_key`); ``get_or_compute`` is what a t
 item is one ``.npz`` written atomically, so a run killed at any point loses at most the item it was
 computing, and a re-run loads the others instead of recomputing them.
 
-Sharding (``shard=i/n``, for runs split over machines) lives here too, in one place: :class:`Shard` assigns
+Sharding (``shard=i/n``, for runs split over machines) is driven from here: :class:`Shard` (tasks/shard.py) assigns
 each item to one of n shards by a hash of its id, and a cache built with a shard tells the task's loop to
 skip the other shards' items (:meth:`ItemCache.skips`) and stops the run where the loops end
 (:meth:`ItemCache.items_done` raises :class:`ShardFinished`), before anything that needs every item (metrics,
-ranking, training). The runner (run.py) records what the shard did and, when every item is cached by then,
+ranking, training). The runner (tasks/runner.py) records what the shard did and, when every item is cached by then,
 runs the task once more without the shard to compute the metrics. All shards write into one item cache:
 each item is one file written atomically, so concurrent shards never see a half-written item.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
 import re
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from srt.errors import UserError
 from srt.io import atomic_write_bytes, atomic_write_json
 
 from .run_identity import backbone_key_part, config_hash, plain, srt_key_part, upsampler_key_part
+from .shard import Shard, ShardFinished
 
 log = logging.getLogger(__name__)
 
 _ITEM_ID = re.compile(r"^[A-Za-z0-9._+=-]+(/[A-Za-z0-9._+=-]+)*$")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """``shard=i/n``: this run computes the items that :func:`shard_of` assigns to shard ``index`` of ``count``.
-
-    The assignment is a function of the item id alone (not of the order a task visits its items, nor of the
-    process: no salted ``hash()``), so the n shards of a run partition its items whatever each one iterates.
-    """
-
-    index: int
-    count: int
-
-    @classmethod
-    def parse(cls, value: Any, setting: str = "shard") -> Optional[Shard]:
-        """``"i/n"`` -> ``Shard(i, n)``, None -> None (a plain run); :class:`UserError` naming ``setting``."""
-        if value is None:
-            return None
-        text = str(value).strip()
-        match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
-        if isinstance(value, bool) or match is None:
-            raise UserError(
-                f"{setting}={value!r} is not valid; expected i/n, this run's shard i of n shards with 0 <= i < n "
-                f"(e.g. {setting}=0/8 ... {setting}=7/8), or null for a plain run"
-            )
-        index, count = int(match[1]), int(match[2])
-        if count < 1:
-            raise UserError(f"{setting}={text} is not valid: {count} shards; expected i/n with n >= 1 and 0 <= i < n")
-        if index >= count:
-            raise UserError(
-                f"{setting}={text} is not valid: there is no shard {index} of {count}; expected i/n with 0 <= i < n "
-                f"({setting}=0/{count} ... {setting}={count - 1}/{count})"
-            )
-        return cls(index, count)
-
-    def owns(self, item_id: str) -> bool:
-        return shard_of(item_id, self.count) == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def shard_of(item_id: str, count: int) -> int:
-    """The shard (0..count-1) of an item: the first 8 bytes of the sha256 of its id, modulo ``count``."""
-    digest = hashlib.sha256(str(item_id).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-class ShardFinished(Exception):
-    """Raised by :meth:`ItemCache.items_done` in a shard run: the task's item loops are over, the rest of
-    ``Task.run`` (metrics, ranking, training) needs every item and must not run. The runner catches it."""
-
-    def __init__(self, shard: Shard, computed: int, loaded: int, others: int, others_missing: int):
-        self.shard, self.computed, self.loaded = shard, computed, loaded
-        self.others, self.others_missing = others, others_missing
-        super().__init__(
-            f"shard {shard}: {computed} items computed, {loaded} loaded; "
-            f"{others_missing} of the other shards' {others} items not cached yet"
-        )
 
 
 class ItemCache:

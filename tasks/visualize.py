@@ -6,13 +6,15 @@
 
 Each run draws **one backbone** (the runner builds one per run) with :mod:`srt.viz`:
 
-- ``figure.png``: one row per image; columns input | plain | SRT L=<level> (| dispersion when
-  ``srt.dispersion=true``), the top three PCA components as RGB, one basis per backbone fitted on its plain
+- ``figure.png``: titled with the level and the weights (random weights said so); one row per image; columns
+  input | plain | SRT L=<level> (| dispersion with its colour bar, when ``srt.dispersion=true``), the top three
+  PCA components as RGB, one basis per backbone fitted on its plain
   and SRT fields together (``task.basis=image``: one per image), robust min-max per component;
 - ``level_strip.png`` (``task.strip``): image ``task.strip_image`` at levels 0, step, ... up to ``srt.level``;
 - ``panels/``: every panel as its own PNG, and ``figure.json``, the manifest of the run's panels;
 - the combined figure of all finished visualize runs under the same results root that differ only in the
-  backbone (``task.combine``): ``<results_root>/visualize/figure-<key>.png`` and ``level_strip-<key>.png``,
+  backbone (``task.combine``): ``<results_root>/visualize/figure-<label>-<hash>.png`` and
+  ``level_strip-<label>-<hash>.png`` (label: method and weights, e.g. ``srt-L3-random``),
   backbones in the paper's Fig. 1 order (CLIP, supervised, DINO, SAM, MAE, then the rest by name). Every run
   refreshes it when it finishes (under a file lock), so after a sweep over backbones it holds them all.
 
@@ -46,6 +48,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 import srt
+from eval.run_record import method_tag
 from srt import viz
 from srt.errors import UserError
 from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock
@@ -53,7 +56,7 @@ from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .environment import now_iso
 from .images import as_entries, item_ids, list_images
-from .run_identity import config_hash, srt_key_part
+from .run_identity import config_hash, srt_key_part, weights_tag
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +217,10 @@ class VisualizeTask(Task):
                 for i, row in zip(ids, columns.panels)
             ],
         }
-        atomic_save_png(out / "figure.png", viz.figure_from_columns(input_panels, [columns]))
+        # the titles name the level and the weights; scales: the colour bar of a value-coded column (dispersion)
+        manifest["title"] = viz.fig1_title(srt_cfg.level, [manifest["weights"]], srt_cfg.dispersion, srt_cfg.step)
+        manifest["scales"] = columns.scales
+        atomic_save_png(out / "figure.png", viz.figure_from_columns(input_panels, [columns], manifest["title"]))
         if cfg.strip:
             strip = strip_columns(levels)
             manifest["strip"] = {
@@ -223,8 +229,10 @@ class VisualizeTask(Task):
                 "panels": [
                     self._save(out, f"panels/strip/{_slug(lb)}.png", a) for lb, a in zip(strip.labels, strip.panels[0])
                 ],
+                "title": viz.strip_title([manifest["weights"]]),
             }
-            atomic_save_png(out / "level_strip.png", viz.strip_from_columns(input_panels[cfg.strip_image], [strip]))
+            strip_png = viz.strip_from_columns(input_panels[cfg.strip_image], [strip], manifest["strip"]["title"])
+            atomic_save_png(out / "level_strip.png", strip_png)
         manifest["finished"] = now_iso()
         atomic_write_json(out / MANIFEST, manifest)
         metrics = {"n_images": float(len(images)), **columns.stats}
@@ -238,11 +246,17 @@ class VisualizeTask(Task):
         return {"image_size": self.cfg.image_size, "stride": self.cfg.stride}
 
     def group_key(self, ctx: RunContext) -> str:
-        """What runs drawn into one combined figure share: task and SRT settings, weights kind and model kwargs."""
+        """What runs drawn into one combined figure share: task and SRT settings, weights kind and model kwargs.
+        The label in front (method tag and weights, e.g. ``srt-L3-random``) says in the file name what it shows."""
         config = ctx.extras.get("config", {})
         backbone = {k: v for k, v in config.get("backbone", {}).items() if k != "name"}
         task = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "combine"}
-        return config_hash({"task": task, "srt": srt_key_part(config.get("srt", {})), "backbone": backbone}, 12)
+        key = config_hash({"task": task, "srt": srt_key_part(config.get("srt", {})), "backbone": backbone}, 12)
+        pretrained = backbone.get("pretrained", True)
+        weights = (
+            "pretrained" if pretrained is True else "random" if pretrained in (False, None) else weights_tag(pretrained)
+        )
+        return f"{method_tag(config.get('srt', {}), config.get('task', {}))}-{weights}-{key}"
 
     @staticmethod
     def _save(out: Path, rel: str, array: np.ndarray) -> str:
@@ -276,7 +290,7 @@ def combine_runs(root: Path, group: str) -> int:
             except (OSError, json.JSONDecodeError) as e:
                 log.warning("visualize: skipping unreadable %s (%s)", path, e)
                 continue
-            if m.get("group") != group:
+            if m.get("group") not in (group, group.rsplit("-", 1)[-1]):  # also a run from before the label
                 continue
             if m["backbone"] not in latest or m["finished"] > latest[m["backbone"]][0]:
                 latest[m["backbone"]] = (m["finished"], path.parent, m)
@@ -287,10 +301,17 @@ def combine_runs(root: Path, group: str) -> int:
         first_dir, first = runs[0]
         inputs = [_read_png(first_dir / rel) for rel in first["inputs"]]
         columns = [
-            viz.Columns(m["backbone"], m["columns"], [[_read_png(d / rel) for rel in row] for row in m["panels"]], {})
+            viz.Columns(
+                m["backbone"],
+                m["columns"],
+                [[_read_png(d / rel) for rel in row] for row in m["panels"]],
+                {},
+                {k: tuple(v) for k, v in m.get("scales", {}).items()},
+            )
             for d, m in runs
         ]
-        atomic_save_png(root / f"figure-{group}.png", viz.figure_from_columns(inputs, columns))
+        # the runs of a group share the level and the weights kind (the group key), so the first's title holds
+        atomic_save_png(root / f"figure-{group}.png", viz.figure_from_columns(inputs, columns, first.get("title")))
         strips = [(d, m) for d, m in runs if "strip" in m]
         if strips:
             strip_columns = [
@@ -300,6 +321,7 @@ def combine_runs(root: Path, group: str) -> int:
                 for d, m in strips
             ]
             strip_input = _read_png(strips[0][0] / strips[0][1]["strip"]["input"])
-            atomic_save_png(root / f"level_strip-{group}.png", viz.strip_from_columns(strip_input, strip_columns))
+            strip_png = viz.strip_from_columns(strip_input, strip_columns, strips[0][1]["strip"].get("title"))
+            atomic_save_png(root / f"level_strip-{group}.png", strip_png)
         log.info("visualize: combined %d backbone(s) into %s", len(names), root / f"figure-{group}.png")
         return len(names)

@@ -10,6 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# every setting's default in Hydra's ConfigStore, as run.py does when imported: tests compose configs
+from tasks import command_line  # noqa: E402
+
+command_line.register_configs()
+
 
 def _fixtures_root() -> Path:
     # ../shared/fixtures beside the checkout (CI layout); SRT_FIXTURES overrides.

@@ -280,8 +280,8 @@ def test_a_run_records_the_passes_its_images_took(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(repo))
-    import run
     from eval import tables
+    from tasks.runner import execute
 
     overrides = [
         "task=toy",
@@ -298,7 +298,7 @@ def test_a_run_records_the_passes_its_images_took(tmp_path):
     ]
     with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    record = run.execute(cfg)
+    record = execute(cfg)
     data = json.loads((Path(record.run_dir) / "metrics.json").read_text())
     assert data["passes"] == 9
     used = data["passes_used"]

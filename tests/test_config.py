@@ -22,10 +22,10 @@ CONF = REPO / "conf"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402  (the entry point module; importing it registers the configs, it does not start Hydra)
 import srt  # noqa: E402
 import tasks  # noqa: E402
 from eval.run_record import method_label, method_tag  # noqa: E402
+from tasks import command_line, runner  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:\s*'hydra/launcher/\S+' is validated against ConfigStore schema:UserWarning"
@@ -70,7 +70,7 @@ def test_one_backbone_config_per_registry_name():
 @pytest.mark.parametrize("name", options("backbone"))
 def test_backbone_option_composes_and_validates(name):
     cfg = compose_cfg([f"backbone={name}", "task=toy"])
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     assert plan.backbone.name == name and plan.backbone.pretrained is True and plan.backbone.model_kwargs == {}
     # every SRTConfig field is settable and validated against this backbone's patch size
     assert srt.BACKBONES[name].patch_size > plan.srt.level
@@ -79,7 +79,7 @@ def test_backbone_option_composes_and_validates(name):
 @pytest.mark.parametrize("name", options("srt"))
 def test_srt_option_composes_and_validates(name):
     cfg = compose_cfg([f"srt={name}", "task=toy"])
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     assert set(OmegaConf.to_container(cfg.srt)) == {f for f in srt.SRTConfig.__dataclass_fields__}
     expected = {"default": ("shift", 3), "baseline": ("shift", 0), "jitter": ("jitter", 3)}
     if name in expected:
@@ -91,7 +91,7 @@ def test_srt_option_composes_and_validates(name):
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_option_composes_and_validates(name, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    plan = run.plan(compose_cfg([f"logger={name}", "task=toy"]))
+    plan = runner.plan(compose_cfg([f"logger={name}", "task=toy"]))
     assert plan.logger.name == name
     if name == "wandb":
         assert plan.logger.mode == "offline"  # offline unless WANDB_MODE says otherwise
@@ -99,7 +99,7 @@ def test_logger_option_composes_and_validates(name, monkeypatch):
 
 def test_wandb_mode_follows_the_environment(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert run.plan(compose_cfg(["logger=wandb", "task=toy"])).logger.mode == "disabled"
+    assert runner.plan(compose_cfg(["logger=wandb", "task=toy"])).logger.mode == "disabled"
 
 
 @pytest.mark.parametrize("name", options("task"))
@@ -108,7 +108,7 @@ def test_task_option_composes_and_builds(name, sample_root):
     backbone = ["backbone=dinov2_vits14"] if name == "depth" else []
     cfg = compose_cfg([f"task={name}", f"paths.data_root={sample_root}", *backbone])
     assert cfg.task.name in tasks.TASKS, f"conf/task/{name}.yaml names an unregistered task {cfg.task.name!r}"
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     assert isinstance(plan.task, tasks.task_class(cfg.task.name))
 
 
@@ -161,7 +161,7 @@ def test_experiment_preset_composes_and_every_sweep_job_plans(name, sample_root)
     dirs = set()
     for combo in combos:
         job = compose_cfg(base + combo, hydra_cfg=True)
-        plan = run.plan(job)
+        plan = runner.plan(job)
         assert plan.task is not None
         dirs.add(job.hydra.run.dir)
     assert len(dirs) == len(combos), f"{name}: sweep jobs share a run directory: {sorted(dirs)}"
@@ -203,7 +203,7 @@ def test_run_dir_resolves_even_for_bad_settings(bad):
 def test_run_dir_matches_the_runner_and_the_sweep_subdir():
     cfg = compose_cfg(["task=toy", "srt.level=1"], hydra_cfg=True)
     assert cfg.hydra.run.dir == f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
-    assert cfg.hydra.run.dir == str(run.plan(compose_cfg(["task=toy", "srt.level=1"])).run_dir)
+    assert cfg.hydra.run.dir == str(runner.plan(compose_cfg(["task=toy", "srt.level=1"])).run_dir)
     assert cfg.hydra.job.chdir is False
 
 
@@ -242,26 +242,26 @@ def test_bad_settings_are_named_before_any_model_is_built(override, message, mon
     monkeypatch.setattr(srt, "load_backbone", no_model)
     cfg = compose_cfg(["task=toy", override])
     with pytest.raises(ValueError) as err:
-        run.execute(cfg, run_dir=Path("/nonexistent/never-created"))
+        runner.execute(cfg, run_dir=Path("/nonexistent/never-created"))
     assert message in str(err.value)
     assert not Path("/nonexistent/never-created").exists()
 
 
 def test_command_line_unknown_keys_list_the_valid_settings():
     with pytest.raises(SystemExit) as err:
-        run.check_override_keys(["task=toy", "srt.levle=3"])
+        command_line.check_override_keys(["task=toy", "srt.levle=3"])
     assert "srt.levle is not a valid setting; valid settings of srt: method, level" in str(err.value)
     with pytest.raises(SystemExit) as err:
-        run.check_override_keys(["task=toy", "task.n_imgs=3"])
+        command_line.check_override_keys(["task=toy", "task.n_imgs=3"])
     assert "valid settings of task: n_images, image_size, seed" in str(err.value)
     with pytest.raises(SystemExit) as err:
-        run.check_override_keys(["forse=true"])
+        command_line.check_override_keys(["forse=true"])
     assert "top-level settings: paths, backbone, srt, task, logger, upsampler, force" in str(err.value)
     with pytest.raises(SystemExit) as err:
-        run.check_override_keys(["upsampler.strid=7"])
+        command_line.check_override_keys(["upsampler.strid=7"])
     assert "upsampler.strid is not a valid setting; valid settings of upsampler: method, stride" in str(err.value)
     # valid overrides, sweeps, appends and Hydra's own keys pass
-    run.check_override_keys(
+    command_line.check_override_keys(
         [
             "-m",
             "task=toy",
@@ -316,9 +316,9 @@ def test_composed_defaults_are_the_dataclass_defaults(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = compose_cfg(["task=toy"])
     assert _composed(cfg.srt) == _defaults(srt.SRTConfig)
-    assert _composed(cfg.logger) == _defaults(run.LoggerConfig)
+    assert _composed(cfg.logger) == _defaults(runner.LoggerConfig)
     assert _composed(cfg.upsampler) == _defaults(srt.UpsamplerConfig)
-    assert {k: cfg[k] for k in _defaults(run.RunnerConfig)} == _defaults(run.RunnerConfig)
+    assert {k: cfg[k] for k in _defaults(runner.RunnerConfig)} == _defaults(runner.RunnerConfig)
     for name in srt.BACKBONES:
         composed = _composed(compose_cfg([f"backbone={name}", "task=toy"]).backbone)
         assert composed == {**_defaults(srt.BackboneConfig), "name": name}, name
@@ -334,9 +334,9 @@ def test_composed_defaults_are_the_dataclass_defaults(monkeypatch):
     assert _composed(compose_cfg(["srt=baseline", "task=toy"]).srt) == {**_defaults(srt.SRTConfig), "level": 0}
     assert _composed(compose_cfg(["srt=jitter", "task=toy"]).srt) == {**_defaults(srt.SRTConfig), "method": "jitter"}
     csv_logger = _composed(compose_cfg(["logger=csv", "task=toy", "paths.results_root=/r"]).logger)
-    assert csv_logger == {**_defaults(run.LoggerConfig), "name": "csv", "path": "/r/runs.csv"}
+    assert csv_logger == {**_defaults(runner.LoggerConfig), "name": "csv", "path": "/r/runs.csv"}
     assert _composed(compose_cfg(["logger=wandb", "task=toy"]).logger) == {
-        **_defaults(run.LoggerConfig),
+        **_defaults(runner.LoggerConfig),
         "name": "wandb",
     }
 
@@ -353,7 +353,7 @@ def test_yaml_files_hold_only_what_differs_from_the_dataclass(path):
         schema = tasks.task_class(name).Config
         base = _defaults(schema) if path.parent == CONF / "task" else _composed(compose_cfg([f"task={name}"]).task)
     else:
-        schema = {"srt": srt.SRTConfig, "logger": run.LoggerConfig, "upsampler": srt.UpsamplerConfig}[group]
+        schema = {"srt": srt.SRTConfig, "logger": runner.LoggerConfig, "upsampler": srt.UpsamplerConfig}[group]
         base = _defaults(schema)
     assert set(values) <= {f.name for f in schema.__dataclass_fields__.values()}, path
     repeated = {k: v for k, v in values.items() if k in base and base[k] == v}
@@ -380,24 +380,24 @@ def test_a_new_dataclass_field_is_a_setting_without_yaml_edits(monkeypatch):
     )
     monkeypatch.setattr(srt, "SRTConfig", grown)
     try:
-        run.register_configs()
+        command_line.register_configs()
         assert compose_cfg(["task=toy"]).srt.novel_setting == 1
-        plan = run.plan(compose_cfg(["task=toy", "srt.novel_setting=2"]))
+        plan = runner.plan(compose_cfg(["task=toy", "srt.novel_setting=2"]))
         assert plan.srt.novel_setting == 2
-        run.check_override_keys(["task=toy", "srt.novel_setting=2"])  # the command-line check knows it too
+        command_line.check_override_keys(["task=toy", "srt.novel_setting=2"])  # the command-line check knows it too
     finally:
         monkeypatch.undo()
-        run.register_configs()
+        command_line.register_configs()
     assert "novel_setting" not in compose_cfg(["task=toy"]).srt
 
 
-def test_validation_runs_once_per_group(monkeypatch):
+def test_validation_runs_once_per_group(monkeypatch, tmp_path):
     calls = []
     for schema in (
         srt.SRTConfig,
         srt.BackboneConfig,
-        run.LoggerConfig,
-        run.RunnerConfig,
+        runner.LoggerConfig,
+        runner.RunnerConfig,
         tasks.task_class("toy").Config,
     ):
         real = schema.validate
@@ -407,8 +407,11 @@ def test_validation_runs_once_per_group(monkeypatch):
             return _real(self, *args, **kwargs)
 
         monkeypatch.setattr(schema, "validate", counted)
-    run.plan(compose_cfg(["task=toy"]))
-    assert sorted(calls) == sorted(["SRTConfig", "BackboneConfig", "LoggerConfig", "RunnerConfig", "ToyConfig"])
+    runner.plan(compose_cfg(["task=toy"]), run_dir=tmp_path)  # (the run directory's name checks settings of its own)
+    # srt.* twice by design: first without the model (a bad value is named before torch and timm are imported),
+    # then against the model's patch size and depth
+    expected = ["SRTConfig", "SRTConfig", "BackboneConfig", "LoggerConfig", "RunnerConfig", "ToyConfig"]
+    assert sorted(calls) == sorted(expected)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,7 +419,7 @@ def test_validation_runs_once_per_group(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kwargs,library,runner",
+    "kwargs,library,in_runner",
     [
         ({"level": -1}, "level=-1 is not valid; expected an integer >= 0", "srt.level=-1 is not valid"),
         ({"level": 16}, "level=16 is not valid for patch size 16", "srt.level=16 is not valid for patch size 16"),
@@ -429,21 +432,21 @@ def test_validation_runs_once_per_group(monkeypatch):
         ({"stride": 5}, "stride=5 is not valid; expected a divisor of the patch size 16", "srt.stride=5 is not valid"),
     ],
 )
-def test_library_and_runner_phrase_the_same_check_for_their_users(kwargs, library, runner, tiny_kwargs):
+def test_library_and_runner_phrase_the_same_check_for_their_users(kwargs, library, in_runner, tiny_kwargs):
     bb = srt.load_backbone("dino_vits16", pretrained=False, **tiny_kwargs)
     with pytest.raises(ValueError) as err:
         srt.StochasticResonance(bb, **kwargs)
     assert str(err.value).startswith(library) and "srt." not in str(err.value)
     with pytest.raises(ValueError) as err:
-        run.plan(compose_cfg(["task=toy", *(f"srt.{k}={v}" for k, v in kwargs.items())]))
-    assert str(err.value).startswith(runner)
+        runner.plan(compose_cfg(["task=toy", *(f"srt.{k}={v}" for k, v in kwargs.items())]))
+    assert str(err.value).startswith(in_runner)
 
 
 def test_backbone_settings_are_phrased_for_the_library_and_the_runner():
     with pytest.raises(ValueError, match=r"^name='vit_huge' is not valid; expected one of dino_vits16"):
         srt.BackboneConfig(name="vit_huge").validate()
     with pytest.raises(ValueError, match=r"^backbone.name='vit_huge' is not valid"):
-        run.plan(compose_cfg(["task=toy", "backbone.name=vit_huge"]))
+        runner.plan(compose_cfg(["task=toy", "backbone.name=vit_huge"]))
 
 
 @pytest.mark.slow

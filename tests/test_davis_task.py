@@ -49,7 +49,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import run  # noqa: F401  (registers the dataclass configs with Hydra)
+    from tasks import command_line, runner  # noqa: F401  (registers the dataclass configs with Hydra)
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -139,7 +139,7 @@ def test_level0_on_fixtures_writes_palette_pngs_scores_and_resumes(fixtures_dir,
 
 @pytest.mark.slow
 def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
-    import run
+    from tasks import runner
 
     cfg = compose(
         [
@@ -153,7 +153,7 @@ def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
             "progress=false",
         ]
     )
-    record = run.execute(cfg, run_dir=tmp_path / "run")
+    record = runner.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(ALL_METRICS) <= set(written["metrics"])
     assert written["metrics"]["J&F-Mean"] == pytest.approx(record.metrics["J&F-Mean"])
@@ -175,7 +175,7 @@ def test_runner_level1_srt_writes_metrics_json(fixtures_dir, tmp_path):
             "progress=false",
         ]
     )
-    run.execute(cfg0, run_dir=tmp_path / "run0")
+    runner.execute(cfg0, run_dir=tmp_path / "run0")
     soft_l0 = np.load(next((tmp_path / "run0" / "cache").rglob("dog.npz")))["soft"]
     assert not np.allclose(soft_l0, soft_l1)
 

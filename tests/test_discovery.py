@@ -219,8 +219,8 @@ def test_fixture_run_with_tiny_vit_and_srt_dense_grid(fixtures_dir, tmp_path, ti
 def test_table4_experiment_composes():
     from hydra import compose, initialize_config_dir
 
-    import run  # noqa: F401  (registers the dataclass configs with Hydra)
     import tasks
+    from tasks import command_line, runner  # noqa: F401  (registers the dataclass configs with Hydra)
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -29,11 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 from eval import tables  # noqa: E402
 from eval.run_record import read_record  # noqa: E402
-from tasks import distill  # noqa: E402
+from tasks import distill, runner  # noqa: E402
 from tasks.davis import DINO_MEAN, DINO_STD, dino_frame_size, read_frame  # noqa: E402
 
 TINY_KW = dict(depth=2, embed_dim=64, num_heads=2)
@@ -116,7 +115,7 @@ def _images(frames: Path, n: int = 4) -> list[torch.Tensor]:
 
 
 def test_the_student_moves_to_the_srt_features_and_away_from_its_own(tmp_path, frames):
-    record = run.execute(compose_cfg(args(tmp_path, frames)))
+    record = runner.execute(compose_cfg(args(tmp_path, frames)))
     m, out = record.metrics, Path(record.run_dir)
     assert m["loss_last_epoch"] < 0.5 * m["loss_first_epoch"]
     assert [m[f"loss_epoch_{k}"] for k in (1, 8)] == [m["loss_first_epoch"], m["loss_last_epoch"]]
@@ -146,7 +145,7 @@ class Interrupted(Exception):
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, frames, monkeypatch):
-    clean = run.execute(compose_cfg(args(tmp_path / "clean", frames)))
+    clean = runner.execute(compose_cfg(args(tmp_path / "clean", frames)))
     real_save = distill.save_checkpoint
 
     def save_then_stop(path, state):
@@ -156,9 +155,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, frames, monkey
 
     monkeypatch.setattr(distill, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupted):
-        run.execute(compose_cfg(args(tmp_path / "resumed", frames)))
+        runner.execute(compose_cfg(args(tmp_path / "resumed", frames)))
     monkeypatch.setattr(distill, "save_checkpoint", real_save)
-    resumed = run.execute(compose_cfg(args(tmp_path / "resumed", frames)))
+    resumed = runner.execute(compose_cfg(args(tmp_path / "resumed", frames)))
     assert resumed.items == {"computed": 0, "loaded": 4}  # teacher targets were not recomputed
     assert resumed.metrics == clean.metrics
     a = load_file(Path(clean.run_dir) / "student.safetensors")
@@ -191,7 +190,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, frames):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming after epoch" in proc.stdout + proc.stderr
     [record] = [read_record(p) for p in killed.rglob("metrics.json")]
-    clean = run.execute(compose_cfg(args(tmp_path / "clean", frames, epochs=epochs)))
+    clean = runner.execute(compose_cfg(args(tmp_path / "clean", frames, epochs=epochs)))
     assert record.metrics == clean.metrics
     a = load_file(Path(clean.run_dir) / "student.safetensors")
     b = load_file(Path(record.run_dir) / "student.safetensors")
@@ -199,9 +198,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, frames):
 
 
 def test_the_saved_student_loads_in_a_task_as_the_distilled_row(tmp_path, frames):
-    trained = run.execute(compose_cfg(args(tmp_path, frames, epochs=2)))
+    trained = runner.execute(compose_cfg(args(tmp_path, frames, epochs=2)))
     student = Path(trained.run_dir) / "student.safetensors"
-    used = run.execute(
+    used = runner.execute(
         compose_cfg(
             [
                 "task=toy",
@@ -236,23 +235,23 @@ def test_bad_input_gets_named_errors(tmp_path, frames, monkeypatch):
     monkeypatch.setattr(srt, "load_backbone", no_model)
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"task.images: folder .*empty holds no images \(searched recursively"):
-        run.execute(compose_cfg(args(tmp_path, tmp_path / "empty")))
+        runner.execute(compose_cfg(args(tmp_path, tmp_path / "empty")))
     with pytest.raises(FileNotFoundError, match=r"nowhere"):
-        run.execute(compose_cfg(["task=distill", f"paths.data_root={tmp_path / 'nowhere'}", *TINY]))
+        runner.execute(compose_cfg(["task=distill", f"paths.data_root={tmp_path / 'nowhere'}", *TINY]))
     with pytest.raises(ValueError, match="task.loss='huber' is not valid; expected one of mse, l1, cosine"):
-        run.execute(compose_cfg(args(tmp_path, frames, "task.loss=huber")))
+        runner.execute(compose_cfg(args(tmp_path, frames, "task.loss=huber")))
     monkeypatch.setattr(srt, "load_backbone", real_load)
 
     with pytest.raises(ValueError, match="srt.output=pooled"):
-        run.execute(compose_cfg(args(tmp_path, frames, "srt.output=dense")))
+        runner.execute(compose_cfg(args(tmp_path, frames, "srt.output=dense")))
 
     # a corrupt checkpoint is named, not silently restarted from scratch
-    done = run.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
+    done = runner.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
     run_dir = Path(done.run_dir)
     (run_dir / "metrics.json").unlink()
     (run_dir / distill.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"distill checkpoint .*checkpoint.pt cannot be read"):
-        run.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
+        runner.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
     # targets on another grid than the student's (e.g. from another patch size) are named with both shapes
     (run_dir / distill.CHECKPOINT).unlink()
     [target] = [p for p in run_dir.rglob("*.npz") if "00000" in p.name]
@@ -260,7 +259,7 @@ def test_bad_input_gets_named_errors(tmp_path, frames, monkeypatch):
 
     np.savez(target, tokens=np.zeros((64, 6, 10), dtype=np.float16))
     with pytest.raises(ValueError, match=r"student tokens \(1, 64, 3, 5\) and teacher targets \(1, 64, 6, 10\) differ"):
-        run.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
+        runner.execute(compose_cfg(args(tmp_path / "c", frames, epochs=1)))
 
 
 def test_default_images_are_the_davis_train_frames(tmp_path):
@@ -270,7 +269,7 @@ def test_default_images_are_the_davis_train_frames(tmp_path):
     finally:
         sys.path.remove(str(REPO / "scripts"))
     make_sample_data(tmp_path)
-    plan = run.plan(compose_cfg(["task=distill", f"paths.data_root={tmp_path}", *TINY]))
+    plan = runner.plan(compose_cfg(["task=distill", f"paths.data_root={tmp_path}", *TINY]))
     images, base = plan.task.image_list()
     train = (tmp_path / "DAVIS" / "ImageSets" / "2017" / "train.txt").read_text().split()
     assert base == tmp_path / "DAVIS" / "JPEGImages" / "480p"
@@ -301,3 +300,17 @@ def test_a_distilled_pretrained_student_is_the_distill_by_srt_row_of_table_1(tmp
     row = t1.values.set_index(["backbone", "weights", "method", "L"]).loc[("dino_vits16", "pretrained", "distilled", 0)]
     assert row["J&F-Mean"] == 0.612 and row["J&F-Mean (paper)"] == 0.625  # beside the paper's "Distill by SRT"
     assert row["rel. gain J&F-Mean %"] == pytest.approx(2.0)  # over the same backbone's pretrained baseline
+
+
+def test_the_loss_plot_says_what_was_distilled_and_the_weights():
+    history = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+    title = distill.loss_title(3, "dino_vits16", "random (init_seed=0)")
+    fig = distill.loss_curve_figure(history, "mse", title, level=3)
+    ax = fig.axes[0]
+    assert ax.get_title().replace("\n", " ").startswith("self-distillation by SRT (L=3): dino_vits16; RANDOM WEIGHTS")
+    assert ax.get_ylabel() == "mse to SRT targets"
+    plain = distill.loss_title(0, "dino_vits16", "pretrained timm/x")
+    assert "SRT" not in plain.replace("no SRT", "") and plain.endswith("pretrained weights")  # level 0: not SRT
+    ax0 = distill.loss_curve_figure(history, "mse", plain, level=0).axes[0]
+    assert ax0.get_ylabel() == "mse to plain targets" and "self-distillation by SRT" not in ax0.get_title()
+    assert distill.loss_curve_png(history, "mse", title, 3)[:8] == b"\x89PNG\r\n\x1a\n"

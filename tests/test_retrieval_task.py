@@ -351,7 +351,7 @@ def sample_data_module():
 def compose_cfg(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    import run  # noqa: F401  (registers the dataclass configs with Hydra)
+    from tasks import command_line, runner  # noqa: F401  (registers the dataclass configs with Hydra)
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides))
@@ -360,8 +360,8 @@ def compose_cfg(overrides: list[str]):
 def test_table4_experiment_composes():
     from hydra import compose, initialize_config_dir
 
-    import run
     import tasks
+    from tasks import command_line
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=table4_retrieval"], return_hydra_config=True)
@@ -370,11 +370,11 @@ def test_table4_experiment_composes():
     task = tasks.build_task(cfg.task)
     assert isinstance(task, RetrievalTask) and task.cfg == RetrievalConfig(root=task.cfg.root)
     assert task.cfg.dataset == "roxford5k" and task.cfg.imsize == 224 and not task.cfg.multiscale
-    assert "retrieval" in run.demo_task_options()
+    assert "retrieval" in command_line.demo_task_options()
 
 
 def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypatch):
-    import run
+    from tasks import runner
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built before the dataset was checked")
@@ -382,19 +382,19 @@ def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypa
     monkeypatch.setattr(srt, "load_backbone", no_model)
     cfg = compose_cfg(["task=retrieval", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}"])
     with pytest.raises(FileNotFoundError, match=r"nowhere/revisitop/roxford5k does not exist.* \(datasets are read"):
-        run.execute(cfg)
+        runner.execute(cfg)
 
 
 @pytest.mark.slow
 def test_sample_data_runs_resume_and_fill_table4(tmp_path):
-    import run
     from eval import tables
+    from tasks import runner
 
     sample_data_module().make_sample_data(tmp_path / "sample")
     results = tmp_path / "results"
     common = ["task=retrieval", f"paths.data_root={tmp_path / 'sample'}", f"paths.results_root={results}"]
     common += ["progress=false", "device=cpu", *TINY]
-    records = {level: run.execute(compose_cfg([*common, f"srt.level={level}"])) for level in (0, 1)}
+    records = {level: runner.execute(compose_cfg([*common, f"srt.level={level}"])) for level in (0, 1)}
     for level, record in records.items():
         out = Path(record.run_dir)
         m = record.metrics
@@ -411,7 +411,7 @@ def test_sample_data_runs_resume_and_fill_table4(tmp_path):
     # a killed run (no metrics.json) resumes from the item cache
     level1 = Path(records[1].run_dir)
     (level1 / "metrics.json").unlink()
-    resumed = run.execute(compose_cfg([*common, "srt.level=1"]))
+    resumed = runner.execute(compose_cfg([*common, "srt.level=1"]))
     assert resumed.items == {"computed": 0, "loaded": 19}
     assert {k: v for k, v in resumed.metrics.items() if k != "descriptor_s_per_image"} == {
         k: v for k, v in records[1].metrics.items() if k != "descriptor_s_per_image"

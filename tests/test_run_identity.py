@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402  (registers the configs with Hydra)
 import srt  # noqa: E402
 import tasks  # noqa: E402
 from eval.run_record import read_record  # noqa: E402
+from tasks import runner  # noqa: E402  (registers the configs with Hydra)
 from tasks.base import DataFiles  # noqa: E402
 from tasks.run_identity import config_hash, run_key, run_subdir  # noqa: E402
 
@@ -135,16 +135,16 @@ def test_a_checkpoint_replaced_at_the_same_path_is_another_run(tmp_path, monkeyp
         f"backbone.pretrained={weights}",
         "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}",
     ]
-    first = run.execute(compose_cfg(args))
+    first = runner.execute(compose_cfg(args))
     assert first.items == {"computed": 2, "loaded": 0}
     tiny_checkpoint(seed=2)  # another file at the same path
-    second = run.execute(compose_cfg(args))
+    second = runner.execute(compose_cfg(args))
     assert second.run_dir != first.run_dir and second.items == {"computed": 2, "loaded": 0}
     assert second.metrics["feature_norm"] != first.metrics["feature_norm"]
     moved = tmp_path / "elsewhere.pth"
     shutil.move(weights, moved)  # the same file elsewhere: the same (finished) run
     monkeypatch.setattr(srt, "load_backbone", lambda *a, **k: pytest.fail("a finished run built a model"))
-    again = run.execute(compose_cfg([*args[:-2], f"backbone.pretrained={moved}", args[-1]]))
+    again = runner.execute(compose_cfg([*args[:-2], f"backbone.pretrained={moved}", args[-1]]))
     assert again.run_dir == second.run_dir and again.finished == second.finished
 
 
@@ -291,7 +291,7 @@ def test_moved_data_finds_finished_runs_and_the_item_cache(sample_root, tmp_path
     results = tmp_path / "results"
     a = tmp_path / "a"
     shutil.copytree(sample_root / "ECSSD", a / "ECSSD")
-    first = run.execute(compose_cfg(saliency_args(a, results)))
+    first = runner.execute(compose_cfg(saliency_args(a, results)))
     n = first.items["computed"]
     assert n == 5 and first.data["name"] == "ECSSD" and first.data["files"] == 10
     assert read_record(first.run_dir).data == first.data  # the fingerprint is recorded in metrics.json
@@ -305,7 +305,7 @@ def test_moved_data_finds_finished_runs_and_the_item_cache(sample_root, tmp_path
         raise AssertionError("a finished run built a model")
 
     monkeypatch.setattr(srt, "load_backbone", no_model)
-    again = run.execute(compose_cfg(saliency_args(b, results)))
+    again = runner.execute(compose_cfg(saliency_args(b, results)))
     assert again.run_dir == first.run_dir and again.finished == first.finished and again.metrics == first.metrics
 
     # an interrupted run (no metrics.json, one item missing) resumes from the cache after the move
@@ -315,7 +315,7 @@ def test_moved_data_finds_finished_runs_and_the_item_cache(sample_root, tmp_path
     next(run_dir.joinpath("cache").rglob("0003.npz")).unlink()
     c = tmp_path / "third"
     shutil.move(b, c)
-    resumed = run.execute(compose_cfg(saliency_args(c, results)))
+    resumed = runner.execute(compose_cfg(saliency_args(c, results)))
     assert resumed.run_dir == first.run_dir and resumed.items == {"computed": 1, "loaded": n - 1}
     scores = ("maxF", "IoU", "Acc", "n_images")  # (the timings differ)
     assert {k: resumed.metrics[k] for k in scores} == pytest.approx({k: first.metrics[k] for k in scores})
@@ -323,6 +323,6 @@ def test_moved_data_finds_finished_runs_and_the_item_cache(sample_root, tmp_path
     # one image more: not the old finished run
     shutil.copy(c / "ECSSD" / "images" / "0001.jpg", c / "ECSSD" / "images" / "0006.jpg")
     shutil.copy(c / "ECSSD" / "ground_truth_mask" / "0001.png", c / "ECSSD" / "ground_truth_mask" / "0006.png")
-    grown = run.execute(compose_cfg(saliency_args(c, results)))
+    grown = runner.execute(compose_cfg(saliency_args(c, results)))
     assert grown.run_dir != first.run_dir and grown.items == {"computed": 6, "loaded": 0}
     assert grown.data["files"] == 12 and grown.metrics["n_images"] == 6

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 from eval import tables  # noqa: E402
 from eval.run_record import read_record  # noqa: E402
+from tasks import runner  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 
@@ -59,7 +59,7 @@ def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_a_run_writes_a_complete_metrics_json(tmp_path):
     cfg = compose_cfg(toy(tmp_path, "srt.level=1"))
-    record = run.execute(cfg)
+    record = runner.execute(cfg)
     run_dir = Path(record.run_dir)
     assert run_dir.parent == tmp_path / "toy" / "dino_vits16-random" and run_dir.name.startswith("srt-L1-")
     data = json.loads((run_dir / "metrics.json").read_text())
@@ -84,18 +84,18 @@ def test_a_run_writes_a_complete_metrics_json(tmp_path):
 
 
 def test_finished_runs_are_skipped_and_force_recomputes(tmp_path, monkeypatch):
-    first = run.execute(compose_cfg(toy(tmp_path, "srt.level=0")))
+    first = runner.execute(compose_cfg(toy(tmp_path, "srt.level=0")))
     real_load = srt.load_backbone
 
     def no_model(*a, **k):
         raise AssertionError("a finished run built a model")
 
     monkeypatch.setattr(srt, "load_backbone", no_model)
-    again = run.execute(compose_cfg(toy(tmp_path, "srt.level=0")))
+    again = runner.execute(compose_cfg(toy(tmp_path, "srt.level=0")))
     assert again.metrics == first.metrics and again.finished == first.finished
 
     monkeypatch.setattr(srt, "load_backbone", real_load)
-    forced = run.execute(compose_cfg(toy(tmp_path, "srt.level=0", "force=true")))
+    forced = runner.execute(compose_cfg(toy(tmp_path, "srt.level=0", "force=true")))
     assert forced.items == {"computed": 3, "loaded": 0}  # the cache was cleared too
     assert forced.metrics == pytest.approx(first.metrics, rel=1e-6)
     assert forced.run_dir == first.run_dir
@@ -103,7 +103,7 @@ def test_finished_runs_are_skipped_and_force_recomputes(tmp_path, monkeypatch):
 
 def test_csv_logger_appends_one_row_per_run(tmp_path):
     for level in (0, 1):
-        run.execute(compose_cfg(toy(tmp_path, f"srt.level={level}", "logger=csv")))
+        runner.execute(compose_cfg(toy(tmp_path, f"srt.level={level}", "logger=csv")))
     lines = (tmp_path / "runs.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("finished,task,dataset,backbone,weights,method,level,passes")
     assert ",baseline,0,1," in lines[1] and ",+SRT,1,9," in lines[2]
@@ -175,7 +175,7 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     record = read_record(path)
     assert record.items["loaded"] == cached and record.items["computed"] == n - cached
 
-    clean = run.execute(compose_cfg([*args, f"paths.results_root={clean_root}"]))
+    clean = runner.execute(compose_cfg([*args, f"paths.results_root={clean_root}"]))
     assert clean.items == {"computed": n, "loaded": 0}
     assert record.metrics == clean.metrics
     assert Path(record.run_dir).relative_to(killed_root) == Path(clean.run_dir).relative_to(clean_root)
@@ -191,4 +191,4 @@ def test_a_missing_dataset_is_named_before_any_model_is_built(tmp_path, monkeypa
         [f"task={task}", f"paths.data_root={tmp_path / 'nowhere'}", f"paths.results_root={tmp_path}", *TINY]
     )
     with pytest.raises(FileNotFoundError, match=r"nowhere.* \(datasets are read under paths.data_root="):
-        run.execute(cfg)
+        runner.execute(cfg)

@@ -329,7 +329,7 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
 
     from hydra import compose, initialize_config_dir
 
-    import run
+    from tasks import runner
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
@@ -347,7 +347,7 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
                 "progress=false",
             ],
         )
-    record = run.execute(cfg, run_dir=tmp_path / "run")
+    record = runner.execute(cfg, run_dir=tmp_path / "run")
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["metrics"]["maxF"] == pytest.approx(record.metrics["maxF"])
     mask = sal.read_mask(tmp_path / "run" / "masks" / "0001.png")
@@ -358,8 +358,8 @@ def test_runner_with_srt_dense_grid_writes_metrics_json(fixtures_dir, tmp_path):
 def test_table3_experiment_composes():
     from hydra import compose, initialize_config_dir
 
-    import run  # noqa: F401  (registers the dataclass configs with Hydra)
     import tasks
+    from tasks import command_line, runner  # noqa: F401  (registers the dataclass configs with Hydra)
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

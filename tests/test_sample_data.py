@@ -194,10 +194,10 @@ def test_every_available_task_runs_on_the_sample_data(sample, tmp_path):
     """The demo's path: each registered, importable task with a config, tiny random backbone, level 0."""
     from hydra import compose, initialize_config_dir
 
-    import run
     import tasks
+    from tasks import command_line, runner
 
-    names = run.demo_task_options()
+    names = command_line.demo_task_options()
     assert "toy" in names
     for name in names:
         overrides = [
@@ -212,7 +212,7 @@ def test_every_available_task_runs_on_the_sample_data(sample, tmp_path):
         ]
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        record = run.execute(cfg)
+        record = runner.execute(cfg)
         assert record.metrics and all(np.isfinite(v) for v in record.metrics.values()), (name, record.metrics)
         assert record.items["computed"] >= 1, name
         assert cfg.task.name in tasks.TASKS

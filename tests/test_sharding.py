@@ -31,11 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import tasks  # noqa: E402
 from srt.errors import UserError  # noqa: E402
-from tasks.item_cache import ItemCache, Shard, ShardFinished, item_cache_for, shard_of  # noqa: E402
+from tasks import runner  # noqa: E402
+from tasks.item_cache import ItemCache, item_cache_for  # noqa: E402
 from tasks.run_identity import run_key, run_subdir_of_config, task_key_part  # noqa: E402
+from tasks.shard import Shard, ShardFinished, shard_of  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
 COMMON = ["progress=false", "device=cpu", "srt.level=1", "srt.samples=2", *TINY]  # 2 of the 9 shifts: fast
@@ -83,7 +84,7 @@ def test_the_assignment_is_pinned_and_the_same_in_every_process():
     assert [shard_of(s, 2) for s in ("dog", "cows", "blackswan", "bike-packing")] == [0, 1, 0, 1]
     assert [shard_of(f"image{i:04d}", 2) for i in range(6)] == [0, 1, 1, 1, 0, 0]
     assert shard_of("dog", 8) == int.from_bytes(bytes.fromhex(_sha256("dog"))[:8], "big") % 8
-    code = "from tasks.item_cache import shard_of; print([shard_of(f'image{i:04d}', 7) for i in range(50)])"
+    code = "from tasks.shard import shard_of; print([shard_of(f'image{i:04d}', 7) for i in range(50)])"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code],
@@ -121,13 +122,13 @@ def _sha256(text: str) -> str:
 def test_bad_shard_values_are_named_before_anything_is_built(value, message, tmp_path):
     cfg = compose_cfg(["task=toy", f"paths.results_root={tmp_path}", *COMMON, f"shard={value}"])
     with pytest.raises(UserError, match=message):
-        run.plan(cfg)
+        runner.plan(cfg)
 
 
 def test_force_cannot_clear_the_cache_other_shards_write_into(tmp_path):
     cfg = compose_cfg(["task=toy", f"paths.results_root={tmp_path}", *COMMON, "shard=0/2", "force=true"])
     with pytest.raises(UserError, match=r"force=true cannot be combined with shard=0/2: .*delete its run directory"):
-        run.plan(cfg)
+        runner.plan(cfg)
 
 
 def test_the_shard_is_not_part_of_the_run_identity(tmp_path):
@@ -136,7 +137,7 @@ def test_the_shard_is_not_part_of_the_run_identity(tmp_path):
     seen = set()
     for shard in (None, "0/2", "1/2", "3/8"):
         cfg = compose_cfg(base + ([f"shard={shard}"] if shard else []), hydra_cfg=True)
-        p = run.plan(run.job_config(cfg))
+        p = runner.plan(runner.job_config(cfg))
         assert p.shard == Shard.parse(shard)
         key = run_key(p.task, cfg.backbone, cfg.srt, p.task.data_identity())
         cache = item_cache_for(p.run_dir, p.backbone, p.srt, task_key_part(p.task, p.task.cache_key_config()), None)
@@ -215,15 +216,17 @@ SHARDS = {"retrieval": 4}
 def test_shards_then_metrics_equal_an_unsharded_run(name, fixtures_dir, tmp_path, request):
     sample = request.getfixturevalue("sample_root") if name == "depth" else tmp_path
     args = [*_task_overrides(name, fixtures_dir, sample), *COMMON]
-    reference = run.execute(compose_cfg([*args, f"paths.results_root={tmp_path / 'plain'}"]))
+    reference = runner.execute(compose_cfg([*args, f"paths.results_root={tmp_path / 'plain'}"]))
     total, n = reference.items["computed"], SHARDS.get(name, 2)
     sharded = tmp_path / "sharded"
-    records = [run.execute(compose_cfg([*args, f"paths.results_root={sharded}", f"shard={i}/{n}"])) for i in range(n)]
+    records = [
+        runner.execute(compose_cfg([*args, f"paths.results_root={sharded}", f"shard={i}/{n}"])) for i in range(n)
+    ]
     # the shards stop before the metrics until one finds every item cached: it computes them from the cache
     # (later shards find the run finished)
-    k = next(i for i, r in enumerate(records) if isinstance(r, run.RunRecord))
+    k = next(i for i, r in enumerate(records) if isinstance(r, runner.RunRecord))
     shards, last = records[:k], records[k]
-    assert k > 0 and all(isinstance(r, run.ShardRecord) and not r.completed_run for r in shards)
+    assert k > 0 and all(isinstance(r, runner.ShardRecord) and not r.completed_run for r in shards)
     assert shards[0].other_shards_missing == shards[0].other_shards_items > 0
     run_dir = Path(shards[0].run_dir)
     reads = total + reference.items["loaded"]  # task=visualize reads each item twice (colour fit, then the panels)
@@ -233,19 +236,19 @@ def test_shards_then_metrics_equal_an_unsharded_run(name, fixtures_dir, tmp_path
     assert sum(w["computed"] for w in written) == total and written[0]["computed"] == shards[0].computed
     assert [w["completed_run"] for w in written] == [False] * k + [True]
     # a plain run afterwards: finished, nothing computed
-    again = run.execute(compose_cfg([*args, f"paths.results_root={sharded}"]))
+    again = runner.execute(compose_cfg([*args, f"paths.results_root={sharded}"]))
     assert comparable(again.metrics) == comparable(last.metrics) and again.run_dir == last.run_dir
     assert Path(reference.run_dir).relative_to(tmp_path / "plain") == run_dir.relative_to(sharded)
 
 
 def test_a_plain_run_computes_only_the_missing_shards_items(tmp_path):
     args = ["task=toy", "task.n_images=9", "task.image_size=32", *COMMON, f"paths.results_root={tmp_path / 's'}"]
-    shards = [run.execute(compose_cfg([*args, f"shard={i}/3"])) for i in (0, 2)]  # shard 1/3 never ran
-    assert all(isinstance(s, run.ShardRecord) and s.other_shards_missing > 0 for s in shards)
-    final = run.execute(compose_cfg(args))
+    shards = [runner.execute(compose_cfg([*args, f"shard={i}/3"])) for i in (0, 2)]  # shard 1/3 never ran
+    assert all(isinstance(s, runner.ShardRecord) and s.other_shards_missing > 0 for s in shards)
+    final = runner.execute(compose_cfg(args))
     done = shards[0].computed + shards[1].computed
     assert final.items == {"computed": 9 - done, "loaded": done} and 0 < done < 9
-    clean = run.execute(compose_cfg([*args[:-1], f"paths.results_root={tmp_path / 'c'}"]))
+    clean = runner.execute(compose_cfg([*args[:-1], f"paths.results_root={tmp_path / 'c'}"]))
     assert final.metrics == clean.metrics
 
 
@@ -258,11 +261,11 @@ def test_a_task_that_ignores_the_shard_cannot_write_metrics(tmp_path, monkeypatc
 
     monkeypatch.setattr(toy, "run", no_skip)
     with pytest.raises(RuntimeError, match=r"shard 0/2 was asked for item 'image0001' of another shard"):
-        run.execute(compose_cfg(args))
+        runner.execute(compose_cfg(args))
 
     monkeypatch.setattr(toy, "run", lambda self, extractor, ctx: {"n": 1.0})  # no items_done()
     with pytest.raises(RuntimeError, match=r"without calling ctx.cache.items_done\(\)"):
-        run.execute(compose_cfg(args))
+        runner.execute(compose_cfg(args))
     assert not list(tmp_path.rglob("metrics.json"))
 
 
@@ -298,7 +301,7 @@ def test_joblib_shards_then_a_plain_run_equal_an_unsharded_run(fixtures_dir, tmp
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "[srt-bench] shard 0/2 | items computed=" in proc.stdout + proc.stderr
-        final = run.execute(compose_cfg([*args, f"paths.results_root={results}"]))  # the plain run
+        final = runner.execute(compose_cfg([*args, f"paths.results_root={results}"]))  # the plain run
         run_dir = Path(final.run_dir)
         shards = [json.loads((run_dir / "shards" / f"{i}-of-2.json").read_text()) for i in range(2)]
         total = shards[0]["computed"] + shards[1]["computed"]
@@ -307,6 +310,6 @@ def test_joblib_shards_then_a_plain_run_equal_an_unsharded_run(fixtures_dir, tmp
         for i in range(2):  # each shard's own Hydra record and log in the shared run directory
             assert (run_dir / ".hydra" / f"shard-{i}-of-2" / "overrides.yaml").is_file()
             assert (run_dir / f"run.shard-{i}-of-2.log").is_file()
-        unsharded = run.execute(compose_cfg([*args, f"paths.results_root={tmp_path / 'plain'}"]))
+        unsharded = runner.execute(compose_cfg([*args, f"paths.results_root={tmp_path / 'plain'}"]))
         assert unsharded.items == {"computed": total, "loaded": 0}
         assert comparable(final.metrics) == comparable(unsharded.metrics), name

