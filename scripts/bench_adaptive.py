@@ -203,6 +203,30 @@ def compare_figures(full: Path, adaptive: Path, out: Path, title: str) -> dict[s
     return {"max": float(diff.max()), "mean": float(diff.mean()), "share_above_8": float((diff > 8).mean())}
 
 
+def markdown_table(results: dict) -> str:
+    """The measured rows as a Markdown table (one row per setting x norm x tolerance)."""
+    lines = [
+        "| setting | norm | tolerance | mean passes (min-max) | fewer passes | realised error: grid max / mean "
+        "| token p99 max | token max, mean over frames | frames below tolerance | J&F | dJ&F vs full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, setting in results["settings"].items():
+        full = setting["rows"]["full"]
+        N = setting["full_passes"]
+        lines.append(f"| {name} | full | - | {N} | 1.00x | 0 / 0 | 0 | 0 | - | {full['J&F']:.4f} | 0 |")
+        for label, row in setting["rows"].items():
+            if label == "full":
+                continue
+            e, p = row["errors"], row["passes"]
+            lines.append(
+                f"| {name} | {row['norm']} | {row['tolerance']} | {row['mean_passes']:.1f} ({min(p)}-{max(p)}) | "
+                f"{N / row['mean_passes']:.2f}x | {max(e['grid']):.4f} / {np.mean(e['grid']):.4f} | "
+                f"{max(e['token_p99']):.4f} | {np.mean(e['token_max']):.4f} | {row['share_below_tolerance']:.0%} | "
+                f"{row['J&F']:.4f} | {row['dJ&F']:+.4f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--davis", default=str(REPO.parent / "shared" / "fixtures" / "davis"))
@@ -219,7 +243,11 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None)
     ap.add_argument("--compare", nargs=2, metavar=("FULL_PNG", "ADAPTIVE_PNG"), help="only compare two figures")
     ap.add_argument("--title", default="task=visualize: full ensemble vs adaptive SRT")
+    ap.add_argument("--table", metavar="JSON", help="only print the Markdown table of a results file")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
     if args.compare:
         print(json.dumps(compare_figures(Path(args.compare[0]), Path(args.compare[1]), Path(args.plot), args.title)))
         return 0
