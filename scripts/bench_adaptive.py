@@ -11,7 +11,9 @@ passes adaptive SRT took and the realised relative error of its tokens against t
 
 and the J&F of DINO label propagation (tasks/davis.py) on the adaptive features against the full ones.
 
-    python scripts/bench_adaptive.py --out bench_adaptive.json --plot docs/images/adaptive_curve.png
+    python scripts/bench_adaptive.py --out docs/adaptive_bench.json --plot docs/images/adaptive_curve.png
+    python scripts/bench_adaptive.py --table docs/adaptive_bench.json          # the Markdown table of docs/adaptive.md
+    python scripts/bench_adaptive.py --compare FULL.png ADAPTIVE.png --plot OUT.png   # two task=visualize figures
 
 Defaults keep it small for a shared CPU: 3 DAVIS sequences, 5 frames each (3 scored: DAVIS drops the first and last), frames resized to a short side of
 168 px (not the DINO protocol's 480: the J&F values are for comparing adaptive with full, not with the paper).
