@@ -394,8 +394,7 @@ def backbone_columns(
     image (its plain and SRT fields). ``store``/``keys``: where each image's fields are kept between the fit
     and the rendering (default: in memory; a disk store makes a run resumable per image and holds one image's
     fields at a time). Stats: ``cosine_plain_srt`` (mean per-pixel cosine between the two fields),
-    ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``, ``passes_mean``
-    (adaptive SRT: passes per image)."""
+    ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``, ``passes_mean``."""
     if basis not in ("backbone", "image"):
         raise UserError(f"basis={basis!r} is not valid; expected backbone or image")
     cfg = _shift_config(srt_config)
@@ -407,16 +406,13 @@ def backbone_columns(
         return _fetch(store, keys[i], lambda: fields_of(images01[i], fn, cfg, stride, output))
 
     n = len(images01)
-    if basis == "backbone":
-        groups = [[(i, k) for i in range(n) for k in ("plain", "srt")]]
-    else:
-        groups = [[(i, "plain"), (i, "srt")] for i in range(n)]
+    pairs = [[(i, "plain"), (i, "srt")] for i in range(n)]
+    groups = [[pair for group in pairs for pair in group]] if basis == "backbone" else pairs
     cosines, dispersions, passes = [], [], []
 
     def visit(i: int, f: dict[str, torch.Tensor]) -> None:
         cosines.append(float(F.cosine_similarity(f["plain"].float(), f["srt"].float(), dim=0).mean()))
-        if "passes" in f:
-            passes.append(float(f["passes"][0]))
+        passes.extend(f["passes"].tolist() if "passes" in f else [])  # adaptive SRT: the passes the image took
         if cfg.dispersion:
             dispersions.append(f["dispersion"])
 
@@ -429,8 +425,7 @@ def backbone_columns(
         rows.append([_panel(b.rgb(f["plain"]), size), _panel(b.rgb(f["srt"]), size)])
     labels = ["plain", f"SRT L={cfg.level}" + (f" step {cfg.step}" if cfg.step > 1 else "")]
     stats = {"cosine_plain_srt": float(np.mean(cosines)), "pca_explained": float(np.mean([b.explained for b in bases]))}
-    if passes:
-        stats["passes_mean"] = float(np.mean(passes))  # adaptive SRT (srt.tolerance)
+    stats.update({"passes_mean": float(np.mean(passes))} if passes else {})
     scales = {}
     if cfg.dispersion:
         for row, m in zip(rows, dispersion_rgb(dispersions, quantile)):
