@@ -36,7 +36,7 @@ from typing import Optional
 from tqdm import tqdm
 
 from srt.errors import UserError
-from srt.io import atomic_write_json
+from srt.io import atomic_write_json, move_into_place
 
 MIRROR_ENV = "SRT_MIRROR"
 CHUNK = 1 << 20
@@ -222,7 +222,7 @@ def download(
                     "resumes it"
                 ) from e
     verify(part, remote, lock, shown_as=final)
-    os.replace(part, final)
+    move_into_place(part, final)
     return final
 
 
@@ -249,7 +249,7 @@ def verify(path: Path, remote: Remote, lock: LockFile, shown_as: Optional[Path] 
             problems.append(f"{algorithm} {digests[algorithm]}, expected {expected} ({source})")
     if problems:
         bad = shown.with_name(shown.name + ".bad")
-        os.replace(path, bad)
+        move_into_place(path, bad)
         raise UserError(
             f"{remote.url} -> {shown} failed verification: {'; '.join(problems)}. The file was moved aside to {bad} "
             "and is not used; run the command again to download it anew (if the publisher changed the file, "

@@ -32,6 +32,7 @@ if __package__ in (None, ""):
 
 from scripts import fetch, presets  # noqa: E402
 from srt.errors import UserError, report_user_errors  # noqa: E402
+from srt.io import move_into_place  # noqa: E402
 
 HF = "https://huggingface.co"
 HUB_FILE = "model.safetensors"  # what timm loads first from its hub repositories
@@ -134,7 +135,7 @@ def fetch_backbone(w: Weight, mirror: Optional[str], progress: bool) -> Path:
     remote = fetch.Remote(w.url, sha256=sha, size=size, approx_size=w.approx_bytes)
     path = fetch.download(remote, blobs, lock, mirror, progress)
     blob = blobs / (sha or fetch.file_digest(path))
-    os.replace(path, blob)
+    move_into_place(path, blob)
     snap = w.dest / "snapshots" / commit / HUB_FILE
     snap.parent.mkdir(parents=True, exist_ok=True)
     snap.unlink(missing_ok=True)

@@ -82,10 +82,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # a write or fsync error (disk full): name the file
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # disk full: name the file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rename a file written elsewhere in full (a verified download's partial file) to ``dst`` atomically: readers
+    see the old file or the new one, never a part (same file system; the partial file lies beside its target)."""
+    os.replace(src, dst)
+    return Path(dst)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
