@@ -72,7 +72,8 @@ def estimate(model: Any, srt_cfg: Any, upsampler: Any, image_hw: tuple[int, int]
         setting = "upsampler.stride"
     parts["forward passes"] = ACTIVATION_FACTOR * tokens * c * BYTES * (passes_at_once if method != "stride" else 1)
     if stride is not None:
-        buffers = 2 + (2 if srt_cfg.aggregate == "mean" and getattr(srt_cfg, "dispersion", False) else 0)
+        welford = getattr(srt_cfg, "dispersion", False) or getattr(srt_cfg, "tolerance", None) is not None  # adaptive
+        buffers = 2 + (2 if srt_cfg.aggregate == "mean" and welford else 0)
         parts["dense field"] = buffers * c * math.ceil(h / stride) * math.ceil(w / stride) * BYTES
         if parts["dense field"] > parts["forward passes"] and method not in ("stride",):
             setting = "task.stride" if dense_stride else ("upsampler.stride" if method != "srt" else "srt.stride")

@@ -36,7 +36,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
+from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, passes_used, write_record
 from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
 from srt.io import atomic_write_json, exclusive_run_lock
 from tasks import environment, memory
@@ -363,6 +363,7 @@ def _run_record(p: Plan, job: _Job, metrics: dict, resolved: dict, bb: Any, extr
         srt=dataclasses.asdict(p.srt),
         **upsampler_record(extractor, p),
         passes=int(extractor.passes),
+        passes_used=passes_used(extractor),
         items={"computed": cache.computed, "loaded": cache.loaded},
         wall_time_s=round(time.perf_counter() - job.t0, 3),
         started=job.started,
