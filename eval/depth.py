@@ -7,12 +7,13 @@ Protocols (``protocol=``):
 
 - ``toolbox`` (DINOv2 / Monocular-Depth-Estimation-Toolbox, metric depth): valid pixels are
   ``1e-3 < gt < 10`` (strict) inside the Eigen crop rows 45:471, cols 41:601; no scaling; the metrics of each
-  image, then ``nanmean`` over images (an image with no valid pixel gives NaN and is skipped). Metrics:
+  image, then the mean over images (the toolbox's ``nanmean`` silently drops an image without a valid pixel; here
+  such an image is an error, or excluded and counted: see below). Metrics:
   a1 a2 a3 AbsRel SqRel RMSE RMSE_log log_10 silog (silog = 100 sqrt(mean(e^2) - mean(e)^2), e = ln pred -
   ln gt, 0 where that is NaN, as the toolbox sets it).
 - ``srt`` (the SRT repository's ``eval_nyu_v2``, what Table 2 was computed with): valid = ``gt > 0``, no crop,
   median scaling ``pred *= median(gt) / median(pred)`` over the valid pixels, then the metrics, then the plain
-  mean over images (NaN propagates, as ``np.mean`` does). Metrics: a1 a2 a3 AbsRel SqRel RMSE RMSE_log.
+  mean over images. Metrics: a1 a2 a3 AbsRel SqRel RMSE RMSE_log.
   ``literal=True`` reproduces the published code exactly, bug included: its mask ``np.where(gt > 0, 1, 0)`` is
   an *integer* array, so ``gt[mask]`` indexes rows: every pixel selects image row 0 (invalid pixel) or row 1
   (valid pixel), and median scaling and every metric run on the [H, W, W] stack of those two rows. We compute
@@ -21,6 +22,12 @@ Protocols (``protocol=``):
   of an image with any invalid pixel makes AbsRel, SqRel and RMSE_log infinite, and an image without valid
   pixels gives NaN.
 
+Bad ground truth (both protocols): an image whose depth map has no valid pixel under the protocol (e.g. all
+zeros), or whose metrics come out NaN, would make the mean NaN (``np.mean``) or silently drop the image
+(``nanmean``). :func:`evaluate` names it instead (the image, its valid pixel count, the protocol's valid range:
+:func:`valid_range`) and stops, or with ``skip_invalid=True`` (``task.skip_invalid=true``, ``--skip-invalid``)
+excludes it and returns the excluded ids beside ``n_images`` (scored) and ``n_excluded``.
+
 Formulas (both): thresh = max(gt/pred, pred/gt), a_k = mean(thresh < 1.25^k) (strict); AbsRel =
 mean(|gt - pred| / gt); SqRel = mean((gt - pred)^2 / gt); RMSE = sqrt(mean((gt - pred)^2)); RMSE_log =
 sqrt(mean((ln gt - ln pred)^2)); log_10 = mean(|log10 gt - log10 pred|). Per-pixel terms are float32, as in
@@ -28,13 +35,15 @@ both references; sums and the mean over images are float64 (the references sum i
 7th digit).
 
 Layouts (:func:`list_items`): ``srt``: ``<root>/testing/images/*.png`` and ``<root>/testing/depths/*.png``,
-sorted and paired by order, depth = uint16 / 256 m; ``toolbox``: ``<root>/<split>`` (``nyu_test.txt``: lines
+sorted and paired by name (the reference pairs them by order: the same pairs when the names correspond, an
+error naming the first mismatch when they do not, :mod:`eval.pairing`), depth = uint16 / 256 m; ``toolbox``: ``<root>/<split>`` (``nyu_test.txt``: lines
 ``/scene/rgb_00045.jpg /scene/sync_depth_00045.png 518.8579`` relative to the root; entries with depth
 ``None`` skipped), sorted by image path, depth = uint16 / 1000 m.
 
 Predictions are stored as 16-bit PNGs in millimetres (:func:`depth_to_png`, :func:`read_prediction_png`).
 
-CLI: ``python -m eval.depth --pred-dir D --data-root R --protocol toolbox|srt [--literal] [--per-image CSV]``
+CLI: ``python -m eval.depth --pred-dir D --data-root R --protocol toolbox|srt [--literal] [--skip-invalid]
+[--per-image CSV]``
 scores ``D/<item id>.png`` against the ground truth of the layout at R.
 """
 
@@ -44,7 +53,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +61,8 @@ import numpy as np
 from PIL import Image
 
 from srt.errors import MissingFileError, UserError, report_user_errors
+
+from .pairing import pair_by_name
 
 PROTOCOLS = ("toolbox", "srt")
 SRT_METRICS = ("RMSE", "RMSE_log", "AbsRel", "SqRel", "a1", "a2", "a3")
@@ -116,13 +126,51 @@ def _nan_metrics(names: Sequence[str]) -> dict[str, float]:
     return dict.fromkeys(names, math.nan)
 
 
-def toolbox_image(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """One image under the toolbox protocol (valid range and Eigen crop, no scaling)."""
+def valid_mask(gt: np.ndarray, protocol: str) -> np.ndarray:
+    """The pixels ``protocol`` scores: toolbox ``1e-3 < gt < 10`` inside the Eigen crop; srt ``gt > 0`` (the
+    literal variant scores rows 0 and 1 of every image, but it too has nothing to scale by without them)."""
+    if check_protocol(protocol) == "srt":
+        return gt > 0
     lo, hi = TOOLBOX_RANGE
     valid = (gt > lo) & (gt < hi)
     crop = np.zeros_like(valid)
     crop[EIGEN_CROP] = True
-    valid &= crop
+    return valid & crop
+
+
+def valid_range(protocol: str) -> str:
+    """The protocol's valid pixels in words (for messages)."""
+    if check_protocol(protocol) == "srt":
+        return "depth > 0 m (the srt protocol)"
+    lo, hi = TOOLBOX_RANGE
+    rows, cols = EIGEN_CROP
+    return (
+        f"{lo:g} m < depth < {hi:g} m inside the Eigen crop rows {rows.start}:{rows.stop}, cols "
+        f"{cols.start}:{cols.stop} (the toolbox protocol)"
+    )
+
+
+class InvalidGroundTruthError(UserError):
+    """A depth map with no valid pixel under the protocol, or whose metrics are NaN: no metric can use it."""
+
+
+def ground_truth_problem(gt: np.ndarray, protocol: str, name: str) -> str | None:
+    """Why the depth map ``gt`` (metres) cannot be scored under ``protocol`` (None: it can): it has no valid
+    pixel. The message names ``name``, the valid pixel count and the protocol's valid range."""
+    n_valid = int(valid_mask(gt, protocol).sum())
+    if n_valid:
+        return None
+    finite = gt[np.isfinite(gt)]
+    values = f"values {finite.min():g}..{finite.max():g} m" if finite.size else "no finite value"
+    return (
+        f"depth map {name} has 0 valid pixels of {gt.size} ({values}) under the {protocol} protocol; valid is "
+        f"{valid_range(protocol)}"
+    )
+
+
+def toolbox_image(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """One image under the toolbox protocol (valid range and Eigen crop, no scaling)."""
+    valid = valid_mask(gt, "toolbox")
     if not valid.any():
         return _nan_metrics(TOOLBOX_METRICS)
     return _metrics(_terms(gt[valid], pred[valid]), None, TOOLBOX_METRICS)
@@ -179,33 +227,81 @@ def _as_pair(gt, pred, index: int) -> tuple[np.ndarray, np.ndarray]:
     return gt, pred
 
 
+SKIP_HINT = "skip_invalid=True (task.skip_invalid=true, python -m eval.depth --skip-invalid) excludes and counts it"
+
+
+def _scored_image(
+    gt: np.ndarray, pred: np.ndarray, protocol: str, literal: bool, image_id: str
+) -> tuple[dict, str | None]:
+    """One image's metrics, and why it cannot be scored (no valid ground truth, a NaN metric) or None."""
+    problem = ground_truth_problem(gt, protocol, image_id)
+    if problem is not None:
+        return {}, problem
+    score = toolbox_image if protocol == "toolbox" else srt_image_literal if literal else srt_image
+    metrics = score(gt, pred)
+    # literal reproduces a published bug whose NaN / inf are its output (warned where it is chosen)
+    nan = [n for n, v in metrics.items() if not literal and isinstance(v, float) and math.isnan(v)]
+    if nan:
+        verb = "is" if len(nan) == 1 else "are"
+        return (
+            metrics,
+            f"{image_id}: {', '.join(nan)} {verb} NaN under the {protocol} protocol (a prediction of zeros?)",
+        )
+    return metrics, None
+
+
 def evaluate(
-    gts: Iterable[np.ndarray], preds: Iterable[np.ndarray], protocol: str = "toolbox", literal: bool = False
+    gts: Iterable[np.ndarray],
+    preds: Iterable[np.ndarray],
+    protocol: str = "toolbox",
+    literal: bool = False,
+    ids: Sequence[str] | None = None,
+    skip_invalid: bool = False,
 ) -> dict:
     """Depth metrics of predictions against ground truth, both [H, W] in metres, under ``protocol``.
 
-    Returns ``{"per_image": [metrics of each image], "mean": metrics over images}`` (see the module docstring;
-    NaN and inf appear where the reference gives them). ``literal`` (srt only) reproduces the published
-    row-indexing bug."""
+    ``ids`` name the images in messages and results (default: ``#<index>``). An image whose ground truth
+    has no valid pixel (:func:`ground_truth_problem`) or whose metrics come out NaN is an
+    :class:`InvalidGroundTruthError` naming it, or, with ``skip_invalid``, excluded (``literal`` keeps the NaN of
+    the bug it reproduces, e.g. rows 0-1 without depth, but not images without any valid pixel). Returns ``{"per_image":
+    [metrics of each scored image], "ids": their ids, "mean": the plain mean over them, "n_images": how many,
+    "n_excluded": how many were excluded, "excluded": {id: why}}`` (inf appears where the reference gives it).
+    ``literal`` (srt only) reproduces the published row-indexing bug."""
     check_protocol(protocol)
     if literal and protocol != "srt":
         raise UserError("literal=True reproduces a bug of the SRT protocol; it is not valid with protocol='toolbox'")
     gts, preds = list(gts), list(preds)
+    ids = [f"#{i}" for i in range(len(gts))] if ids is None else list(ids)
     if len(gts) != len(preds):
         raise UserError(f"{len(gts)} ground-truth maps but {len(preds)} predictions; expected one per image")
+    if len(ids) != len(gts):
+        raise UserError(f"{len(ids)} ids for {len(gts)} images; expected one per image")
     if not gts:
         raise UserError("no images to evaluate")
-    score = toolbox_image if protocol == "toolbox" else srt_image_literal if literal else srt_image
     names = TOOLBOX_METRICS if protocol == "toolbox" else SRT_METRICS
-    per_image = []
-    with np.errstate(divide="ignore", invalid="ignore"):  # inf / NaN are results here, as in the references
+    per_image, scored, excluded = [], [], {}
+    with np.errstate(divide="ignore", invalid="ignore"):  # inf are results here, as in the references
         for i, (gt, pred) in enumerate(zip(gts, preds)):
-            per_image.append(score(*_as_pair(gt, pred, i)))
+            gt, pred = _as_pair(gt, pred, i)
+            metrics, problem = _scored_image(gt, pred, protocol, literal, ids[i])
+            if problem is None:
+                per_image.append(metrics)
+                scored.append(ids[i])
+            elif skip_invalid:
+                excluded[ids[i]] = problem
+            else:
+                raise InvalidGroundTruthError(f"{problem}; no metric is computed over it ({SKIP_HINT})")
+    if not per_image:
+        raise InvalidGroundTruthError(f"all {len(gts)} images were excluded; first: {next(iter(excluded.values()))}")
     table = np.array([[m[n] for n in names] for m in per_image], dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-NaN column is NaN, said in the result
-        means = np.nanmean(table, axis=0) if protocol == "toolbox" else table.mean(axis=0)
-    return {"per_image": per_image, "mean": {n: float(v) for n, v in zip(names, means)}}
+    return {
+        "per_image": per_image,
+        "ids": scored,
+        "mean": {n: float(v) for n, v in zip(names, table.mean(axis=0))},
+        "n_images": len(scored),
+        "n_excluded": len(excluded),
+        "excluded": excluded,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,12 +332,8 @@ def list_items(root: str | Path, protocol: str, split: str = DEFAULT_SPLIT) -> l
         images, depths = sorted(image_dir.glob("*.png")), sorted(depth_dir.glob("*.png"))
         if not images:
             raise MissingFileError(f"no *.png images in {image_dir}")
-        if len(images) != len(depths):
-            raise UserError(
-                f"{len(images)} images in {image_dir} but {len(depths)} depth maps in {depth_dir}; the srt layout "
-                "pairs them by sorted order and needs one depth map per image"
-            )
-        return [DepthItem(i.stem, i, d) for i, d in zip(images, depths)]
+        pairs = pair_by_name(images, depths, "image", "depth map", depth_dir, ".png")  # sorted: the reference's order
+        return [DepthItem(i.stem, i, d) for i, d in pairs]
     split_file = root / split
     if not split_file.is_file():
         raise MissingFileError(
@@ -305,9 +397,15 @@ def read_prediction_png(path: str | Path) -> np.ndarray:
 
 
 def evaluate_dirs(
-    pred_dir: str | Path, data_root: str | Path, protocol: str, literal: bool = False, split: str = DEFAULT_SPLIT
+    pred_dir: str | Path,
+    data_root: str | Path,
+    protocol: str,
+    literal: bool = False,
+    split: str = DEFAULT_SPLIT,
+    skip_invalid: bool = False,
 ) -> dict:
-    """Score ``<pred_dir>/<item id>.png`` against the dataset at ``data_root`` (every item needs a prediction)."""
+    """Score ``<pred_dir>/<item id>.png`` against the dataset at ``data_root`` (every item needs a prediction);
+    depth maps without a valid pixel are named by file (see :func:`evaluate`)."""
     items = list_items(data_root, protocol, split)
     pred_dir = Path(pred_dir)
     missing = [it for it in items if not (pred_dir / f"{it.id}.png").is_file()]
@@ -325,8 +423,10 @@ def evaluate_dirs(
             )
         gts.append(gt)
         preds.append(pred)
-    result = evaluate(gts, preds, protocol, literal)
-    result["ids"] = [it.id for it in items]
+    result = evaluate(gts, preds, protocol, literal, [str(it.depth) for it in items], skip_invalid)
+    by_path = {str(it.depth): it.id for it in items}
+    result["ids"] = [by_path[p] for p in result["ids"]]
+    result["excluded"] = {by_path[p]: why for p, why in result["excluded"].items()}
     return result
 
 
@@ -346,19 +446,29 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--split", default=DEFAULT_SPLIT, help="toolbox split file under the data root")
     parser.add_argument("--literal", action="store_true", help="srt only: reproduce the published row-indexing bug")
     parser.add_argument("--per-image", type=Path, help="also write per-image metrics to this CSV")
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="exclude (and count) depth maps without a valid pixel instead of stopping on the first",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        result = evaluate_dirs(args.pred_dir, args.data_root, args.protocol, args.literal, args.split)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = evaluate_dirs(args.pred_dir, args.data_root, args.protocol, args.literal, args.split, args.skip_invalid)
+    for item_id, why in result["excluded"].items():
+        print(f"warning: excluded {item_id}: {why}", file=sys.stderr)
     if args.per_image:
         from srt.io import atomic_write_text
 
         atomic_write_text(args.per_image, per_image_csv(result))
     print(
         json.dumps(
-            {"protocol": args.protocol, "literal": args.literal, "n_images": len(result["ids"]), **result["mean"]},
+            {
+                "protocol": args.protocol,
+                "literal": args.literal,
+                "n_images": result["n_images"],
+                "n_excluded": result["n_excluded"],
+                "excluded": sorted(result["excluded"]),
+                **result["mean"],
+            },
             indent=2,
         )
     )

@@ -168,7 +168,8 @@ class RunRecord:
     srt: dict[str, Any] = field(default_factory=dict)  # the validated SRT settings
     upsampler: Optional[dict[str, Any]] = None  # a fine-feature method's settings (srt/upsamplers/), else null
     cost: Optional[dict[str, Any]] = None  # its cost model at the task's image size + measured s/image, peak MiB
-    passes: Optional[int] = None  # forward passes per image
+    passes: Optional[int] = None  # forward passes per image (adaptive SRT: the full set, the most an image takes)
+    passes_used: Optional[dict[str, Any]] = None  # adaptive SRT (srt.tolerance): mean, min, max passes per image
     items: dict[str, int] = field(default_factory=dict)  # item cache: computed, loaded (this process)
     wall_time_s: Optional[float] = None
     started: str = ""
@@ -206,9 +207,16 @@ class RunRecord:
         weights = str(self.backbone.get("weights", "")).split(" ")[0]
         return (
             f"[srt-bench] {self.task.get('name')} | {self.config['backbone'].get('name')} ({weights}) | "
-            f"{self.method} | {metrics} | passes={self.passes} | {self.wall_time_s or 0:.1f}s | "
+            f"{self.method} | {metrics} | passes={self.passes_text()} | {self.wall_time_s or 0:.1f}s | "
             f"items computed={self.items.get('computed')} cached={self.items.get('loaded')} | {self.run_dir}"
         )
+
+    def passes_text(self) -> str:
+        """``49``; adaptive SRT: ``mean 14.2 (8-49 of 49)``, the passes its images took."""
+        used = self.passes_used
+        if not used:
+            return str(self.passes)
+        return f"mean {used['mean']:.1f} ({used['min']}-{used['max']} of {used['full']})"
 
     def summary_row(self) -> dict[str, Any]:
         """The run as one flat row (the CSV logger's and wandb's results table): identity, then the metrics."""
@@ -221,6 +229,7 @@ class RunRecord:
             "method": self.method,
             "level": self.config["srt"].get("level"),
             "passes": self.passes,
+            **({"passes_mean": self.passes_used["mean"]} if self.passes_used else {}),
             "wall_time_s": self.wall_time_s,
             "run_dir": self.run_dir,
             **self.metrics,
@@ -270,9 +279,9 @@ class RunRecord:
 
 
 #: fields that may be null
-_NULLABLE = {"data", "passes", "wall_time_s", "upsampler", "cost"}
+_NULLABLE = {"data", "passes", "wall_time_s", "upsampler", "cost", "passes_used"}
 #: fields left out of metrics.json when null
-_ONLY_WHEN_SET = ("upsampler", "cost")
+_ONLY_WHEN_SET = ("upsampler", "cost", "passes_used")
 #: JSON types of the record's fields (checked on read)
 _FIELD_TYPES: dict[str, Any] = {
     "metrics": dict,
@@ -287,6 +296,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "upsampler": dict,
     "cost": dict,
     "passes": int,
+    "passes_used": dict,
     "items": dict,
     "wall_time_s": (int, float),
     "started": str,
@@ -345,6 +355,16 @@ def _fmt(v: Any) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Files
+
+
+def passes_used(extractor: Any) -> Optional[dict[str, Any]]:
+    """The passes an adaptive SRT extractor (``srt.tolerance``) took per image over the run (its
+    ``passes_used()``: mean, min, max, images, full, order), also inside a fine-feature method (its ``ensemble``);
+    None for every other extractor."""
+    for candidate in (extractor, getattr(extractor, "ensemble", None)):
+        if getattr(candidate, "stopping", None) is not None and callable(getattr(candidate, "passes_used", None)):
+            return candidate.passes_used()
+    return None
 
 
 def write_record(run_dir: str | os.PathLike, record: RunRecord) -> Path:

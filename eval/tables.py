@@ -78,6 +78,12 @@ def _compact(v: Any) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v)
 
 
+def _passes_label(record: RunRecord) -> str:
+    """Adaptive SRT rows (``srt.tolerance``) say how many passes their images took on average."""
+    used = record.passes_used
+    return f"mean passes={used['mean']:.1f}/{used['full']}" if used else ""
+
+
 def rows_of_record(record: RunRecord, path: str | os.PathLike) -> list[dict[str, Any]]:
     """One row per metric of a run record."""
     base = {
@@ -88,7 +94,7 @@ def rows_of_record(record: RunRecord, path: str | os.PathLike) -> list[dict[str,
         "weights": record.weights_kind,
         "method": record.method,
         "level": record.level,
-        "settings": settings_label(record.variant),
+        "settings": ", ".join(filter(None, [settings_label(record.variant), _passes_label(record)])),
         "finished": record.finished,
         "path": str(path),
     }

@@ -199,9 +199,13 @@ class PhaseMean:
         for a, qy, b, qx, coef in terms:
             self.buffer[images, :, :, qy, :, qx].add_(padded[:, :, m + a : m + a + h, m + b : m + b + w], alpha=coef)
 
-    def result(self) -> torch.Tensor:
+    def result(self, scale: float | torch.Tensor | None = None) -> torch.Tensor:
+        """The field, times ``scale`` (default: the constructor's; a 1-D tensor: one factor per image)."""
         B, C, h, P, w, _ = self.buffer.shape
-        field = self.buffer.cumsum_(3).cumsum_(5).mul_(self.scale)  # in place
+        scale = self.scale if scale is None else scale
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(self.buffer).view(B, 1, 1, 1, 1, 1)
+        field = self.buffer.cumsum_(3).cumsum_(5).mul_(scale)  # in place
         self.buffer = None  # consumed
         return field.view(B, C, h * P, w * P)
 
@@ -289,6 +293,31 @@ class Welford:
         """Population variance over passes (weighted); 0 where no pass covered the location (m2 stayed 0 there).
         Computed in place in the m2 buffer (no output-sized temporaries): call it once, after the last pass."""
         return self.m2.div_(self.total.clamp(min=1e-12))
+
+
+def relative_standard_error(
+    welford: Welford, images: torch.Tensor, passes: int, population: int, norm: str = "grid"
+) -> torch.Tensor:
+    """Estimated standard error of each image's running mean relative to the mean, after ``passes`` of a
+    ``population`` of passes taken without replacement (one value per image of ``images``, an index tensor).
+
+    Per element, the sample variance over passes is s^2 = m2 / (n - 1) (Welford's sum of squared deviations,
+    unit weights) and the standard error of the mean of n of N passes drawn without replacement is
+    SE^2 = s^2 / n * (N - n) / N (finite-population correction: 0 once every pass is in).
+    ``norm="grid"``: ||SE||_2 / ||mean||_2 over all elements of the image's output (channels and locations);
+    ``norm="p99"``: per location, ||SE||_2 / ||mean||_2 over its channels, then the 99th percentile over
+    locations (linear interpolation). A zero mean with a zero SE counts as 0, with a nonzero SE as inf."""
+    n, N = passes, population
+    if n < 2:
+        return torch.full((images.numel(),), float("inf"))
+    k = max(N - n, 0) / (N * n * (n - 1))
+    m2, mean = welford.m2[images], welford.mean[images]
+    if norm == "grid":
+        se, size = (m2.flatten(1).sum(1) * k).sqrt(), mean.flatten(1).norm(dim=1)
+    else:
+        se, size = (m2.sum(1).flatten(1) * k).sqrt(), mean.norm(dim=1).flatten(1)
+    ratio = torch.where(size > 0, se / size.clamp(min=1e-30), torch.where(se > 0, float("inf"), 0.0))
+    return ratio if norm == "grid" else torch.quantile(ratio, 0.99, dim=1)
 
 
 class MedianBuffer:

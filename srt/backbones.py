@@ -521,10 +521,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as e:
             raise UserError(f"cannot read checkpoint {path} as safetensors: {e}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report which file and why, whatever torch raised
-        raise UserError(f"cannot read checkpoint {path} as tensors (torch.load weights_only=True): {e}") from e
+    from .safe_load import load_torch_file
+
+    obj = load_torch_file(path)  # refusals named without torch's weights_only=False advice
     if not isinstance(obj, Mapping):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return dict(obj)

@@ -20,6 +20,7 @@ FILLS = ("zero", "reflect", "replicate")
 BORDERS = ("official", "normalized")
 AGGREGATES = ("mean", "median")
 OUTPUTS = ("pooled", "dense")
+TOLERANCE_NORMS = ("grid", "p99")
 POS_EMBEDS = ("reference", "timm")
 
 
@@ -58,28 +59,48 @@ class SRTConfig:
     median_budget_gb: float = 4.0  # memory allowed for the median's buffer of all passes
     jitter_passes: Optional[int] = None  # method=jitter: passes (default: as many as SRT at this level)
     jitter_strength: float = 0.4  # method=jitter: brightness/contrast/saturation jitter amplitude
+    # adaptive SRT (docs/adaptive.md): an image stops taking passes once the standard error of its running mean,
+    # relative to the mean, is below `tolerance` (null: every pass; 0: the adaptive order, never stopping early)
+    tolerance: Optional[float] = None
+    tolerance_norm: str = "grid"  # grid: ||SE||_2 / ||mean||_2 over the whole output | p99: 99th pct over locations
+    min_passes: int = 8  # adaptive: passes before the first check (the variance needs a few)
+    check_every: int = 4  # adaptive: passes between two checks
 
     def validate(self, patch_size: Optional[int] = None, group: str = "", depth: Optional[int] = None) -> SRTConfig:
         """Check every value (against the model's ``patch_size`` and ``depth``, its number of blocks, when given);
         ``group`` prefixes the names in messages."""
         n = lambda key: setting_name(group, key)  # noqa: E731
-        if self.at_block is not None:
-            if depth is not None and not -depth <= self.at_block < depth:
-                raise UserError(
-                    f"{n('at_block')}={self.at_block} is not valid for a model with {depth} blocks; "
-                    f"expected 0..{depth - 1} (or -{depth}..-1 from the end), or null"
-                )
-            if self.output == "dense":
-                raise UserError(
-                    f"{n('at_block')}={self.at_block} cannot be combined with {n('output')}=dense: the remaining "
-                    f"blocks run on the pooled token grid; use {n('output')}=pooled"
-                )
-        _check_choice(n("method"), self.method, METHODS)
-        _check_choice(n("sampling"), self.sampling, SAMPLINGS)
-        _check_choice(n("fill"), self.fill, FILLS)
-        _check_choice(n("border"), self.border, BORDERS)
-        _check_choice(n("aggregate"), self.aggregate, AGGREGATES)
-        _check_choice(n("output"), self.output, OUTPUTS)
+        self._check_at_block(n, depth)
+        for key, choices in (
+            ("method", METHODS),
+            ("sampling", SAMPLINGS),
+            ("fill", FILLS),
+            ("border", BORDERS),
+            ("aggregate", AGGREGATES),
+            ("output", OUTPUTS),
+            ("tolerance_norm", TOLERANCE_NORMS),
+        ):
+            _check_choice(n(key), getattr(self, key), choices)
+        self._check_shifts(n, patch_size)
+        self._check_adaptive(n)
+        self._check_resources(n, patch_size)
+        return self
+
+    def _check_at_block(self, n, depth: Optional[int]) -> None:
+        if self.at_block is None:
+            return
+        if depth is not None and not -depth <= self.at_block < depth:
+            raise UserError(
+                f"{n('at_block')}={self.at_block} is not valid for a model with {depth} blocks; "
+                f"expected 0..{depth - 1} (or -{depth}..-1 from the end), or null"
+            )
+        if self.output == "dense":
+            raise UserError(
+                f"{n('at_block')}={self.at_block} cannot be combined with {n('output')}=dense: the remaining "
+                f"blocks run on the pooled token grid; use {n('output')}=pooled"
+            )
+
+    def _check_shifts(self, n, patch_size: Optional[int]) -> None:
         if self.level < 0:
             raise UserError(f"{n('level')}={self.level} is not valid; expected an integer >= 0")
         if patch_size is not None and self.level >= patch_size:
@@ -104,6 +125,28 @@ class SRTConfig:
                 f"{n('samples')}={self.samples} is not valid at {n('level')}={self.level}; "
                 f"expected at most {grid_size} (the number of grid shifts)"
             )
+
+    def _check_adaptive(self, n) -> None:
+        """Adaptive SRT (``tolerance``) stops at a prefix of the balanced order of the whole shift grid, and its
+        estimator is the standard error of a plain mean over passes."""
+        if self.min_passes < 2:
+            raise UserError(f"{n('min_passes')}={self.min_passes} is not valid; expected an integer >= 2")
+        if self.check_every < 1:
+            raise UserError(f"{n('check_every')}={self.check_every} is not valid; expected an integer >= 1")
+        if self.tolerance is None:
+            return
+        if isinstance(self.tolerance, bool) or not self.tolerance >= 0:
+            raise UserError(f"{n('tolerance')}={self.tolerance} is not valid; expected null or a number >= 0")
+        needs = {"method": "shift", "samples": None, "border": "official", "aggregate": "mean"}
+        for key, value in needs.items():
+            if getattr(self, key) != value:
+                raise UserError(
+                    f"{n('tolerance')}={self.tolerance} cannot be combined with {n(key)}={getattr(self, key)}: "
+                    f"adaptive SRT takes prefixes of the whole shift grid and bounds the error of a plain mean; "
+                    f"expected {n(key)}={'null' if value is None else value} (or {n('tolerance')}=null)"
+                )
+
+    def _check_resources(self, n, patch_size: Optional[int]) -> None:
         if self.batch_size < 1:
             raise UserError(f"{n('batch_size')}={self.batch_size} is not valid; expected an integer >= 1")
         if self.stride is not None:
@@ -119,7 +162,6 @@ class SRTConfig:
             raise UserError(f"{n('jitter_passes')}={self.jitter_passes} is not valid; expected null or >= 1")
         if not 0 <= self.jitter_strength < 1:
             raise UserError(f"{n('jitter_strength')}={self.jitter_strength} is not valid; expected 0 <= value < 1")
-        return self
 
 
 @dataclass

@@ -6,8 +6,10 @@ target (``os.replace``, atomic on POSIX). A run killed at any point therefore le
 the new one, never half a file, and no temporary file survives a failed write. Files get the permissions a
 plain ``open()`` would give them (``mkstemp`` alone would make them 0600).
 
-**Reading images.** :func:`read_image` decodes an image or raises a :class:`srt.errors.UserError` naming the
-file (a decoder's own OSError does not). :func:`check_image` is the cheap check that tasks run on every input
+**Reading images.** :func:`read_image` is the project's one image reader: it decodes an image or raises a
+:class:`srt.errors.UserError` naming the file (a decoder's own OSError does not); 8-bit modes (L, RGB, RGBA, P,
+CMYK, ...) are converted by Pillow, 16-bit greyscale (``I;16``, ``I``) is scaled from [0, 65535] to [0, 1] first
+(Pillow's own conversion clips it, a white picture), other modes are refused by name (:data:`IMAGE_MODES`). :func:`check_image` is the cheap check that tasks run on every input
 image before the first forward pass (see its docstring for what it catches and what it costs).
 
 **Content hashes.** :func:`file_sha256` / :class:`FileHashes`: the sha256 of a file, remembered per file by its
@@ -80,10 +82,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:  # a write or fsync error (disk full): name the file
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:  # disk full: name the file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     return path
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rename a file written elsewhere in full (a verified download's partial file) to ``dst`` atomically: readers
+    see the old file or the new one, never a part (same file system; the partial file lies beside its target)."""
+    os.replace(src, dst)
+    return Path(dst)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -224,11 +233,46 @@ def _missing(path: Path, what: str) -> MissingFileError:
     return MissingFileError(f"{what} {path} does not exist")
 
 
+#: Pillow modes read as images: 8 bits per channel, converted by Pillow (CMYK naively, alpha dropped) ...
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+#: ... and 16-bit greyscale (PNG, TIFF; ``I`` is how Pillow may open a 16-bit PNG), scaled by 1/65535
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+IMAGE_MODES = EIGHT_BIT_MODES + SIXTEEN_BIT_MODES
+
+
+def _unreadable_mode(mode: str, path: Path, what: str) -> UserError:
+    return UserError(
+        f"{what} {path} has Pillow mode {mode!r}, which this project cannot read as an image; expected 8-bit "
+        f"L, RGB, RGBA, P or CMYK (or {', '.join(m for m in EIGHT_BIT_MODES if m not in ('L', 'RGB', 'RGBA', 'P', 'CMYK'))}) "
+        "or 16-bit greyscale (I;16, I); convert it, e.g. to 8-bit RGB PNG"
+    )
+
+
+def _eight_bit(image, path: Path, what: str):
+    """``image`` with 8 bits per channel: 16-bit greyscale scaled [0, 65535] -> [0, 255] (rounded), others as
+    they are; a mode outside :data:`IMAGE_MODES` (or an ``I`` image with values outside 16 bits) refused."""
+    from PIL import Image
+
+    if image.mode not in IMAGE_MODES:
+        raise _unreadable_mode(image.mode, path, what)
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise UserError(
+            f"{what} {path} has Pillow mode {image.mode!r} with values {values.min()}..{values.max()}; expected "
+            "16-bit greyscale (0..65535)"
+        )
+    return Image.fromarray(np.rint(values * (255 / 65535)).astype(np.uint8), mode="L")
+
+
 def read_image(
     path: str | os.PathLike, mode: Optional[str] = "RGB", what: str = "image", allow_truncated: bool = False
 ):
     """The fully decoded PIL image at ``path`` (converted to ``mode``; None keeps the file's own mode).
 
+    Every mode of :data:`IMAGE_MODES` converts correctly: a 16-bit greyscale image is scaled from 0..65535 to
+    8 bits (never clipped to white); any other mode is a :class:`srt.errors.UserError` naming it and the file.
     Raises :class:`srt.errors.MissingFileError` if there is no file, :class:`srt.errors.UserError` naming the
     file if it does not decode (``allow_truncated``: decode truncated JPEGs as Pillow's LOAD_TRUNCATED_IMAGES
     does, the missing part grey)."""
@@ -240,15 +284,21 @@ def read_image(
     try:
         with _truncated_images(allow_truncated), Image.open(path) as image:
             image.load()
-            return image.convert(mode) if mode is not None and image.mode != mode else image.copy()
+            if mode is None:
+                return image.copy()
+            image = _eight_bit(image, path, what)
+            return image.convert(mode) if image.mode != mode else image.copy()
     except _decode_errors() as e:
+        if isinstance(e, UserError):  # a mode refused above (UserError is a ValueError)
+            raise
         raise UserError(f"cannot decode {what} {path}: {e}") from e
 
 
 def check_image(path: str | os.PathLike, what: str = "image", allow_truncated: bool = False) -> tuple[int, int]:
     """Check that ``path`` is a whole image without decoding its pixels; return its (width, height).
 
-    The header is parsed (format, size, mode: a file that is not an image fails here) and, for JPEG and PNG,
+    The header is parsed (format, size, mode: a file that is not an image, or one of a mode :func:`read_image`
+    refuses, fails here) and, for JPEG and PNG,
     the last 4 KiB must hold the format's end marker (JPEG EOI ``FF D9``, which entropy-coded data cannot
     contain; PNG ``IEND``): a truncated download or copy fails here. When that cannot vouch for the file (no
     marker, e.g. bytes appended after the image, or another format), the image is decoded fully instead,
@@ -268,9 +318,11 @@ def check_image(path: str | os.PathLike, what: str = "image", allow_truncated: b
         raise _missing(path, what)
     try:
         with Image.open(path) as image:
-            size, fmt = image.size, image.format
+            size, fmt, mode = image.size, image.format, image.mode
     except _decode_errors() as e:
         raise UserError(f"{what} {path} is not a readable image: {e}") from e
+    if mode not in IMAGE_MODES:  # found from the header, before any model is built
+        raise _unreadable_mode(mode, path, what)
     if allow_truncated:  # the decoder will grey out whatever is missing
         return size
     marker = _END_MARKERS.get(fmt or "")

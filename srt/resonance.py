@@ -28,8 +28,10 @@ Cost model (T passes, batch B, grid h x w cells of q pixels, C channels, output 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,12 +40,40 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .aggregate import AlignedPasses, MedianBuffer, PhaseMean, TapMean, Welford, coverage_weights
+from .aggregate import (
+    AlignedPasses,
+    MedianBuffer,
+    PhaseMean,
+    TapMean,
+    Welford,
+    coverage_weights,
+    relative_standard_error,
+)
 from .config import SRTConfig
 from .errors import UserError
-from .shifts import ShiftSet, make_shifts, pad_for_shifts, shift_padded
+from .shifts import ShiftSet, balanced_order, make_shifts, pad_for_shifts, shift_padded
 
 FeatureFn = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _StatsSpec:
+    """How the outputs of one call are aggregated (shared by all its outputs)."""
+
+    shifts: torch.Tensor  # [T, 2], every pass of the call
+    border: str
+    aggregate: str
+    dispersion: bool  # return <name>_var and <name>_dispersion
+    track: bool  # keep the Welford statistics the adaptive stopping rule reads (even without dispersion)
+    budget_bytes: float  # the median's buffer
+    device: Any
+
+
+def _per_image(passes: list[int]) -> float | torch.Tensor:
+    """1 / passes of each image: one number when all images took the same passes (the full ensemble's case)."""
+    if len(set(passes)) == 1:
+        return 1.0 / passes[0]
+    return 1.0 / torch.tensor(passes, dtype=torch.float64)
 
 
 class _GridStats:
@@ -52,39 +82,28 @@ class _GridStats:
     ``cell`` is the output's own stride q (pixels per cell of what ``fn`` returns), ``stride`` the stride of
     the aggregated field (a divisor of q)."""
 
-    def __init__(
-        self,
-        name: str,
-        batch_channels: tuple[int, int],
-        grid: tuple[int, int],
-        cell: int,
-        stride: int,
-        shifts: torch.Tensor,
-        border: str,
-        aggregate: str,
-        dispersion: bool,
-        budget_bytes: float,
-        device,
-    ):
-        B, C = batch_channels
-        T = shifts.shape[0]
-        H, W = grid[0] * cell, grid[1] * cell
-        self.name, self.aggregate, self.pixel_weights = name, aggregate, None
-        if border == "official":
-            self.mean = PhaseMean(B, C, grid, cell, stride, 1.0 / T, device)
-        elif stride == 1:  # normalized at pixel resolution: the plain sum divided by the coverage count
-            self.mean = PhaseMean(B, C, grid, cell, stride, 1.0, device)
-            self.pixel_weights = coverage_weights(shifts, (H, W)).float().to(device)
+    def __init__(self, name: str, shape: tuple[int, int, int, int], cell: int, stride: int, spec: _StatsSpec):
+        B, C, h, w = shape
+        H, W = h * cell, w * cell
+        self.name, self.spec, self.pixel_weights = name, spec, None
+        if spec.border == "official" or stride == 1:  # official: divided by each image's passes at the end
+            self.mean = PhaseMean(B, C, (h, w), cell, stride, 1.0, spec.device)
+            if spec.border != "official":  # normalized at pixel resolution: the sum divided by the coverage count
+                self.pixel_weights = coverage_weights(spec.shifts, (H, W)).float().to(spec.device)
         else:
-            self.mean = TapMean(B, C, grid, cell, stride, coverage_weights(shifts, (H, W)), device)
-        needs_passes = dispersion or aggregate == "median"
-        self.aligned = AlignedPasses(grid, cell, stride, normalized=border == "normalized") if needs_passes else None
+            self.mean = TapMean(B, C, (h, w), cell, stride, coverage_weights(spec.shifts, (H, W)), spec.device)
+        welford = spec.dispersion or spec.track
+        needs_passes = welford or spec.aggregate == "median"
+        normalized = spec.border == "normalized"
+        self.aligned = AlignedPasses((h, w), cell, stride, normalized=normalized) if needs_passes else None
         out_shape = (B, C, H // stride, W // stride)
-        self.welford = Welford(out_shape, device) if dispersion else None
-        self.median = MedianBuffer(T, out_shape, budget_bytes, device, name) if aggregate == "median" else None
+        self.welford = Welford(out_shape, spec.device) if welford else None
+        T = spec.shifts.shape[0]
+        median = spec.aggregate == "median"
+        self.median = MedianBuffer(T, out_shape, spec.budget_bytes, spec.device, name) if median else None
 
     def add(self, values: torch.Tensor, shift: tuple[int, int], images: slice, pass_index: int) -> None:
-        if self.aggregate == "mean":
+        if self.spec.aggregate == "mean":
             self.mean.add(values, shift, images)
         if self.aligned is not None:
             value, coverage = self.aligned(values, shift)
@@ -93,15 +112,17 @@ class _GridStats:
             if self.welford is not None:
                 self.welford.add(value, coverage, images)
 
-    def results(self) -> dict[str, torch.Tensor]:
+    def results(self, passes: list[int]) -> dict[str, torch.Tensor]:
         if self.median is not None:
             field = self.median.result()
-        else:
-            field = self.mean.result()
+        elif isinstance(self.mean, PhaseMean):
+            field = self.mean.result(_per_image(passes) if self.spec.border == "official" else None)
             if self.pixel_weights is not None:
                 field = field * self.pixel_weights
+        else:
+            field = self.mean.result()
         out = {self.name: field}
-        if self.welford is not None:
+        if self.spec.dispersion:
             var = self.welford.variance()
             out[f"{self.name}_var"] = var
             out[f"{self.name}_dispersion"] = var.mean(dim=1, keepdim=True)
@@ -109,17 +130,80 @@ class _GridStats:
 
 
 class _GlobalMean:
-    """Plain mean over passes of a global output (CLS, prefix tokens)."""
+    """Plain mean over passes of a global output (CLS, prefix tokens); Welford statistics when tracked."""
 
-    def __init__(self, name: str, passes: int, shape: tuple[int, ...], device):
-        self.name, self.passes = name, passes
-        self.sum = torch.zeros(shape, device=device)
+    def __init__(self, name: str, shape: tuple[int, ...], spec: _StatsSpec):
+        self.name = name
+        self.sum = torch.zeros(shape, device=spec.device)
+        flat = (shape[0], math.prod(shape[1:]), 1, 1)  # Welford's [B, C, h, w] layout: one location
+        self.welford = Welford(flat, spec.device) if spec.track else None
 
     def add(self, values: torch.Tensor, shift, images: slice, pass_index: int) -> None:
         self.sum[images] += values
+        if self.welford is not None:
+            one = torch.ones(1, 1, device=values.device)
+            self.welford.add(values.reshape(values.shape[0], -1, 1, 1).clone(), one, images)
 
-    def results(self) -> dict[str, torch.Tensor]:
-        return {self.name: self.sum / self.passes}
+    def results(self, passes: list[int]) -> dict[str, torch.Tensor]:
+        if len(set(passes)) == 1:
+            return {self.name: self.sum / passes[0]}
+        n = torch.tensor(passes, dtype=self.sum.dtype, device=self.sum.device)
+        return {self.name: self.sum / n.view(-1, *[1] * (self.sum.dim() - 1))}
+
+
+class _CallStats:
+    """The aggregators of one call, one per output, made when the output is first seen (in ``fn``'s order)."""
+
+    def __init__(self, size: tuple[int, int], stride: int | None, spec: _StatsSpec, batch: int, fn_name: str):
+        self.size, self.stride, self.spec, self.batch, self.fn_name = size, stride, spec, batch, fn_name
+        self.stats: dict[str, _GridStats | _GlobalMean] = {}
+
+    def add(self, name: str, value: torch.Tensor, shift: tuple[int, int], images: slice, pass_index: int) -> None:
+        if name not in self.stats:
+            shape = (self.batch, *value.shape[1:])
+            if value.dim() == 4:
+                cell = grid_stride(name, value, self.size, self.fn_name)
+                out_stride = cell if self.stride is None else _output_stride(name, cell, self.stride)
+                self.stats[name] = _GridStats(name, shape, cell, out_stride, self.spec)
+            else:
+                self.stats[name] = _GlobalMean(name, shape, self.spec)
+        self.stats[name].add(value, shift, images, pass_index)
+
+    def relative_error(self, images: torch.Tensor, passes: int, norm: str) -> torch.Tensor:
+        """The stopping rule's estimate for each image of ``images``: the largest over all outputs."""
+        population = self.spec.shifts.shape[0]
+        ratios = [relative_standard_error(s.welford, images, passes, population, norm) for s in self.stats.values()]
+        return torch.stack(ratios).amax(0) if ratios else torch.zeros(images.numel())
+
+    def results(self, passes: list[int]) -> dict[str, torch.Tensor]:
+        result: dict[str, torch.Tensor] = {}
+        for stats in self.stats.values():
+            result.update(stats.results(passes))
+        order = list(self.stats)
+        return {name: result[name] for name in order} | {n: v for n, v in result.items() if n not in order}
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRule:
+    """When an image of adaptive SRT stops taking passes (see :func:`srt.aggregate.relative_standard_error`).
+
+    Passes are taken in rounds: ``min_passes`` first, then ``check_every`` at a time, the last round ending at
+    the full set. After each round, an image whose estimated relative standard error is below ``tolerance``
+    (strictly: ``tolerance=0`` never stops early) leaves the batch."""
+
+    tolerance: float
+    norm: str = "grid"
+    min_passes: int = 8
+    check_every: int = 4
+
+    def rounds(self, order: list[int]) -> list[list[int]]:
+        cuts = [0, *range(self.min_passes, len(order), self.check_every), len(order)]
+        return [order[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+    def unfinished(self, stats: _CallStats, active: torch.Tensor, passes: int) -> torch.Tensor:
+        """The images of ``active`` (indices) that go on after ``passes`` passes."""
+        error = stats.relative_error(active, passes, self.norm)
+        return active[~(error < self.tolerance)]
 
 
 def _fn_name(fn: Any) -> str:
@@ -181,6 +265,9 @@ class _PassEnsemble(nn.Module):
         self.std = tuple(std) if std is not None else getattr(fn, "std", None)
         self.name = name or _fn_name(fn)
         self.weights = getattr(fn, "weights", None)
+        self.stopping: StoppingRule | None = None  # adaptive SRT: when an image stops taking passes
+        self.last_passes: list[int] = []  # passes each image of the last call took
+        self.passes_seen: collections.Counter = collections.Counter()  # passes -> images, over all calls
         if autocast and not torch.cuda.is_available():
             warnings.warn("autocast=true has no effect without CUDA; running in float32", stacklevel=3)
 
@@ -217,66 +304,86 @@ class _PassEnsemble(nn.Module):
 
     @torch.no_grad()
     def _aggregate(self, images: torch.Tensor, stride: int | None) -> dict[str, torch.Tensor]:
-        """All passes of ``images``, aggregated. ``stride``: None keeps every grid at its own stride (pooled);
-        an integer asks for that stride (grids already finer keep their own)."""
+        """All passes of ``images`` (or, with a stopping rule, each image's prefix of them), aggregated.
+        ``stride``: None keeps every grid at its own stride (pooled); an integer asks for that stride (grids
+        already finer keep their own)."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise UserError(f"images must be a 4-D tensor [B,3,H,W]; got {shape}")
-        B, device = images.shape[0], images.device
-        H, W = images.shape[-2:]
-        shifts = self.shift_set.shifts
-        T = len(shifts)
-        stats: dict[str, _GridStats | _GlobalMean] = {}
-        order: list[str] = []
-
-        def stats_for(name: str, value: torch.Tensor):
-            if name not in stats:
-                order.append(name)
-                if value.dim() == 4:
-                    cell = grid_stride(name, value, (H, W), self.name)
-                    out_stride = cell if stride is None else _output_stride(name, cell, stride)
-                    stats[name] = _GridStats(
-                        name,
-                        (B, value.shape[1]),
-                        tuple(value.shape[-2:]),
-                        cell,
-                        out_stride,
-                        shifts,
-                        self.border,
-                        self.aggregate,
-                        self.dispersion,
-                        self.median_budget_gb * 2**30,
-                        device,
-                    )
-                else:
-                    stats[name] = _GlobalMean(name, T, (B, *value.shape[1:]), device)
-            return stats[name]
-
+        B, size = images.shape[0], tuple(images.shape[-2:])
+        rule = self.stopping
+        spec = _StatsSpec(
+            self.shift_set.shifts,
+            self.border,
+            self.aggregate,
+            self.dispersion,
+            rule is not None,
+            self.median_budget_gb * 2**30,
+            images.device,
+        )
+        stats = _CallStats(size, stride, spec, B, self.name)
         margin = self.shift_set.max_abs
         padded = pad_for_shifts(images, margin, self.fill)
-        pairs = [(t, b) for t in range(T) for b in range(B)]  # pass-major: a chunk holds few distinct shifts
-        chunks = range(0, len(pairs), self.batch_size)
-        for start in tqdm(chunks, desc=f"{type(self).__name__} {self.name}", disable=not self.progress, leave=False):
-            runs: list[tuple[int, int, int]] = []  # (pass, first image, end image)
+        order = list(range(len(self.shift_set)))  # passes are taken in the shift set's order
+        rounds = rule.rounds(order) if rule is not None else [order]
+        active, done, used = torch.arange(B), 0, [0] * B
+        bar = tqdm(
+            total=len(order) * B, desc=f"{type(self).__name__} {self.name}", disable=not self.progress, leave=False
+        )
+        for passes in rounds:
+            self._run_passes(passes, active.tolist(), padded, margin, stats, bar)
+            done += len(passes)
+            for b in active.tolist():
+                used[b] = done
+            if rule is not None and done < len(order):
+                active = rule.unfinished(stats, active, done)
+                if active.numel() == 0:
+                    break
+        bar.close()
+        self._record_passes(used)
+        return stats.results(used)
+
+    def _run_passes(self, passes: list[int], images: list[int], padded, margin: int, stats: _CallStats, bar) -> None:
+        """Passes ``passes`` (indices of shifts) of the images ``images``, in chunks of ``batch_size`` pairs."""
+        size = (padded.shape[-2] - 2 * margin, padded.shape[-1] - 2 * margin)
+        shifts = self.shift_set.shifts
+        pairs = [(t, b) for t in passes for b in images]  # pass-major: a chunk holds few distinct shifts
+        for start in range(0, len(pairs), self.batch_size):
+            runs: list[tuple[int, list[int]]] = []  # (pass, images in a contiguous run of the batch)
             for t, b in pairs[start : start + self.batch_size]:
-                if runs and runs[-1][0] == t:
-                    runs[-1] = (t, runs[-1][1], b + 1)
+                if runs and runs[-1][0] == t and runs[-1][1][-1] == b - 1:
+                    runs[-1][1].append(b)
                 else:
-                    runs.append((t, b, b + 1))
-            x = torch.cat([self._pass_input(padded[b0:b1], margin, t, (H, W)) for t, b0, b1 in runs])
+                    runs.append((t, [b]))
+            x = torch.cat([self._pass_input(padded[bs[0] : bs[-1] + 1], margin, t, size) for t, bs in runs])
             out = self._call_fn(x)
             offset = 0
-            for t, b0, b1 in runs:
-                n, shift = b1 - b0, (int(shifts[t, 0]), int(shifts[t, 1]))
+            for t, bs in runs:
+                n, shift = len(bs), (int(shifts[t, 0]), int(shifts[t, 1]))
                 for name, value in out.items():
-                    v = value[offset : offset + n].float()
-                    stats_for(name, v).add(v, shift, slice(b0, b1), t)
+                    stats.add(name, value[offset : offset + n].float(), shift, slice(bs[0], bs[-1] + 1), t)
                 offset += n
+            bar.update(len(pairs[start : start + self.batch_size]))
 
-        result: dict[str, torch.Tensor] = {}
-        for name in order:
-            result.update(stats[name].results())
-        return {name: result[name] for name in order} | {n: v for n, v in result.items() if n not in order}
+    def _record_passes(self, used: list[int]) -> None:
+        self.last_passes = list(used)
+        self.passes_seen.update(used)
+
+    def passes_used(self) -> dict[str, Any] | None:
+        """Passes per image over every image since construction: mean, min, max, images, full (the whole set),
+        and the order they are taken in; None before any image."""
+        if not self.passes_seen:
+            return None
+        total = sum(n * k for n, k in self.passes_seen.items())
+        images = sum(self.passes_seen.values())
+        return {
+            "mean": round(total / images, 3),
+            "min": min(self.passes_seen),
+            "max": max(self.passes_seen),
+            "images": images,
+            "full": self.passes,
+            "order": self.shift_set.shifts.tolist(),
+        }
 
     def _pass_input(self, padded: torch.Tensor, margin: int, t: int, size: tuple[int, int]) -> torch.Tensor:
         dy, dx = (int(v) for v in self.shift_set.shifts[t])
@@ -296,49 +403,75 @@ def _output_stride(name: str, cell: int, stride: int) -> int:
     )
 
 
+_NOT_SETTINGS = ("method", "jitter_passes", "jitter_strength")
+
+
+def _settings(config: SRTConfig | None, level: int | None, settings: Mapping[str, Any]) -> SRTConfig:
+    """The SRT settings of a :class:`StochasticResonance`: ``config`` (default: SRTConfig's defaults) with the
+    keyword ``settings`` (and ``level``) replacing its fields."""
+    valid = [f.name for f in dataclasses.fields(SRTConfig) if f.name not in _NOT_SETTINGS]
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise TypeError(f"StochasticResonance got unknown settings {unknown}; valid: {valid}")
+    if config is not None and not isinstance(config, SRTConfig):
+        raise UserError(f"config must be an srt.SRTConfig; got {type(config).__name__}")
+    if config is not None and config.method != "shift":
+        raise UserError(f"config.method={config.method!r}: StochasticResonance is method=shift (see build_extractor)")
+    if level is not None:
+        settings = {**settings, "level": level}
+    return dataclasses.replace(config or SRTConfig(), **settings)
+
+
 class StochasticResonance(_PassEnsemble):
     """SRT around any feature function: same call signature, same output keys and shapes.
 
-    Args (see :class:`srt.config.SRTConfig` for the full meaning of each):
+    ``StochasticResonance(fn, level=3, **settings)`` or ``StochasticResonance(fn, config=SRTConfig(...))``
+    (keywords override the config's fields). The settings are the fields of :class:`srt.config.SRTConfig`
+    except ``method`` and ``jitter_*`` (see there for each one's meaning); besides them:
+
         fn: ``images [B,3,H,W] -> dict`` of named outputs (an :class:`srt.Backbone`, a backbone + head, ...).
         level: shifts |dy|, |dx| <= level; 0 is the plain forward pass (``fn(images)`` itself).
         patch_size: the ViT's patch size p (default ``fn.patch_size``): bounds the level (< p) and sets the
             default dense stride p/2.
-        step: only shifts that are multiples of ``step`` (the official visualisation uses step 2).
-        samples, sampling, seed: use ``samples`` of the grid shifts (random or stratified).
-        fill: ``zero`` (official), ``reflect`` or ``replicate`` padding of the shifted images.
-        border: ``official`` (divide by the passes) or ``normalized`` (by the passes covering a location).
-        aggregate: ``mean`` or ``median``; dispersion: add ``<name>_var`` and ``<name>_dispersion``.
-        output: ``pooled`` (every grid at its own stride) or ``dense`` (``stride`` pixels per cell) for ``__call__``.
-        batch_size: (image, shift) pairs per forward chunk.
-        official_parity: prepend the extra unshifted pass of the official code.
-        at_block: SRT inside the network: ``fn`` must have ``split(k)`` (an :class:`srt.Backbone`); SRT runs over
-            the front half and the back half runs once on the ensembled tokens (CLS included).
-        autocast: bfloat16 autocast for the passes on CUDA.
-        progress: show a progress bar over chunks.
+        progress: show a progress bar over (image, pass) pairs.
+
+    The most used settings: ``step`` (only multiples of step: the official visualisation uses 2), ``samples``
+    / ``sampling`` / ``seed`` (a subset of the shifts), ``fill``, ``border`` (``official`` or ``normalized``),
+    ``aggregate`` (``mean`` or ``median``), ``dispersion`` (add ``<name>_var`` and ``<name>_dispersion``),
+    ``output`` (``pooled`` or ``dense`` at ``stride``), ``batch_size`` ((image, shift) pairs per forward
+    chunk), ``official_parity`` (the official code's extra unshifted pass), ``at_block`` (SRT inside the
+    network: ``fn`` must have ``split(k)``; the back half runs once on the ensembled tokens, CLS included).
+
+    ``shift_set`` lists the passes in the order they are taken: over the whole grid, :func:`srt.shifts.balanced_order`
+    (any prefix covers every row and column of the shift square evenly); a ``samples`` subset in its own order. Adaptive SRT,
+    ``tolerance=eps`` (with ``tolerance_norm``, ``min_passes``, ``check_every``): after ``min_passes`` and then
+    every ``check_every`` passes, an image whose running mean has an estimated standard error below ``eps``
+    times the mean's magnitude stops and leaves the batch (:class:`StoppingRule`); every output (grids and
+    globals) must meet the bound. The error measure (``tolerance_norm``):
+
+    - ``grid`` (default): ||SE||_2 / ||mean||_2, both norms over all elements (channels x locations) of the
+      image's aggregated output, at the output's stride (the pooled token grid, or the dense grid);
+    - ``p99``: the 99th percentile over locations of ||SE(y,x)||_2 / ||mean(y,x)||_2, norms over channels, so
+      that a few boundary tokens are not averaged away by the interior;
+
+    with SE^2 = s^2 / n * (N - n) / N per element: s^2 the sample variance over the n passes taken (Welford),
+    N the passes of the full set (the finite-population correction of sampling without replacement). The
+    estimate treats the prefix as a simple random sample of the set; the balanced order is stratified, which
+    usually makes the true error smaller. ``tolerance=0`` runs the same machinery and never stops early: it
+    equals the full ensemble exactly. After a call, ``last_passes`` holds each image's passes;
+    :meth:`passes_used` sums them up over all calls and :meth:`cost` gives the expected and worst-case passes.
+    Adaptive SRT needs the whole grid (``samples`` null), ``border=official`` and ``aggregate=mean``.
     """
 
     def __init__(
         self,
         fn: FeatureFn,
-        level: int = 3,
+        level: int | None = None,
         patch_size: int | None = None,
-        step: int = 1,
-        samples: int | None = None,
-        sampling: str = "random",
-        fill: str = "zero",
-        border: str = "official",
-        aggregate: str = "mean",
-        dispersion: bool = False,
-        output: str = "pooled",
-        stride: int | None = None,
-        batch_size: int = 32,
-        seed: int = 0,
-        official_parity: bool = False,
-        at_block: int | None = None,
-        autocast: bool = False,
-        median_budget_gb: float = 4.0,
+        *,
+        config: SRTConfig | None = None,
         progress: bool = False,
+        **settings: Any,
     ):
         patch_size = patch_size if patch_size is not None else getattr(fn, "patch_size", None)
         if patch_size is None:
@@ -346,46 +479,34 @@ class StochasticResonance(_PassEnsemble):
                 f"patch_size is required: {_fn_name(fn)} has no patch_size attribute; pass the ViT's patch size, "
                 "e.g. StochasticResonance(fn, patch_size=14)"
             )
-        config = SRTConfig(
-            method="shift",
-            level=level,
-            step=step,
-            samples=samples,
-            sampling=sampling,
-            fill=fill,
-            border=border,
-            aggregate=aggregate,
-            dispersion=dispersion,
-            output=output,
-            stride=stride,
-            batch_size=batch_size,
-            seed=seed,
-            official_parity=official_parity,
-            at_block=at_block,
-            autocast=autocast,
-            median_budget_gb=median_budget_gb,
-        ).validate(patch_size=patch_size)
-        shift_set = make_shifts(level, samples, sampling, seed, official_parity, patch_size, step=step)
-        front, back = self._split(fn, at_block, output)
+        c = _settings(config, level, settings).validate(patch_size=patch_size)
+        shift_set = make_shifts(c.level, c.samples, c.sampling, c.seed, c.official_parity, patch_size, step=c.step)
+        if c.samples is None:  # the whole grid, in the balanced order (after the official parity pass, if any)
+            k = int(c.official_parity)
+            order = torch.cat([torch.arange(k), balanced_order(c.level, c.step) + k])
+            shift_set = ShiftSet(shift_set.shifts[order], shift_set.level, shift_set.description + ", balanced order")
+        front, back = self._split(fn, c.at_block, c.output)
         super().__init__(
             front,
             shift_set,
             patch_size=patch_size,
-            fill=fill,
-            border=border,
-            aggregate=aggregate,
-            dispersion=dispersion,
-            batch_size=batch_size,
-            autocast=autocast,
-            median_budget_gb=median_budget_gb,
+            fill=c.fill,
+            border=c.border,
+            aggregate=c.aggregate,
+            dispersion=c.dispersion,
+            batch_size=c.batch_size,
+            autocast=c.autocast,
+            median_budget_gb=c.median_budget_gb,
             progress=progress,
             name=_fn_name(fn),
         )
-        self.config = config
+        self.config = c
         self._back = back
         self.wrapped = fn  # the whole function (fn itself, also with at_block)
-        self.at_block = front.block if at_block is not None else None
-        self.stride = patch_size if output == "pooled" else (stride or max(patch_size // 2, 1))
+        self.at_block = front.block if c.at_block is not None else None
+        self.stride = patch_size if c.output == "pooled" else (c.stride or max(patch_size // 2, 1))
+        if c.tolerance is not None:
+            self.stopping = StoppingRule(c.tolerance, c.tolerance_norm, c.min_passes, c.check_every)
 
     @staticmethod
     def _split(fn: FeatureFn, at_block: int | None, output: str):
@@ -421,6 +542,7 @@ class StochasticResonance(_PassEnsemble):
         if self.config.output == "dense":
             return self.dense(images, self.stride)
         if self._is_plain():
+            self._record_passes([1] * len(images))
             return self.wrapped(images)  # level 0: exactly the plain forward pass
         out = self._aggregate(images, None)
         return self._back(out) if self._back is not None else out
@@ -437,12 +559,24 @@ class StochasticResonance(_PassEnsemble):
             raise UserError("dense output is not available with at_block (the remaining blocks run on token grids)")
         return self._aggregate(images, stride)
 
+    def cost(self) -> dict[str, Any]:
+        """Forward passes of ``fn`` per image: ``worst`` (the full set) and ``expected``: the full set without a
+        tolerance; with one, the mean over the images seen so far (None before the first call), since how
+        soon an image settles depends on the image."""
+        used = self.passes_used()
+        if self.stopping is None:
+            expected: float | None = float(self.passes)
+        else:
+            expected = used["mean"] if used is not None else None
+        return {"passes_expected": expected, "passes_worst": self.passes, "images_seen": used and used["images"]}
+
     def extra_repr(self) -> str:
         c = self.config
+        adaptive = "" if c.tolerance is None else f", tolerance={c.tolerance} ({c.tolerance_norm})"
         return (
             f"level={c.level}, passes={self.passes} ({self.shift_set.description}), fill={c.fill}, "
             f"border={c.border}, aggregate={c.aggregate}, output={c.output}, stride={self.stride}, "
-            f"at_block={self.at_block}"
+            f"at_block={self.at_block}{adaptive}"
         )
 
 

@@ -150,3 +150,36 @@ def shift_image(images: torch.Tensor, dy: int, dx: int, fill: str = "zero") -> t
     """Exact integer translation of [..., H, W] images with the given fill."""
     margin = max(abs(dy), abs(dx))
     return shift_padded(pad_for_shifts(images, margin, fill), margin, dy, dx, images.shape[-2:])
+
+
+def _radical_inverse(i: int) -> float:
+    """van der Corput radical inverse of ``i`` in base 2 (0, 1/2, 1/4, 3/4, ...): a 1-D low-discrepancy rank."""
+    out, f = 0.0, 0.5
+    while i:
+        out, i, f = out + f * (i & 1), i >> 1, f / 2
+    return out
+
+
+def _lattice_generator(side: int) -> int:
+    """The multiplier g of the rank-1 lattice i -> (i, g i mod side): the integer nearest side / golden ratio
+    that is coprime with ``side`` (coprime: every block of the order is a permutation of the columns)."""
+    target = side / ((1 + 5**0.5) / 2)
+    candidates = [g for g in range(1, side) if np.gcd(g, side) == 1] or [0]
+    return min(candidates, key=lambda g: (abs(g - target), g))
+
+
+def balanced_order(level: int, step: int = 1) -> torch.Tensor:
+    """A fixed low-discrepancy order of the ``grid_shifts(level, step)`` square (side S), as indices into it.
+
+    The S^2 cells are split into S blocks, block k = {(i, (g i + k) mod S)}: each block holds every row and
+    every column of the shift square once, so in any prefix of the order the counts per row (and per column)
+    differ by at most one. Rows inside a block and the blocks themselves are visited in van der Corput order
+    (base 2) around the centre, and g ~ S / golden ratio makes each block a well-spread lattice: every prefix
+    covers the square evenly. The first pass is the unshifted image. Deterministic (no seed)."""
+    side = 2 * (level // step) + 1
+    c, g = side // 2, _lattice_generator(side)
+    rows = sorted(range(side), key=lambda i: _radical_inverse((i - c) % side))
+    first_block = (c - g * c) % side  # the block through the centre cell (c, c)
+    blocks = sorted(range(side), key=lambda k: _radical_inverse((k - first_block) % side))
+    order = [i * side + (g * i + k) % side for k in blocks for i in rows]
+    return torch.tensor(order, dtype=torch.long)

@@ -164,6 +164,18 @@ class Task(ABC):
         :func:`check_each` to report every bad file at once. The runner calls it after the finished-run
         check (a finished run reads nothing) and before the model is built."""
 
+    def largest_input(self, model: ModelInfo) -> Optional[tuple[int, int, Optional[int]]]:
+        """``(H, W, dense stride)`` of the largest image this run feeds the extractor (the stride of a dense field
+        the task itself asks for, else None), for the memory estimate made before any model is built
+        (tasks/memory.py); None when it is not known in advance (no estimate is made)."""
+        return None
+
+    def check_run_dir(self, run_dir: Path) -> None:
+        """Check what an earlier run of this configuration left in ``run_dir`` to resume from (e.g. distill's
+        ``checkpoint.pt``: read safely, checked against the configured model), before any model is built; raise
+        :class:`srt.errors.UserError` naming the file. The runner calls it after :meth:`check_data`, unless
+        ``force=true`` (which discards it). Default: nothing to check."""
+
     def data_files(self) -> Optional[DataFiles]:
         """The dataset files a run reads (None: the task reads no files); they identify the run's data.
 
@@ -192,6 +204,11 @@ class Task(ABC):
         for sharded runs (``shard=i/n``) each item loop starts with ``if ctx.cache.skips(item_id): continue``
         (before the item is read) and ``ctx.cache.items_done()`` follows the loops, before anything that needs
         every item (metrics, ranking, training): a shard run stops there (tasks/item_cache.py)."""
+
+    def record_notes(self) -> dict[str, Any]:
+        """What a finished :meth:`run` wants recorded in metrics.json beside its flat metrics (top-level keys that
+        are not numbers, e.g. depth's ``excluded_images``: id -> why). Default: nothing."""
+        return {}
 
     def cache_key_config(self) -> Mapping[str, Any]:
         """Task config that changes per-item outputs (keys the item cache, with backbone and srt config and

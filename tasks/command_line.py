@@ -67,6 +67,9 @@ def register_configs() -> None:
         store.store(name=f"task_{name}_defaults", node=node)
 
 
+_KEEP_VERSIONS = 16
+
+
 def task_config_nodes() -> dict[str, dict]:
     """Task name -> the ConfigStore node of its Config (``{"name": name}`` for a task that cannot be imported: it
     still composes, and the runner says why).
@@ -89,9 +92,9 @@ def task_config_nodes() -> dict[str, dict]:
             nodes[name] = {"name": name}
     with contextlib.suppress(OSError, TypeError, ValueError):  # read-only home, a default JSON cannot hold
         atomic_write_json(path, nodes)
-        for stale in path.parent.glob("*.json"):  # older versions of the sources
-            if stale != path:
-                stale.unlink(missing_ok=True)
+        # keep the newest few (several checkouts may share the cache folder), drop older versions of the sources
+        for stale in sorted(path.parent.glob("*.json"), key=lambda f: f.stat().st_mtime)[:-_KEEP_VERSIONS]:
+            stale.unlink(missing_ok=True)
     return nodes
 
 

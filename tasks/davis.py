@@ -50,7 +50,7 @@ from eval import davis as davis_eval
 from srt.backbones import ModelInfo
 from srt.config import SRTConfig
 from srt.errors import MissingFileError, UserError
-from srt.io import atomic_save_png
+from srt.io import atomic_save_png, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 
@@ -309,14 +309,20 @@ def frame_size(
 def read_frame(
     path: Path, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """A frame as DINO reads it: cv2 BGR, bilinear resize to ``size`` (w, h) in uint8, /255, RGB, normalised.
+    """A frame as DINO reads it: decoded to RGB, bilinear cv2 resize to ``size`` (w, h) in uint8, /255, normalised.
 
+    Decoded by the project's one reader (:func:`srt.io.read_image`: any 8-bit or 16-bit greyscale mode, errors
+    name the file); DINO decodes with ``cv2.imread``, which gives the same pixels (every JPEG and PNG of the
+    DAVIS, saliency, VOC and ROxford fixtures compared: identical), and cv2's resize acts per channel.
     Returns the ``[3,h,w]`` tensor and the original (height, width)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise UserError(f"cannot read image {path} (missing, empty or not an image)")
+    try:
+        img = np.asarray(read_image(path, "RGB", "image"))
+    except MissingFileError:
+        raise
+    except UserError as e:
+        raise UserError(f"cannot read image {path}: {e.__cause__ or e}") from e
     orig = img.shape[:2]
-    img = cv2.resize(img, size)[:, :, ::-1].astype(np.float32) / 255.0
+    img = cv2.resize(img, size).astype(np.float32) / 255.0
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
     x = (x - torch.tensor(mean, dtype=torch.float32)[:, None, None]) / torch.tensor(std, dtype=torch.float32)[
         :, None, None
@@ -444,13 +450,19 @@ class DavisTask(Task):
                 f"{model.name}; expected at least {model.patch_size}"
             )
 
+    def largest_input(self, model: ModelInfo) -> tuple[int, int, None]:
+        """DAVIS frames are 854 x 480 at 480p: the size they are resized to (memory estimate)."""
+        w, h = frame_size(854, 480, model.patch_size, self.cfg.short_side, self.cfg.long_side_multiple)
+        return h, w, None
+
     def check_data(self) -> None:
         """Every selected sequence through :func:`eval.davis.check_sequence`: every annotation decoded (object
         ids 1..N in the first, one size, ids the first frame lacks named in a warning), every frame checked
-        (whole, not truncated, the annotations' size). DAVIS-2017 val: ~2000 annotations, a few seconds."""
+        (whole, not truncated, the annotations' size), frames and annotations paired by name. DAVIS-2017 val: ~2000 annotations, a few seconds."""
         cfg = self.cfg
         root = Path(cfg.root)
         sequences = davis_eval.select_sequences(root, cfg.split, cfg.sequences)
+
         check_each(
             sequences,
             lambda seq: davis_eval.check_sequence(root, seq, cfg.resolution, cfg.max_frames),
@@ -512,6 +524,18 @@ class DavisTask(Task):
         )
         return metrics
 
+    def _frame_grid(self, extractor: FeatureExtractor, W: int, H: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The (w, h) frames of a W x H sequence are resized to and the (h, w) feature grid at the extractor's stride."""
+        cfg: DavisConfig = self.cfg
+        p, s = extractor.patch_size, extractor.stride
+        size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
+        if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
+            raise UserError(
+                f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
+                f"feature stride {s}; change task.short_side / task.long_side_multiple"
+            )
+        return size, (size[1] // s, size[0] // s)
+
     def _propagate_sequence(
         self,
         extractor: FeatureExtractor,
@@ -527,14 +551,8 @@ class DavisTask(Task):
         mean = cfg.mean if cfg.mean is not None else extractor.mean
         std = cfg.std if cfg.std is not None else extractor.std
         H, W = annotation.shape
-        p, s = extractor.patch_size, extractor.stride
-        size = frame_size(W, H, p, cfg.short_side, cfg.long_side_multiple)
-        if size[0] % p or size[1] % p or size[0] % s or size[1] % s:
-            raise UserError(
-                f"resized frames {size[0]}x{size[1]} are not multiples of the patch size {p} and "
-                f"feature stride {s}; change task.short_side / task.long_side_multiple"
-            )
-        grid = (size[1] // s, size[0] // s)
+        s = extractor.stride
+        size, grid = self._frame_grid(extractor, W, H)
         n_labels = davis_eval.object_count(annotation, f"first-frame annotation {annotation_path}") + 1
         feature_s = propagation_s = 0.0
 

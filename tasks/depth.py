@@ -175,14 +175,9 @@ def normalise(rgb: np.ndarray) -> torch.Tensor:
 
 
 def read_rgb(path: Path, protocol: str) -> np.ndarray:
-    """RGB uint8 [H,W,3], decoded as each reference does: OpenCV (mmcv, toolbox) or PIL (the SRT repository)."""
-    if protocol == "toolbox":
-        import cv2
-
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise UserError(f"image {path} cannot be read (OpenCV)")
-        return np.ascontiguousarray(bgr[..., ::-1])
+    """RGB uint8 [H,W,3] by the project's one reader (:func:`srt.io.read_image`). The references decode with
+    OpenCV (mmcv, toolbox) or PIL (the SRT repository); both give the same pixels for JPEG and PNG (every image
+    of the fixtures compared), so ``protocol`` no longer picks a decoder."""
     return np.asarray(read_image(path, "RGB", "image"))  # errors name the file
 
 
@@ -268,6 +263,9 @@ class DepthConfig:
     srt_literal_mask: bool = False  # protocol srt: score with the published integer-mask bug (rows 0-1 only)
     oe_batch_size: Optional[int] = 4  # +OE: (image, shift) pairs per depther call (DPT: ~0.3 GB each); null = srt's
     max_images: Optional[int] = None  # first n images only (quick checks); null = all
+    # a depth map without a valid pixel under the protocol (or whose metrics are NaN) stops the run, naming it;
+    # true: it is excluded from the metrics and counted (n_excluded; the ids in metrics.json and the log)
+    skip_invalid: bool = False
     n_visualizations: int = 4  # colour-mapped input | GT | prediction | error pictures of the first n images
     predictions_dir: str = "depth_predictions"  # under the run directory: <item id>.png, uint16 mm (the cache)
     visualizations_dir: str = "depth_visualizations"
@@ -335,6 +333,23 @@ def check_srt_settings(cfg: srt.SRTConfig) -> None:
         )
 
 
+@dataclass
+class _Predictions:
+    """What the item loop gathered: per scored image its id, ground truth, prediction and seconds; the excluded."""
+
+    ids: list[str] = dataclasses.field(default_factory=list)
+    gts: list[np.ndarray] = dataclasses.field(default_factory=list)
+    preds: list[np.ndarray] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    excluded: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, item_id: str, gt: np.ndarray, pred: np.ndarray, seconds: float) -> None:
+        self.ids.append(item_id)
+        self.gts.append(gt)
+        self.preds.append(pred)
+        self.seconds.append(seconds)
+
+
 class DepthTask(Task):
     """NYU-v2 depth with DINOv2 heads; baseline, +SRT and +OE; two protocols (see the module docstring)."""
 
@@ -365,12 +380,14 @@ class DepthTask(Task):
         head_blocks(cfg.head, model.depth, cfg.blocks)  # names task.blocks when they do not fit the model
         if cfg.head_weights == "official":
             official_head_file(model.name, cfg.head)  # names the backbones DINOv2 publishes heads for
-        self._backbone_name = model.name
+        self._backbone_name, self._embed_dim = model.name, model.embed_dim
 
     def check_data(self) -> None:
-        """Every depth map decoded in full (16-bit single channel), every image checked whole
+        """Every depth map decoded in full (16-bit single channel, at least one valid pixel under the protocol unless
+        ``task.skip_invalid``), every image checked whole
         (:func:`srt.io.check_image`) and of its depth map's size; then the head checkpoint is located (downloaded
-        if the host is reachable), so that a missing head is named before any model is built."""
+        if the host is reachable), read safely and loaded into the configured head, so that a missing, foreign or
+        mis-shaped head is named before the backbone is built."""
         cfg: DepthConfig = self.cfg
 
         def check(item: depth_eval.DepthItem) -> None:
@@ -381,16 +398,22 @@ class DepthTask(Task):
                     f"image {item.image} is {width}x{height} but its depth map {item.depth} is "
                     f"{gt.shape[1]}x{gt.shape[0]}; expected the same size"
                 )
+            problem = depth_eval.ground_truth_problem(gt, cfg.protocol, str(item.depth))
+            if problem is not None and not cfg.skip_invalid:
+                raise depth_eval.InvalidGroundTruthError(f"{problem}; task.skip_invalid=true excludes and counts it")
 
         check_each(self.items(), check, "NYU-v2 images and depth maps")
         name = getattr(self, "_backbone_name", None)
         if cfg.head_weights != "random" and name is not None:
-            resolve_head_checkpoint(name, cfg.head, cfg.head_weights)
+            path = resolve_head_checkpoint(name, cfg.head, cfg.head_weights)
+            # read safely and checked (keys, shapes) against the configured head, before the backbone is built
+            load_head_weights(build_head(cfg.head, self._embed_dim, NYU_DEPTH_RANGE), path, name)
 
     def cache_key_config(self) -> Mapping[str, Any]:
         keep = dataclasses.asdict(self.cfg)
-        for scoring_only in ("srt_literal_mask", "max_images", "n_visualizations", "visualizations_dir"):
-            keep.pop(scoring_only)
+        scoring_only = ("srt_literal_mask", "max_images", "n_visualizations", "visualizations_dir", "skip_invalid")
+        for key in scoring_only:
+            keep.pop(key)
         return keep
 
     # -- models ------------------------------------------------------------------------------------
@@ -439,8 +462,7 @@ class DepthTask(Task):
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
         cfg: DepthConfig = self.cfg
         backbone, srt_cfg = _srt_setup(extractor)
-        depther = self.build_depther(backbone, ctx.device)
-        predict = self.predictor(depther, srt_cfg)
+        infer = self.inference(backbone, srt_cfg, ctx.device)
         if cfg.srt_literal_mask:
             msg = (
                 "task.srt_literal_mask=true: scoring with the published integer-mask bug of the SRT repository "
@@ -448,58 +470,100 @@ class DepthTask(Task):
             )
             warnings.warn(msg, stacklevel=2)
             log.warning(msg)
+        done = self._predict_all(self.items(), infer, ctx, panel_title(backbone, srt_cfg, cfg))
+        ctx.cache.items_done()  # a shard run stops here
+        return self._score(done, Path(ctx.out_dir), getattr(extractor, "passes", 1))
+
+    def inference(self, backbone: srt.Backbone, srt_cfg: srt.SRTConfig, device: torch.device):
+        """images [1,3,H,W] -> depth [1,1,H,W] of the configured method, flip-averaged when the protocol flips."""
+        predict = self.predictor(self.build_depther(backbone, device), srt_cfg)
 
         def infer(x: torch.Tensor) -> torch.Tensor:
             depth = predict(x)
-            if cfg.use_flip:  # DINOv2's aug_test: the mean of the prediction and the flipped prediction of the flip
+            if self.cfg.use_flip:  # DINOv2's aug_test: the mean of the prediction and the flipped one of the flip
                 depth = (depth + predict(x.flip(-1)).flip(-1)) / 2
             return depth
 
-        out_dir = Path(ctx.out_dir)
-        pred_dir, vis_dir = out_dir / cfg.predictions_dir, out_dir / cfg.visualizations_dir
-        gts, preds, seconds = [], [], []
-        items, title = self.items(), panel_title(backbone, srt_cfg, cfg)
+        return infer
+
+    def _predict_all(self, items: list[depth_eval.DepthItem], infer, ctx: RunContext, title: str) -> _Predictions:
+        """Every item of this run (shard) predicted or loaded from its stored prediction; depth maps without a
+        valid pixel are excluded (``task.skip_invalid``; otherwise check_data stopped on them). ``title`` names the
+        run in the pictures of the first ``task.n_visualizations`` images."""
+        cfg: DepthConfig = self.cfg
+        done = _Predictions()
         for n, item in enumerate(tqdm(items, desc=f"depth {cfg.protocol}", disable=not ctx.progress)):
             if ctx.cache.skips(item.id):  # another shard's image (shard=i/n)
                 continue
-            rgb = read_rgb(item.image, cfg.protocol)
             gt = depth_eval.read_depth(item.depth, cfg.protocol)
+            problem = depth_eval.ground_truth_problem(gt, cfg.protocol, str(item.depth))
+            if problem is not None:
+                if not cfg.skip_invalid:
+                    raise depth_eval.InvalidGroundTruthError(f"{problem}; task.skip_invalid=true excludes it")
+                done.excluded[item.id] = problem
+                continue
+            rgb = read_rgb(item.image, cfg.protocol)
             if gt.shape != rgb.shape[:2]:  # check_data compared the headers; this is the decoded data
                 raise UserError(f"image {item.image} is {rgb.shape[:2]} but its depth map {item.depth} is {gt.shape}")
-            png = pred_dir / f"{item.id}.png"
-
-            def compute() -> dict[str, float]:
-                t0 = time.perf_counter()
-                depth = infer(normalise(rgb).to(ctx.device))[0, 0].float().cpu().numpy()
-                atomic_save_png(png, depth_eval.depth_to_png(depth))  # first the prediction, then the cache entry
-                return {"seconds": time.perf_counter() - t0}
-
-            pred = None
-            if item.id in ctx.cache:
-                try:
-                    pred = depth_eval.read_prediction_png(png)
-                except (FileNotFoundError, ValueError) as e:  # cache entry without a usable prediction: redo it
-                    log.warning("%s; recomputing it", e)
-                    ctx.cache.path(item.id).unlink(missing_ok=True)
-            meta = ctx.cache.get_or_compute(item.id, compute)
-            if pred is None:
-                pred = depth_eval.read_prediction_png(png)  # scored as stored, so a resumed run scores the same
-            seconds.append(float(meta["seconds"]))
-            gts.append(gt)
-            preds.append(pred)
+            pred, seconds = self._prediction(item, rgb, infer, ctx)
+            done.add(item.id, gt, pred, seconds)
             if n < cfg.n_visualizations:
-                atomic_save_png(vis_dir / f"{item.id}.png", depth_panel(rgb, gt, pred, f"{item.id}: {title}"))
-        ctx.cache.items_done()  # a shard run stops here
+                vis_path = Path(ctx.out_dir) / cfg.visualizations_dir / f"{item.id}.png"
+                atomic_save_png(vis_path, depth_panel(rgb, gt, pred, f"{item.id}: {title}"))
+        return done
 
-        result = depth_eval.evaluate(gts, preds, cfg.protocol, literal=cfg.srt_literal_mask)
-        self._write_per_image(out_dir / "per_image.csv", [it.id for it in items], result["per_image"])
-        passes = getattr(extractor, "passes", 1) * (2 if cfg.use_flip else 1)
+    def _prediction(
+        self, item: depth_eval.DepthItem, rgb: np.ndarray, infer, ctx: RunContext
+    ) -> tuple[np.ndarray, float]:
+        """The stored prediction of ``item`` (computed and stored first when it is not cached) and its seconds."""
+        png = Path(ctx.out_dir) / self.cfg.predictions_dir / f"{item.id}.png"
+
+        def compute() -> dict[str, float]:
+            t0 = time.perf_counter()
+            depth = infer(normalise(rgb).to(ctx.device))[0, 0].float().cpu().numpy()
+            atomic_save_png(png, depth_eval.depth_to_png(depth))  # first the prediction, then the cache entry
+            return {"seconds": time.perf_counter() - t0}
+
+        pred = None
+        if item.id in ctx.cache:
+            try:
+                pred = depth_eval.read_prediction_png(png)
+            except (FileNotFoundError, ValueError) as e:  # cache entry without a usable prediction: redo it
+                log.warning("%s; recomputing it", e)
+                ctx.cache.path(item.id).unlink(missing_ok=True)
+        meta = ctx.cache.get_or_compute(item.id, compute)
+        if pred is None:
+            pred = depth_eval.read_prediction_png(png)  # scored as stored, so a resumed run scores the same
+        return pred, float(meta["seconds"])
+
+    def _score(self, done: _Predictions, out_dir: Path, extractor_passes: int) -> dict[str, float]:
+        """The metrics over the scored images; excluded ones counted, named in the log and in metrics.json."""
+        cfg: DepthConfig = self.cfg
+        if not done.ids:
+            raise depth_eval.InvalidGroundTruthError(
+                f"all {len(done.excluded)} images were excluded; first: {next(iter(done.excluded.values()))}"
+            )
+        result = depth_eval.evaluate(
+            done.gts, done.preds, cfg.protocol, cfg.srt_literal_mask, ids=done.ids, skip_invalid=cfg.skip_invalid
+        )
+        excluded = {**done.excluded, **result["excluded"]}
+        for item_id, why in excluded.items():
+            log.warning("depth: excluded %s from the metrics (task.skip_invalid=true): %s", item_id, why)
+        self._notes = {"excluded_images": excluded} if excluded else {}
+        self._write_per_image(out_dir / "per_image.csv", result["ids"], result["per_image"])
+        passes = extractor_passes * (2 if cfg.use_flip else 1)
+        scored = set(result["ids"])
+        seconds = [s for i, s in zip(done.ids, done.seconds) if i in scored]
         return {
             **result["mean"],
-            "n_images": float(len(items)),
+            "n_images": float(result["n_images"]),
+            "n_excluded": float(len(excluded)),
             "passes_per_image": float(passes),
             "seconds_per_image": float(np.mean(seconds)),
         }
+
+    def record_notes(self) -> dict[str, Any]:
+        return dict(getattr(self, "_notes", {}))
 
     @staticmethod
     def _write_per_image(path: Path, ids: list[str], per_image: list[dict[str, float]]) -> None:

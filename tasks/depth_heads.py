@@ -344,23 +344,19 @@ def resolve_head_checkpoint(backbone: str, head: str, weights: str, download: bo
 
 
 def _load_tensors(path: Path) -> Mapping[str, Any]:
-    """torch.load with weights_only=True. mmcv writes a ``meta`` dict beside the state dict that may hold numpy
-    scalars (e.g. a best score), which weights_only refuses; those two numpy types (plain values, no code) are
-    allowed on a second try."""
+    """The checkpoint read safely (:func:`srt.safe_load.load_torch_file`). mmcv writes a ``meta`` dict beside the
+    state dict that may hold numpy scalars (e.g. a best score), which weights_only refuses; those numpy types
+    (plain values, no code) are allowed."""
     import numpy as np
 
+    from srt.safe_load import CheckpointReadError, load_torch_file
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    dtypes = [np.dtype, *{type(np.dtype(code)) for code in "?bhilqefdBHILQ"}]
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as first:  # noqa: BLE001 - retried once with numpy scalars allowed, then reported
-        scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
-        dtypes = [np.dtype, *{type(np.dtype(code)) for code in "?bhilqefdBHILQ"}]
-        try:
-            with torch.serialization.safe_globals([scalar, *dtypes]):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001
-            raise UserError(
-                f"cannot read head checkpoint {path} with torch.load(weights_only=True): {first}"
-            ) from first
+        return load_torch_file(path, [scalar, *dtypes])
+    except CheckpointReadError as e:
+        raise UserError(f"cannot read head checkpoint {path}: {e.reason}") from e
 
 
 def head_state_dict(path: Path) -> dict[str, torch.Tensor]:

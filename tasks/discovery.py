@@ -38,6 +38,7 @@ from srt.errors import UserError
 from srt.io import atomic_write_text, check_image, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
+from .images import check_run_size
 from .tokencut import (
     ITEM_FORMAT,
     TokenCutConfig,
@@ -76,6 +77,7 @@ class DiscoveryTask(Task):
 
     def check_settings(self, model, srt) -> None:
         self.cfg.check_settings(model, srt)
+        self._patch_size = model.patch_size
 
     def _ids(self) -> tuple[Path, list[str]]:
         voc = voc_dir(self.cfg.root, self.cfg.year)
@@ -85,6 +87,7 @@ class DiscoveryTask(Task):
         """image id -> GT boxes, every annotation read and its image checked (see :meth:`check_data`); once."""
         if getattr(self, "_ground_truth", None) is None:
             voc, ids = self._ids()
+            patch = getattr(self, "_patch_size", None)
 
             def check(image_id: str) -> np.ndarray:
                 xml = voc / "Annotations" / f"{image_id}.xml"
@@ -96,6 +99,8 @@ class DiscoveryTask(Task):
                         f"VOC image {image} is {actual[0]}x{actual[1]} but its annotation {xml} says "
                         f"{size[0]}x{size[1]}; expected the image the annotation describes"
                     )
+                if patch is not None:  # padded to patch multiples: below one patch it would be mostly padding
+                    check_run_size(image, actual, actual, patch, "VOC images run at their own size")
                 return boxes
 
             self._ground_truth = dict(zip(ids, check_each(ids, check, f"VOC{self.cfg.year} images")))

@@ -60,7 +60,7 @@ from srt.io import atomic_write_bytes, atomic_write_text, check_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .davis import DINO_MEAN, DINO_STD, frame_size, read_frame
-from .images import item_ids, list_images
+from .images import check_run_size, item_ids, list_images
 from .run_identity import config_hash
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class DistillTask(Task):
                 f"srt.output={srt_cfg.output} is not valid for task=distill: the teacher's SRT features must be on the "
                 "token grid; expected srt.output=pooled"
             )
-        self._patch_size = model.patch_size
+        self._patch_size, self._model = model.patch_size, model
 
     def check_data(self) -> None:
         """Every training image checked whole (:func:`srt.io.check_image`) and, once the model's patch size is
@@ -246,6 +246,8 @@ class DistillTask(Task):
         w, h = check_image(path, "image")
         if patch is None:
             return None
+        how = f"resized to task.short_side={self.cfg.short_side}; the stated minimum is one patch before resizing"
+        check_run_size(path, (w, h), (w, h), patch, how)
         size = frame_size(w, h, patch, self.cfg.short_side, self.cfg.long_side_multiple)
         if size[0] % patch or size[1] % patch:
             raise UserError(
@@ -265,6 +267,16 @@ class DistillTask(Task):
     def _load(self, path: Path, patch: int, mean, std) -> torch.Tensor:
         return read_frame(path, self._size(path, patch), mean, std)[0]
 
+    def check_run_dir(self, run_dir: Path) -> None:
+        """A checkpoint an earlier run left (``checkpoint.pt``) read safely and checked against the configured
+        student (keys; the shapes its ModelInfo fixes: width, depth, patch size) before any model is built."""
+        path = Path(run_dir) / CHECKPOINT
+        model = getattr(self, "_model", None)
+        if path.exists():
+            state = read_checkpoint_file(path)
+            if model is not None:
+                check_student_state(path, state["student"], model)
+
     # -- run ---------------------------------------------------------------------------------------
 
     def run(self, extractor: FeatureExtractor, ctx: RunContext) -> dict[str, float]:
@@ -273,147 +285,27 @@ class DistillTask(Task):
         if images is None:
             images, base = self.image_list()
         teacher = teacher_backbone(extractor)
-        if extractor.stride != extractor.patch_size:
-            raise UserError(
-                f"task=distill needs the teacher's SRT features on the token grid (srt.output=pooled); "
-                f"the extractor returns stride {extractor.stride}, the patch size is {extractor.patch_size}"
-            )
-        if getattr(extractor, "passes", 1) == 1:
-            log.warning("srt.level=0: the teacher targets are the backbone's own features; the student will not move")
-        device, p = ctx.device, teacher.patch_size
+        _check_teacher(extractor)
         mean = cfg.mean if cfg.mean is not None else teacher.mean
         std = cfg.std if cfg.std is not None else teacher.std
-        load = lambda path: self._load(path, p, mean, std)  # noqa: E731
         ids = item_ids(images, base)
-        dtype = getattr(torch, cfg.target_dtype)
-
-        def compute_target(i: int) -> dict[str, torch.Tensor]:
-            with torch.no_grad():
-                return {"tokens": extractor(load(images[i])[None].to(device))["tokens"][0].to(dtype)}
-
-        for i in tqdm(range(len(images)), desc="teacher targets", disable=not ctx.progress):
-            if ctx.cache.skips(f"targets/{ids[i]}"):  # another shard's image (shard=i/n)
-                continue
-            ctx.cache.get_or_compute(f"targets/{ids[i]}", lambda: compute_target(i))  # once; resumed runs load them
+        data = _Data(images, ids, lambda path: self._load(path, teacher.patch_size, mean, std), ctx)
+        self._compute_targets(extractor, data, ctx)
         ctx.cache.items_done()  # a shard run stops here: shards split the teacher targets, training needs them all
-
-        def target(i: int) -> torch.Tensor:  # the epochs read the cached targets (n * C * h * w: not kept in memory)
-            with np.load(ctx.cache.path(f"targets/{ids[i]}")) as data:
-                return torch.from_numpy(data["tokens"]).float()
-
-        student = teacher.trainable_copy().to(device)
-        student.set_outputs(("tokens",))
-        params = set_trainable(student, cfg.unfreeze)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: lr_factor(e, list(cfg.lr_milestones), cfg.lr_decay)
-        )
-        shuffle = torch.Generator().manual_seed(cfg.seed)
-
-        def amp():
-            if cfg.autocast and device.type == "cuda":
-                return torch.autocast("cuda", dtype=torch.bfloat16)
-            return contextlib.nullcontext()
-
-        def batches(order: list[int]) -> list[list[int]]:
-            return [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
-
-        def compare(out: torch.Tensor, t: torch.Tensor, first: int) -> torch.Tensor:
-            if out.shape != t.shape:
-                raise UserError(
-                    f"student tokens {tuple(out.shape)} and teacher targets {tuple(t.shape)} differ for "
-                    f"{images[first]}: teacher and student must share the patch size and image size "
-                    f"(student patch size {student.patch_size}, teacher {extractor.patch_size})"
-                )
-            return distance(out.float(), t, cfg.loss)
-
-        def student_distance() -> float:
-            student.eval()
-            with torch.no_grad(), amp():
-                d = [
-                    compare(student(load(images[i])[None].to(device))["tokens"], target(i)[None].to(device), i)
-                    for i in range(len(images))
-                ]
-            return float(torch.stack(d).mean())
-
+        training = _Training(cfg, teacher, extractor, data, ctx.device)
         ckpt_path = ctx.out_dir / CHECKPOINT
         fingerprint = config_hash({"task": asdict(cfg), "images": ids, "teacher": teacher.weights}, 16)
         if ctx.extras.get("config", {}).get("force") and ckpt_path.exists():
             ckpt_path.unlink()
-        state = load_checkpoint(ckpt_path, fingerprint) if ckpt_path.exists() else None
-        if state is not None:
-            student.model.load_state_dict(state["student"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            shuffle.set_state(state["rng"]["shuffle"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            history, initial = list(state["history"]), float(state["initial_distance"])
-            log.info("distill: resuming after epoch %d from %s", state["epoch"], ckpt_path)
-        else:
-            history, initial = [], student_distance()
-        start = len(history)
-
-        for epoch in range(start, cfg.epochs):
-            student.train()
-            order = torch.randperm(len(images), generator=shuffle).tolist() if cfg.shuffle else list(range(len(images)))
-            lr = optimizer.param_groups[0]["lr"]
-            losses, penalties = [], []
-            for batch in tqdm(
-                batches(order), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not ctx.progress, leave=False
-            ):
-                x = _stack([load(images[i]) for i in batch], [images[i] for i in batch]).to(device)
-                t = torch.stack([target(i) for i in batch]).to(device)
-                with amp():
-                    d = compare(student(x)["tokens"], t, batch[0])
-                penalty = torch.sqrt(sum(q.pow(2).sum() for q in params)) * cfg.norm_penalty
-                optimizer.zero_grad(set_to_none=True)
-                (d + penalty).backward()
-                optimizer.step()
-                losses.append(d.item())
-                penalties.append(penalty.item())
-            scheduler.step()
-            history.append(
-                {"epoch": epoch + 1, "loss": float(np.mean(losses)), "penalty": float(np.mean(penalties)), "lr": lr}
+        history, initial = training.resume(ckpt_path, fingerprint)
+        for epoch in range(len(history), cfg.epochs):
+            history.append(training.epoch(epoch, ctx.progress))
+            log.info(
+                "distill: epoch %d/%d loss %.6g lr %.3g", epoch + 1, cfg.epochs, history[-1]["loss"], history[-1]["lr"]
             )
-            log.info("distill: epoch %d/%d loss %.6g lr %.3g", epoch + 1, cfg.epochs, history[-1]["loss"], lr)
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "fingerprint": fingerprint,
-                    "epoch": epoch + 1,
-                    "student": student.model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "initial_distance": initial,
-                    "rng": {
-                        "shuffle": shuffle.get_state(),
-                        "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                    },
-                },
-            )
-
-        final = student_distance()
-        record = {
-            "teacher_weights": teacher.weights,
-            "srt": dataclasses.asdict(extractor.config) if hasattr(extractor, "config") else {},
-            "distill": asdict(cfg),
-            "n_images": len(images),
-            "loss_last_epoch": history[-1]["loss"],
-            "run_dir": str(ctx.out_dir),
-        }
-        atomic_write_bytes(ctx.out_dir / cfg.student_file, srt.backbones.student_file_bytes(student, record))
-        atomic_write_text(
-            ctx.out_dir / "loss.csv",
-            "epoch,loss,penalty,lr\n"
-            + "".join(f"{h['epoch']},{h['loss']:.8g},{h['penalty']:.8g},{h['lr']:.8g}\n" for h in history),
-        )
-        level = getattr(getattr(extractor, "config", None), "level", 0)
-        title = loss_title(level, teacher.name, teacher.weights)
-        atomic_write_bytes(ctx.out_dir / "loss.png", loss_curve_png(history, cfg.loss, title, level))
+            save_checkpoint(ckpt_path, training.state(fingerprint, epoch + 1, history, initial))
+        final = training.student_distance()
+        self._write_outputs(ctx.out_dir, training.student, teacher, extractor, history, len(images))
         width = len(str(cfg.epochs))
         return {
             "loss_first_epoch": history[0]["loss"],
@@ -424,6 +316,164 @@ class DistillTask(Task):
             "n_images": float(len(images)),
             "epochs": float(cfg.epochs),
         }
+
+    def _compute_targets(self, extractor: FeatureExtractor, data: _Data, ctx: RunContext) -> None:
+        """The teacher's SRT features of every image, cached once (resumed runs load them)."""
+        dtype = getattr(torch, self.cfg.target_dtype)
+
+        def compute_target(i: int) -> dict[str, torch.Tensor]:
+            with torch.no_grad():
+                x = data.image(i)[None].to(ctx.device)
+                return {"tokens": extractor(x)["tokens"][0].to(dtype)}
+
+        for i in tqdm(range(len(data.images)), desc="teacher targets", disable=not ctx.progress):
+            if ctx.cache.skips(f"targets/{data.ids[i]}"):  # another shard's image (shard=i/n)
+                continue
+            ctx.cache.get_or_compute(f"targets/{data.ids[i]}", lambda: compute_target(i))
+
+    def _write_outputs(self, out_dir: Path, student, teacher, extractor, history: list[dict], n_images: int) -> None:
+        """The student (safetensors, with its training record), loss.csv and loss.png."""
+        cfg = self.cfg
+        record = {
+            "teacher_weights": teacher.weights,
+            "srt": dataclasses.asdict(extractor.config) if hasattr(extractor, "config") else {},
+            "distill": asdict(cfg),
+            "n_images": n_images,
+            "loss_last_epoch": history[-1]["loss"],
+            "run_dir": str(out_dir),
+        }
+        atomic_write_bytes(out_dir / cfg.student_file, srt.backbones.student_file_bytes(student, record))
+        atomic_write_text(
+            out_dir / "loss.csv",
+            "epoch,loss,penalty,lr\n"
+            + "".join(f"{h['epoch']},{h['loss']:.8g},{h['penalty']:.8g},{h['lr']:.8g}\n" for h in history),
+        )
+        level = getattr(getattr(extractor, "config", None), "level", 0)
+        title = loss_title(level, teacher.name, teacher.weights)
+        atomic_write_bytes(out_dir / "loss.png", loss_curve_png(history, cfg.loss, title, level))
+
+
+def _check_teacher(extractor: FeatureExtractor) -> None:
+    if extractor.stride != extractor.patch_size:
+        raise UserError(
+            f"task=distill needs the teacher's SRT features on the token grid (srt.output=pooled); "
+            f"the extractor returns stride {extractor.stride}, the patch size is {extractor.patch_size}"
+        )
+    if getattr(extractor, "passes", 1) == 1:
+        log.warning("srt.level=0: the teacher targets are the backbone's own features; the student will not move")
+
+
+@dataclass
+class _Data:
+    """The training images, their cache ids, how one is loaded, and the cached teacher targets."""
+
+    images: list[Path]
+    ids: list[str]
+    load: Any  # path -> [3,H,W] normalised
+    ctx: RunContext
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.load(self.images[i])
+
+    def target(self, i: int) -> torch.Tensor:  # the epochs read the cached targets (n * C * h * w: not kept in memory)
+        with np.load(self.ctx.cache.path(f"targets/{self.ids[i]}")) as data:
+            return torch.from_numpy(data["tokens"]).float()
+
+
+class _Training:
+    """The student, its optimiser, schedule and shuffling: one epoch, the distance to the targets, the state
+    a checkpoint holds and resuming from one."""
+
+    def __init__(self, cfg: DistillConfig, teacher: srt.Backbone, extractor: FeatureExtractor, data: _Data, device):
+        self.cfg, self.data, self.device, self.teacher_patch = cfg, data, device, extractor.patch_size
+        self.student = teacher.trainable_copy().to(device)
+        self.student.set_outputs(("tokens",))
+        self.params = set_trainable(self.student, cfg.unfreeze)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: lr_factor(e, list(cfg.lr_milestones), cfg.lr_decay)
+        )
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    def amp(self):
+        if self.cfg.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def compare(self, out: torch.Tensor, t: torch.Tensor, first: int) -> torch.Tensor:
+        if out.shape != t.shape:
+            raise UserError(
+                f"student tokens {tuple(out.shape)} and teacher targets {tuple(t.shape)} differ for "
+                f"{self.data.images[first]}: teacher and student must share the patch size and image size "
+                f"(student patch size {self.student.patch_size}, teacher {self.teacher_patch})"
+            )
+        return distance(out.float(), t, self.cfg.loss)
+
+    def student_distance(self) -> float:
+        self.student.eval()
+        data, device = self.data, self.device
+        with torch.no_grad(), self.amp():
+            d = [
+                self.compare(self.student(data.image(i)[None].to(device))["tokens"], data.target(i)[None].to(device), i)
+                for i in range(len(data.images))
+            ]
+        return float(torch.stack(d).mean())
+
+    def epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        """One epoch of steps; its history row (mean loss and penalty, the learning rate it ran at)."""
+        cfg, data, n = self.cfg, self.data, len(self.data.images)
+        self.student.train()
+        order = torch.randperm(n, generator=self.shuffle).tolist() if cfg.shuffle else list(range(n))
+        lr = self.optimizer.param_groups[0]["lr"]
+        losses, penalties = [], []
+        batches = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+        for batch in tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
+            x = _stack([data.image(i) for i in batch], [data.images[i] for i in batch]).to(self.device)
+            t = torch.stack([data.target(i) for i in batch]).to(self.device)
+            with self.amp():
+                d = self.compare(self.student(x)["tokens"], t, batch[0])
+            penalty = torch.sqrt(sum(q.pow(2).sum() for q in self.params)) * cfg.norm_penalty
+            self.optimizer.zero_grad(set_to_none=True)
+            (d + penalty).backward()
+            self.optimizer.step()
+            losses.append(d.item())
+            penalties.append(penalty.item())
+        self.scheduler.step()
+        return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "penalty": float(np.mean(penalties)), "lr": lr}
+
+    def state(self, fingerprint: str, epoch: int, history: list[dict], initial: float) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "student": self.student.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": history,
+            "initial_distance": initial,
+            "rng": {
+                "shuffle": self.shuffle.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if cuda else None,
+            },
+        }
+
+    def resume(self, path: Path, fingerprint: str) -> tuple[list[dict], float]:
+        """(history, initial distance): restored from the checkpoint at ``path`` if there is one, else fresh."""
+        state = load_checkpoint(path, fingerprint) if path.exists() else None
+        if state is None:
+            return [], self.student_distance()
+        self.student.model.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info("distill: resuming after epoch %d from %s", state["epoch"], path)
+        return list(state["history"]), float(state["initial_distance"])
 
 
 def _stack(tensors: list[torch.Tensor], paths: list[Path]) -> torch.Tensor:
@@ -443,17 +493,54 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+CHECKPOINT_KEYS = ("fingerprint", "epoch", "student", "optimizer", "scheduler", "history", "initial_distance", "rng")
+
+
+def read_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A distill checkpoint read safely (:func:`srt.safe_load.load_torch_file`) with every key it must hold;
+    UserError naming the file (not a checkpoint, refused objects, missing keys) otherwise."""
+    from srt.safe_load import CheckpointReadError, load_torch_file
+
+    try:
+        state = load_torch_file(path)
+    except CheckpointReadError as e:
+        raise UserError(
+            f"distill checkpoint {path} cannot be read: {e.reason}; delete it or re-run with force=true"
+        ) from e
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise UserError(
+            f"distill checkpoint {path} lacks {[k for k in CHECKPOINT_KEYS if k not in (state if isinstance(state, dict) else {})]}"
+            f" (it holds {found}); it is not a checkpoint of task=distill: delete it or re-run with force=true"
+        )
+    return state
+
+
+def check_student_state(path: Path, student: Any, model: srt.ModelInfo) -> None:
+    """The checkpoint's student against the configured one: a state dict of tensors with the model's number of
+    blocks, its patch size (the patch embedding's kernel) and, for ViTs (a CLS token), its width. UserError
+    naming the file and both shapes otherwise."""
+    if not isinstance(student, dict) or not all(isinstance(v, torch.Tensor) for v in student.values()):
+        raise UserError(f"distill checkpoint {path}: 'student' is not a state dict of tensors; delete it")
+    blocks = {int(k.split(".")[1]) for k in student if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    found = [f"{len(blocks)} blocks"] if len(blocks) != model.depth else []
+    kernel = student.get("patch_embed.proj.weight")
+    if kernel is None or tuple(kernel.shape[-2:]) != (model.patch_size, model.patch_size):
+        found.append(f"patch_embed.proj.weight {None if kernel is None else tuple(kernel.shape)}")
+    cls = student.get("cls_token")
+    if cls is not None and cls.shape[-1] != model.embed_dim:
+        found.append(f"cls_token {tuple(cls.shape)}")
+    if found:
+        raise UserError(
+            f"distill checkpoint {path} holds a student of another model ({', '.join(found)}); the configured "
+            f"{model.name} has {model.depth} blocks, width {model.embed_dim}, patch size {model.patch_size}: "
+            "delete it or re-run with force=true"
+        )
+
+
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     """A checkpoint written by this configuration; ValueError naming the file when it is unreadable or foreign."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - name the file, whatever torch raised
-        raise UserError(
-            f"distill checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it or re-run with force=true"
-        ) from e
-    keys = ("fingerprint", "epoch", "student", "optimizer", "scheduler", "history", "initial_distance", "rng")
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise UserError(f"distill checkpoint {path} lacks {[k for k in keys if k not in (state or {})]}; delete it")
+    state = read_checkpoint_file(path)
     if state["fingerprint"] != fingerprint:
         raise UserError(
             f"distill checkpoint {path} was written with other settings, images or teacher weights; "

@@ -96,3 +96,18 @@ def item_ids(paths: Iterable[Union[Path, str]], root: Union[Path, None] = None) 
 
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def check_run_size(
+    path: Union[Path, str], size: tuple[int, int], run_size: tuple[int, int], patch: int, how: str
+) -> None:
+    """Degenerate geometry, found from the image header before any model is built: the image ``path`` of
+    ``size`` (w, h) runs at ``run_size`` (w, h) (``how``: the settings and steps that give it); a side below one
+    patch holds no token, or less detail than one token. UserError naming the file and the sizes."""
+    w, h = run_size
+    if w < patch or h < patch:
+        at = "" if tuple(run_size) == tuple(size) else f" and runs at {w}x{h} ({how})"
+        raise UserError(
+            f"image {path} is {size[0]}x{size[1]}{at}, smaller than one patch ({patch} px) of the model; "
+            f"expected at least {patch} px on each side{'' if at else f' ({how})'}"
+        )

@@ -57,6 +57,7 @@ from srt.errors import MissingFileError, UserError
 from srt.io import atomic_write_bytes, atomic_write_text, check_image, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
+from .images import check_run_size
 
 __all__ = ["DATASETS", "RetrievalConfig", "RetrievalTask", "UnsafePickleError", "read_gnd"]
 
@@ -129,6 +130,41 @@ def image_tensor(
     return (x - torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)) / torch.tensor(std, dtype=torch.float32).view(
         3, 1, 1
     )
+
+
+def thumbnail_size(size: tuple[int, int], imsize: int) -> tuple[int, int]:
+    """(w, h) of ``Image.thumbnail((imsize, imsize))`` on an image of ``size``, without decoding it (Pillow's
+    own rounding: the side that is not the bound is the rounding, floor or ceil, closest to the aspect ratio)."""
+    import math
+
+    w, h = size
+    if imsize >= w and imsize >= h:
+        return w, h
+    aspect = w / h
+
+    def closest(number: float, key) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    if 1 >= aspect:  # x / y >= aspect with x = y = imsize
+        return closest(imsize * aspect, lambda n: abs(aspect - n / imsize)), imsize
+    return imsize, closest(imsize / aspect, lambda n: 0 if n == 0 else abs(aspect - imsize / n))
+
+
+def smallest_run_size(size: tuple[int, int], imsize: int, multiscale: bool) -> tuple[int, int]:
+    """(w, h) of the smallest scale an image of ``size`` runs at: thumbnail, then DINO's scales (interpolate
+    floors), before the crop to patch multiples."""
+    import math
+
+    w, h = thumbnail_size(size, imsize)
+    s = min(SCALES) if multiscale else 1.0
+    return (w, h) if s == 1 else (math.floor(w * s), math.floor(h * s))
+
+
+def clip_box(bbx: Any, size: tuple[int, int]) -> Optional[tuple[float, float, float, float]]:
+    """A query box ``[x1, y1, x2, y2]`` clipped to an image of ``size`` (w, h); None if nothing of it is inside."""
+    x1, y1, x2, y2 = (float(v) for v in bbx)
+    clipped = (max(x1, 0.0), max(y1, 0.0), min(x2, float(size[0])), min(y2, float(size[1])))
+    return clipped if clipped[2] > clipped[0] and clipped[3] > clipped[1] else None
 
 
 def cls_descriptor(extractor: FeatureExtractor, x: torch.Tensor, multiscale: bool, name: str) -> torch.Tensor:
@@ -217,6 +253,7 @@ class RetrievalTask(Task):
         return gt
 
     def check_settings(self, model, srt) -> None:
+        self._patch_size = model.patch_size
         block = self.cfg.srt_block
         applies = srt.method == "shift" and srt.level > 0 and srt.at_block is None and block is not None
         if applies and not -model.depth <= block < model.depth:
@@ -227,22 +264,47 @@ class RetrievalTask(Task):
 
     def check_data(self) -> None:
         """The ground truth read safely and checked (:func:`read_gnd`), every listed image on disk and whole
-        (:func:`srt.io.check_image`; with ``task.allow_truncated`` a truncated JPEG passes). ROxford's 5063
-        images: about a second."""
+        (:func:`srt.io.check_image`; with ``task.allow_truncated`` a truncated JPEG passes) and, once the patch
+        size is known (:meth:`check_settings`), at least one patch at the smallest scale it runs at; with
+        ``task.crop_queries`` every query box overlapping its image (boxes over the border are clipped and
+        counted). ROxford's 5063 images: about a second."""
+        cfg: RetrievalConfig = self.cfg
         gt = self.load_ground_truth()
-        names = list(dict.fromkeys(gt["imlist"] + gt["qimlist"]))
+        boxes = dict(zip(gt["qimlist"], (g["bbx"] for g in gt["gnd"]))) if cfg.crop_queries else {}
+        patch = getattr(self, "_patch_size", None)
 
         def check(name: str) -> None:
+            path = self.dataset_dir / "jpg" / f"{name}.jpg"
             try:
-                check_image(self.dataset_dir / "jpg" / f"{name}.jpg", "image", self.cfg.allow_truncated)
+                size = check_image(path, "image", cfg.allow_truncated)
             except MissingFileError:
                 raise
             except UserError as e:
-                if self.cfg.allow_truncated:
+                if cfg.allow_truncated:
                     raise
                 raise UserError(f"{e} ({TRUNCATED_HINT})") from e
+            self._check_geometry(path, size, boxes.get(name) if name in boxes else None, patch)
 
-        check_each(names, check, f"{self.cfg.dataset} images")
+        check_each(list(dict.fromkeys(gt["imlist"] + gt["qimlist"])), check, f"{cfg.dataset} images")
+
+    def _check_geometry(self, path: Path, size: tuple[int, int], bbx: Any, patch: Optional[int]) -> None:
+        """A query box that misses its image; an image (or query crop) below one patch at its smallest scale."""
+        cfg: RetrievalConfig = self.cfg
+        region = size
+        if bbx is not None:
+            clipped = clip_box(bbx, size)
+            if clipped is None:
+                raise UserError(
+                    f"query box {[float(v) for v in bbx]} of image {path} ({size[0]}x{size[1]}) does not overlap the "
+                    f"image; expected a box [x1, y1, x2, y2] inside it (task.crop_queries=true crops to it)"
+                )
+            region = (max(round(clipped[2]) - round(clipped[0]), 1), max(round(clipped[3]) - round(clipped[1]), 1))
+        if patch is not None:
+            how = f"{'its query box, ' if bbx is not None else ''}thumbnail to task.imsize={cfg.imsize}" + (
+                ", then scale 1/2 (task.multiscale=true)" if cfg.multiscale else ""
+            )
+            run = smallest_run_size(region, cfg.imsize, cfg.multiscale)
+            check_run_size(path, size, run, patch, how)
 
     def data_files(self) -> DataFiles:
         gt = self.load_ground_truth()
@@ -263,38 +325,69 @@ class RetrievalTask(Task):
             f"; SRT after block {at_block}, the remaining blocks run on its tokens" if at_block is not None else "",
         )
         seconds: list[float] = []
-
-        def describe(split: str, names: list[str], boxes: list[Optional[np.ndarray]]) -> list[np.ndarray]:
-            out = []
-            for name, bbx in tqdm(
-                list(zip(names, boxes)), desc=f"retrieval {cfg.dataset} {split}", disable=not ctx.progress
-            ):
-                if ctx.cache.skips(f"{cfg.dataset}/{split}/{name}"):  # another shard's image (shard=i/n)
-                    continue
-                path = self.dataset_dir / "jpg" / f"{name}.jpg"
-
-                def compute() -> dict[str, Any]:
-                    start = time.perf_counter()
-                    x = image_tensor(
-                        load_rgb(path, cfg.allow_truncated), cfg.imsize, extractor.mean, extractor.std, bbx
-                    )
-                    v = cls_descriptor(extractor, x.to(ctx.device), cfg.multiscale, str(path))
-                    return {"descriptor": v.cpu().numpy(), "seconds": time.perf_counter() - start}
-
-                item = ctx.cache.get_or_compute(f"{cfg.dataset}/{split}/{name}", compute)
-                seconds.append(float(item["seconds"]))
-                out.append(item["descriptor"])
-            return out
-
-        database = describe("database", gt["imlist"], [None] * len(gt["imlist"]))
-        query_boxes = [g["bbx"] for g in gt["gnd"]] if cfg.crop_queries else [None] * len(gt["qimlist"])
-        queries = describe("queries", gt["qimlist"], query_boxes)
+        query_boxes, n_clipped = self.query_boxes(gt)
+        database = self._describe(extractor, ctx, "database", gt["imlist"], [None] * len(gt["imlist"]), seconds)
+        queries = self._describe(extractor, ctx, "queries", gt["qimlist"], query_boxes, seconds)
         ctx.cache.items_done()  # a shard run stops here: ranking needs every descriptor
         database, queries = np.stack(database).astype(np.float32), np.stack(queries).astype(np.float32)
-
         ranks = rank_database(database, queries)
         scores = evaluate(ranks, gt["gnd"], cfg.kappas)
-        out_dir = Path(ctx.out_dir)
+        self._write_outputs(Path(ctx.out_dir), ranks, scores, database, queries, gt)
+        clipped = {"n_clipped_query_boxes": float(n_clipped)} if cfg.crop_queries else {}
+        return {
+            **scores.metrics,
+            "n_database": float(len(gt["imlist"])),
+            "n_queries": float(len(gt["qimlist"])),
+            **clipped,
+            "descriptor_s_per_image": float(np.mean(seconds)),
+        }
+
+    def query_boxes(self, gt: dict[str, Any]) -> tuple[list[Optional[tuple[float, ...]]], int]:
+        """The query boxes the run crops to (None each without ``task.crop_queries``), clipped to their images'
+        borders (sizes from the headers), and how many were clipped (a box missing its image fails check_data)."""
+        if not self.cfg.crop_queries:
+            return [None] * len(gt["qimlist"]), 0
+        boxes, n_clipped = [], 0
+        for name, g in zip(gt["qimlist"], gt["gnd"]):
+            path = self.dataset_dir / "jpg" / f"{name}.jpg"
+            clipped = clip_box(g["bbx"], check_image(path, "image", allow_truncated=True))
+            if clipped is None:
+                raise UserError(f"query box {list(g['bbx'])} of image {path} does not overlap the image")
+            n_clipped += clipped != tuple(float(v) for v in g["bbx"])
+            boxes.append(clipped)
+        if n_clipped:
+            log.warning(
+                "retrieval: %d of %d query boxes reach over their image's border: clipped", n_clipped, len(boxes)
+            )
+        return boxes, n_clipped
+
+    def _describe(
+        self, extractor, ctx: RunContext, split: str, names: list[str], boxes: list, seconds: list[float]
+    ) -> list[np.ndarray]:
+        """The descriptor of every image of ``split`` (cached per image; a shard computes its share)."""
+        cfg: RetrievalConfig = self.cfg
+        out = []
+        for name, bbx in tqdm(
+            list(zip(names, boxes)), desc=f"retrieval {cfg.dataset} {split}", disable=not ctx.progress
+        ):
+            if ctx.cache.skips(f"{cfg.dataset}/{split}/{name}"):  # another shard's image (shard=i/n)
+                continue
+            path = self.dataset_dir / "jpg" / f"{name}.jpg"
+
+            def compute() -> dict[str, Any]:
+                start = time.perf_counter()
+                x = image_tensor(load_rgb(path, cfg.allow_truncated), cfg.imsize, extractor.mean, extractor.std, bbx)
+                v = cls_descriptor(extractor, x.to(ctx.device), cfg.multiscale, str(path))
+                return {"descriptor": v.cpu().numpy(), "seconds": time.perf_counter() - start}
+
+            item = ctx.cache.get_or_compute(f"{cfg.dataset}/{split}/{name}", compute)
+            seconds.append(float(item["seconds"]))
+            out.append(item["descriptor"])
+        return out
+
+    @staticmethod
+    def _write_outputs(out_dir: Path, ranks, scores, database, queries, gt: dict[str, Any]) -> None:
+        """ranks.npy, per_query.csv and features.npz (re-scored by ``python -m eval.retrieval``)."""
         buf = io.BytesIO()
         np.save(buf, ranks.astype(np.int32))
         atomic_write_bytes(out_dir / "ranks.npy", buf.getvalue())
@@ -304,9 +397,3 @@ class RetrievalTask(Task):
             buf, database=database, queries=queries, imlist=np.array(gt["imlist"]), qimlist=np.array(gt["qimlist"])
         )
         atomic_write_bytes(out_dir / "features.npz", buf.getvalue())
-        return {
-            **scores.metrics,
-            "n_database": float(len(gt["imlist"])),
-            "n_queries": float(len(gt["qimlist"])),
-            "descriptor_s_per_image": float(np.mean(seconds)),
-        }

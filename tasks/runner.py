@@ -36,10 +36,10 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 import tasks
-from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, write_record
+from eval.run_record import METRICS_FILE, RunRecord, non_default_settings, passes_used, write_record
 from srt.errors import MissingFileError, UserError, debug_requested, is_user_error, paragraph
 from srt.io import atomic_write_json, exclusive_run_lock
-from tasks import environment
+from tasks import environment, memory
 from tasks.command_line import GROUPS
 from tasks.config_schema import defaults_of, typed_config
 from tasks.item_cache import item_cache_for
@@ -75,6 +75,7 @@ class Plan:
     run_dir: Path
     shard: Optional[Shard] = None  # runner.shard, parsed
     upsampler: Any = None  # srt.UpsamplerConfig (default: method=srt)
+    model: Any = None  # srt.ModelInfo: the backbone's depth, width and patch size, known without building it
 
 
 def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
@@ -96,7 +97,7 @@ def plan(cfg: DictConfig, run_dir: Optional[Path] = None) -> Plan:
         run_dir = Path(cfg.paths.results_root) / run_subdir_of_config(
             cfg.task, cfg.backbone, cfg.srt, cfg.get("upsampler")
         )
-    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir), runner.run_shard(), upsampler)
+    return Plan(task, backbone, srt_cfg, logger, runner, Path(run_dir), runner.run_shard(), upsampler, model)
 
 
 def job_config(cfg: DictConfig) -> DictConfig:
@@ -195,9 +196,22 @@ def execute(cfg: DictConfig, run_dir: Optional[Path] = None) -> RunRecord | Shar
             return done
         with _dataset_hint(cfg):
             p.task.check_data()  # every annotation decoded, every input image checked: before any feature
+        _check_memory(p, job)
+        if not p.runner.force:  # what an earlier run left to resume from (a checkpoint), read before any model
+            p.task.check_run_dir(p.run_dir)
         if p.backbone.pretrained is False:
             log.warning("!" * 20 + " " + RANDOM_WEIGHTS_WARNING + " " + "!" * 20)
         return _compute(cfg, p, job)
+
+
+def _check_memory(p: Plan, job: _Job) -> None:
+    """The peak memory the settings need, estimated before any model is built (tasks/memory.py)."""
+    largest = p.task.largest_input(p.model)
+    if largest is None:
+        return
+    h, w, dense_stride = largest
+    est = memory.estimate(p.model, p.srt, p.upsampler, (h, w), dense_stride)
+    memory.check_memory(est, job.device, f"task={p.task.name} at {w}x{h}", enabled=p.runner.check_memory)
 
 
 def _run_lock_path(p: Plan) -> Path:
@@ -349,6 +363,7 @@ def _run_record(p: Plan, job: _Job, metrics: dict, resolved: dict, bb: Any, extr
         srt=dataclasses.asdict(p.srt),
         **upsampler_record(extractor, p),
         passes=int(extractor.passes),
+        passes_used=passes_used(extractor),
         items={"computed": cache.computed, "loaded": cache.loaded},
         wall_time_s=round(time.perf_counter() - job.t0, 3),
         started=job.started,
@@ -359,6 +374,7 @@ def _run_record(p: Plan, job: _Job, metrics: dict, resolved: dict, bb: Any, extr
         git=environment.git_revision(),
         host=environment.host(),
         command=list(sys.argv),
+        extra=p.task.record_notes(),  # e.g. the images a task excluded, by id
     )
 
 

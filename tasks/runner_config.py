@@ -28,6 +28,8 @@ class RunnerConfig:
     # i/n: compute only shard i (0 <= i < n) of the items into the run's item cache, then stop without metrics
     # (shards/<i>-of-<n>.json records it); null: a plain run. Not part of the run's identity (docs/cluster.md)
     shard: Optional[str] = None
+    # refuse a run whose estimated peak memory exceeds what the device has available (tasks/memory.py)
+    check_memory: bool = True
 
     def validate(self) -> RunnerConfig:
         device = self.device

@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from eval.pairing import pair_by_name
 from eval.saliency import ImageScores, aggregate, image_scores, read_mask
 from srt.errors import MissingFileError, UserError
 from srt.io import atomic_save_png, atomic_write_text, check_image, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
+from .images import check_run_size
 from .tokencut import ITEM_FORMAT, TokenCutConfig, degeneration, normalised_tensor, tokencut_image, warn_if_degenerate
 
 #: dataset -> (image folder, ground-truth folder) inside the dataset root, as the datasets are distributed
@@ -59,7 +61,8 @@ class SaliencyConfig(TokenCutConfig):
 
 
 def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
-    """(image, GT mask) paths in sorted image order; GT = image stem + .png. Errors name what is missing."""
+    """(image, GT mask) paths in sorted image order, paired by name (GT = image stem + .png; a mask without an
+    image of its name is an error too: :func:`eval.pairing.pair_by_name`). Errors name what is missing."""
     image_sub, gt_sub = LAYOUTS[dataset]
     image_dir, gt_dir = Path(root) / image_sub, Path(root) / gt_sub
     for folder in (image_dir, gt_dir):
@@ -70,14 +73,7 @@ def list_pairs(root: str | Path, dataset: str) -> list[tuple[Path, Path]]:
     images = sorted(image_dir.glob("*.jpg"))
     if not images:
         raise MissingFileError(f"no *.jpg images in {image_dir}")
-    pairs = [(image, gt_dir / f"{image.stem}.png") for image in images]
-    missing = [gt for _, gt in pairs if not gt.is_file()]
-    if missing:
-        raise MissingFileError(
-            f"ground-truth mask {missing[0]} does not exist ({len(missing)} of {len(pairs)} "
-            f"images of {image_dir} have no mask in {gt_dir})"
-        )
-    return pairs
+    return pair_by_name(images, sorted(gt_dir.glob("*.png")), "image", "ground-truth mask", gt_dir, ".png")
 
 
 def _check_sizes(gt_path: Path, gt_shape: tuple[int, int], image_path: Path, image_size: tuple[int, int]) -> None:
@@ -89,17 +85,26 @@ def _check_sizes(gt_path: Path, gt_shape: tuple[int, int], image_path: Path, ima
         )
 
 
-def check_pair(image_path: Path, gt_path: Path) -> None:
-    """The mask decoded in full and the image checked whole (header, end marker), at one size; UserError naming
-    the file otherwise."""
+def run_size(size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+    """(w, h) an image of ``size`` is resized to: the nearest multiples of the patch size (TokenCut's)."""
+    return round(size[0] / patch_size) * patch_size, round(size[1] / patch_size) * patch_size
+
+
+def check_pair(image_path: Path, gt_path: Path, patch_size: int | None = None) -> None:
+    """The mask decoded in full and the image checked whole (header, end marker), at one size, and (with the
+    model's patch size) at least one patch when resized; UserError naming the file otherwise."""
     gt = read_mask(gt_path, "ground-truth mask")
-    _check_sizes(gt_path, gt.shape, image_path, check_image(image_path, "image"))
+    size = check_image(image_path, "image")
+    _check_sizes(gt_path, gt.shape, image_path, size)
+    if patch_size is not None:
+        how = "rounded to the nearest multiples of the patch size, as TokenCut resizes"
+        check_run_size(image_path, size, run_size(size, patch_size), patch_size, how)
 
 
 def resize_to_patches(image: Image.Image, patch_size: int, path: Path) -> Image.Image:
     """LANCZOS resize to the nearest multiples of the patch size (TokenCut's ``resize_pil``)."""
     width, height = image.size
-    new_w, new_h = round(width / patch_size) * patch_size, round(height / patch_size) * patch_size
+    new_w, new_h = run_size(image.size, patch_size)
     if new_w == 0 or new_h == 0:
         raise UserError(f"image {path} ({width}x{height}) is smaller than half a patch ({patch_size} px)")
     return image.resize((new_w, new_h), resample=Image.LANCZOS)
@@ -120,12 +125,14 @@ class SaliencyTask(Task):
 
     def check_settings(self, model, srt) -> None:
         self.cfg.check_settings(model, srt)
+        self._patch_size = model.patch_size
 
     def check_data(self) -> None:
         """Every ground-truth mask decoded and compared with its image's size (read from the image's header);
         every image checked whole (:func:`srt.io.check_image`). ECSSD's 1000 pairs: ~1-2 s."""
         pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]
-        check_each(pairs, lambda pair: check_pair(*pair), f"{self.cfg.dataset} image / mask pairs")
+        patch = getattr(self, "_patch_size", None)
+        check_each(pairs, lambda pair: check_pair(*pair, patch), f"{self.cfg.dataset} image / mask pairs")
 
     def data_files(self) -> DataFiles:
         pairs = list_pairs(self.cfg.root, self.cfg.dataset)[: self.cfg.max_images]

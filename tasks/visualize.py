@@ -51,11 +51,11 @@ import srt
 from eval.run_record import method_tag
 from srt import viz
 from srt.errors import UserError
-from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock
+from srt.io import atomic_save_png, atomic_write_json, check_image, file_lock, read_image
 
 from .base import DataFiles, FeatureExtractor, RunContext, Task, check_each
 from .environment import now_iso
-from .images import as_entries, item_ids, list_images
+from .images import as_entries, check_run_size, item_ids, list_images
 from .run_identity import config_hash, srt_key_part, weights_tag
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class VisualizeTask(Task):
 
     def check_settings(self, model: srt.ModelInfo, srt_cfg: srt.SRTConfig) -> None:
         cfg, p = self.cfg, model.patch_size
+        self._patch_size = p
         if srt_cfg.method == "jitter":
             raise UserError(
                 "task=visualize draws SRT features; srt.method=jitter is not valid here (use srt.method=shift)"
@@ -139,10 +140,22 @@ class VisualizeTask(Task):
                 f"{[s for s in range(1, p + 1) if p % s == 0]}"
             )
 
+    def largest_input(self, model: srt.ModelInfo) -> tuple[int, int, int]:
+        """Every image is drawn at ``task.image_size`` squared, its SRT field at ``task.stride`` (memory estimate)."""
+        return self.cfg.image_size, self.cfg.image_size, self.cfg.stride
+
     def check_data(self) -> None:
         """Every image checked whole (:func:`srt.io.check_image`: header and end marker)."""
         self.images = self.cfg.image_list()
-        check_each(self._files(self.images), lambda path: check_image(path, "image"), "task.images")
+        patch = getattr(self, "_patch_size", None)
+
+        def check(path: Path) -> None:
+            size = check_image(path, "image")
+            if patch is not None:  # the stated minimum: one patch (less is upscaled from under one token of detail)
+                how = f"its centre square, resized to task.image_size={self.cfg.image_size}; the stated minimum is one patch"
+                check_run_size(path, size, (min(size),) * 2, patch, how)
+
+        check_each(self._files(self.images), check, "task.images")
 
     @staticmethod
     def _files(images: list) -> list[Path]:
@@ -166,42 +179,11 @@ class VisualizeTask(Task):
             raise UserError(f"task.stride={cfg.stride} is not valid; expected a divisor of the patch size {p}")
         inputs = [viz.square_image(viz.read_image(str(im)), cfg.image_size) for im in images]
         ids = item_ids(images)
-        fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)
-
-        def store(key: str, compute):  # each image's fields in the item cache: resumable, one image in memory
-            return ctx.cache.get_or_compute(f"fields/{key}", compute)
-
-        def image_columns(chosen: list[int]) -> viz.Columns:  # the plain | SRT columns of these images
-            return viz.backbone_columns(
-                [inputs[i] for i in chosen],
-                fn,
-                srt_cfg,
-                cfg.stride,
-                "tokens",
-                cfg.basis,
-                progress=ctx.progress,
-                store=store,
-                keys=[ids[i] for i in chosen],
-                **fit,
-            )
-
-        levels = viz.strip_levels(srt_cfg.level, srt_cfg.step) if cfg.strip else []
-        strip_key = f"strip/{ids[cfg.strip_image]}" if cfg.strip else ""
-
-        def strip_columns(chosen: list[int]) -> viz.Columns:  # the strip image's fields at these levels
-            image, key = inputs[cfg.strip_image], strip_key
-            return viz.level_columns(image, fn, chosen, srt_cfg, cfg.stride, "tokens", store=store, key=key, **fit)
-
+        fields = _Fields(cfg, fn, srt_cfg, inputs, ids, ctx)
         if ctx.cache.shard is not None:
-            # a shard run computes its share of the fields (the items); the colours are fitted on all of them,
-            # so the columns it builds on the way are dropped and the figure is left to the run that has them all
-            mine = [i for i in range(len(ids)) if not ctx.cache.skips(f"fields/{ids[i]}")]
-            mine_levels = [lv for lv in levels if not ctx.cache.skips(f"fields/{strip_key}/L{lv}")]
-            if mine:
-                image_columns(mine)
-            if mine_levels:
-                strip_columns(mine_levels)
+            fields.compute_share()
             ctx.cache.items_done()  # a shard run stops here
+        image_columns, strip_columns, levels = fields.image_columns, fields.strip_columns, fields.levels
         columns = image_columns(list(range(len(ids))))
         out = ctx.out_dir
         input_panels = [viz.read_image(im) for im in inputs]
@@ -268,11 +250,54 @@ def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in label).strip("_").lower()
 
 
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
+class _Fields:
+    """The cached fields of a visualize run as figure columns: the plain | SRT columns of chosen images, the
+    strip image's at chosen levels (each image's fields one item of the cache: resumable, one image in memory)."""
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).copy()
+    def __init__(self, cfg: VisualizeConfig, fn, srt_cfg, inputs: list, ids: list[str], ctx: RunContext):
+        self.cfg, self.fn, self.srt_cfg, self.inputs, self.ids, self.ctx = cfg, fn, srt_cfg, inputs, ids, ctx
+        self.fit = dict(quantile=cfg.quantile, max_fit_samples=cfg.max_fit_samples, seed=cfg.seed)
+        self.levels = viz.strip_levels(srt_cfg.level, srt_cfg.step) if cfg.strip else []
+        self.strip_key = f"strip/{ids[cfg.strip_image]}" if cfg.strip else ""
+
+    def store(self, key: str, compute):
+        return self.ctx.cache.get_or_compute(f"fields/{key}", compute)
+
+    def image_columns(self, chosen: list[int]) -> viz.Columns:  # the plain | SRT columns of these images
+        cfg = self.cfg
+        return viz.backbone_columns(
+            [self.inputs[i] for i in chosen],
+            self.fn,
+            self.srt_cfg,
+            cfg.stride,
+            "tokens",
+            cfg.basis,
+            progress=self.ctx.progress,
+            store=self.store,
+            keys=[self.ids[i] for i in chosen],
+            **self.fit,
+        )
+
+    def strip_columns(self, chosen: list[int]) -> viz.Columns:  # the strip image's fields at these levels
+        image, key, cfg = self.inputs[self.cfg.strip_image], self.strip_key, self.cfg
+        return viz.level_columns(
+            image, self.fn, chosen, self.srt_cfg, cfg.stride, "tokens", store=self.store, key=key, **self.fit
+        )
+
+    def compute_share(self) -> None:
+        """A shard run computes its share of the fields (the items); the colours are fitted on all of them, so
+        the columns it builds on the way are dropped and the figure is left to the run that has them all."""
+        skips = self.ctx.cache.skips
+        mine = [i for i in range(len(self.ids)) if not skips(f"fields/{self.ids[i]}")]
+        mine_levels = [lv for lv in self.levels if not skips(f"fields/{self.strip_key}/L{lv}")]
+        if mine:
+            self.image_columns(mine)
+        if mine_levels:
+            self.strip_columns(mine_levels)
+
+
+def _read_png(path: Path) -> np.ndarray:
+    return np.asarray(read_image(path, "RGB", "panel")).copy()  # the project's one image reader
 
 
 def _order(name: str) -> tuple[int, str]:

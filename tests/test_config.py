@@ -450,10 +450,10 @@ def test_backbone_settings_are_phrased_for_the_library_and_the_runner():
 
 
 @pytest.mark.slow
-def test_help_and_cfg_job_show_the_groups_and_the_settings():
+def test_help_and_cfg_job_show_the_groups_and_the_settings(tmp_path):
     import subprocess
 
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(REPO)}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # a bare environment (caches go under this HOME)
     helped = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True, text=True, env=env)
     assert helped.returncode == 0, helped.stderr
     assert "backbone: " + ", ".join(sorted(srt.BACKBONES)) in helped.stdout

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from eval import depth as ed
+from srt.errors import report_user_errors
 
 # ----------------------------------------------------------------------------------------------- references
 
@@ -76,13 +77,36 @@ def test_toolbox_thresholds_are_strict():
     assert m["a1"] == pytest.approx(9 / 45) and m["a2"] == 1.0
 
 
-def test_toolbox_image_without_valid_pixels_is_skipped_by_nanmean():
-    gt_ok = np.full((50, 50), 2.0, np.float32)
+@pytest.mark.parametrize("protocol", ed.PROTOCOLS)
+def test_an_image_without_valid_pixels_is_named_or_excluded_never_averaged(protocol):
+    gt_ok = np.full((480, 640), 2.0, np.float32)
     pred_ok = gt_ok * np.float32(1.1)
-    gt_empty = np.zeros((50, 50), np.float32)
-    out = ed.evaluate([gt_ok, gt_empty], [pred_ok, pred_ok], "toolbox")
-    assert all(math.isnan(v) for v in out["per_image"][1].values())
-    assert out["mean"]["AbsRel"] == pytest.approx(0.1, rel=1e-5)
+    gt_empty = np.zeros((480, 640), np.float32)
+    with pytest.raises(ed.InvalidGroundTruthError, match=r"depth map b\.png has 0 valid pixels of 307200") as info:
+        ed.evaluate([gt_ok, gt_empty], [pred_ok, pred_ok], protocol, ids=["a.png", "b.png"])
+    assert ed.valid_range(protocol) in str(info.value) and "skip_invalid" in str(info.value)
+    out = ed.evaluate([gt_ok, gt_empty], [pred_ok, pred_ok], protocol, ids=["a.png", "b.png"], skip_invalid=True)
+    assert out["n_images"] == 1 and out["n_excluded"] == 1 and list(out["excluded"]) == ["b.png"]
+    assert out["ids"] == ["a.png"] and len(out["per_image"]) == 1
+    alone = ed.evaluate([gt_ok], [pred_ok], protocol)["mean"]
+    assert out["mean"] == alone  # the mean over the scored image only, no NaN anywhere
+    with pytest.raises(ed.InvalidGroundTruthError, match="all 1 images were excluded"):
+        ed.evaluate([gt_empty], [pred_ok], protocol, skip_invalid=True)
+
+
+def test_toolbox_valid_pixels_only_outside_the_eigen_crop_count_as_none():
+    gt = np.zeros((480, 640), np.float32)
+    gt[:40] = 3.0  # valid depth, but above the crop's first row (45)
+    with pytest.raises(ed.InvalidGroundTruthError, match="0 valid pixels"):
+        ed.evaluate([gt], [gt], "toolbox")
+    assert ed.evaluate([gt], [gt], "srt")["n_images"] == 1
+
+
+def test_a_nan_metric_is_named_not_averaged():
+    gt = np.full((6, 8), 2.0, np.float32)
+    pred = np.zeros((6, 8), np.float32)  # median 0: median scaling gives 0 * inf = NaN
+    with pytest.raises(ed.InvalidGroundTruthError, match=r"x: RMSE, .* are NaN under the srt protocol"):
+        ed.evaluate([gt], [pred], "srt", ids=["x"])
 
 
 def test_srt_median_scaling_removes_scale():
@@ -147,12 +171,14 @@ def test_literal_inf_when_row0_has_a_zero_and_a_pixel_is_invalid():
 def test_literal_nan_without_valid_pixels():
     gt = np.zeros((4, 5), np.float32)
     pred = np.full((4, 5), 2.0, np.float32)
-    ours = ed.evaluate([gt], [pred], "srt", literal=True)["mean"]
     with np.errstate(divide="ignore", invalid="ignore"):
+        ours = ed.srt_image_literal(gt, pred)  # the per-image reference: NaN ...
         ref = srt_reference(gt, pred)
     for k in ed.SRT_METRICS:
         assert close(ours[k], float(ref[k])), (k, ours[k], ref[k])
     assert math.isnan(ours["AbsRel"]) and ours["a1"] == 0.0
+    with pytest.raises(ed.InvalidGroundTruthError, match="0 valid pixels"):  # ... which no mean is built on
+        ed.evaluate([gt], [pred], "srt", literal=True)
 
 
 def test_literal_only_for_srt_and_bad_shapes():
@@ -209,8 +235,16 @@ def test_srt_layout(tmp_path):
     items = ed.list_items(tmp_path, "srt")
     assert [it.id for it in items] == ["0000", "0001", "0002"]
     make_srt_layout(tmp_path / "bad", mismatch=True)
-    with pytest.raises(ValueError, match="3 images .* but 2 depth maps"):
+    with pytest.raises(FileNotFoundError, match=r"depth map .*depths/0002\.png does not exist: image .*0002\.png"):
         ed.list_items(tmp_path / "bad", "srt")
+    # as many depth maps as images, but one renamed: paired by name, not shifted by order
+    (tmp_path / "testing/depths/0001.png").rename(tmp_path / "testing/depths/0001b.png")
+    with pytest.raises(FileNotFoundError, match=r"depths/0001\.png does not exist.*paired by name, not by order"):
+        ed.list_items(tmp_path, "srt")
+    (tmp_path / "testing/depths/0001b.png").rename(tmp_path / "testing/depths/0001.png")
+    write_png16(tmp_path / "testing/depths/0003.png", np.ones((6, 8)))  # a depth map without an image
+    with pytest.raises(ValueError, match=r"depth map .*depths/0003\.png has no image named 0003"):
+        ed.list_items(tmp_path, "srt")
     with pytest.raises(FileNotFoundError, match="testing/images"):
         ed.list_items(tmp_path / "nothing", "srt")
 
@@ -243,7 +277,22 @@ def test_cli_scores_saved_predictions(tmp_path, capsys):
     assert out["n_images"] == 3 and out["a1"] == 1.0 and out["RMSE"] == pytest.approx(0, abs=1e-6)
     assert (tmp_path / "per.csv").read_text().splitlines()[0].startswith("image,RMSE")
     (tmp_path / "pred" / "0002.png").unlink()
-    assert (
-        ed.main(["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path / "nyu"), "--protocol", "srt"]) == 2
-    )
+    args = ["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path / "nyu"), "--protocol", "srt"]
+    assert report_user_errors(ed.main, args, prog="python -m eval.depth") == 2
     assert "1 of 3 images have no prediction" in capsys.readouterr().err
+
+
+def test_cli_names_a_depth_map_without_valid_pixels_or_skips_it(tmp_path, capsys):
+    make_srt_layout(tmp_path / "nyu")
+    write_png16(tmp_path / "nyu/testing/depths/0001.png", np.zeros((6, 8)))
+    for i in range(3):
+        write_png16(tmp_path / "pred" / f"{i:04d}.png", np.full((6, 8), 500 * (i + 1)))
+    args = ["--pred-dir", str(tmp_path / "pred"), "--data-root", str(tmp_path / "nyu"), "--protocol", "srt"]
+    assert report_user_errors(ed.main, args, prog="python -m eval.depth") == 2
+    err = capsys.readouterr().err
+    assert "depths/0001.png has 0 valid pixels of 48" in err and "depth > 0 m" in err
+    assert ed.main([*args, "--skip-invalid"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["n_images"] == 2 and out["n_excluded"] == 1 and out["excluded"] == ["0001"]
+    assert out["a1"] == 1.0 and "warning: excluded 0001" in captured.err

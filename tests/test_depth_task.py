@@ -445,3 +445,49 @@ def test_data_files_are_the_protocols_files(sample):
     srt_files = task_for(protocol="srt", root=sample / "nyu_v2", max_images=2).data_files()
     assert sorted(srt_files.files) == [f"testing/{d}/0000{i}.png" for d in ("depths", "images") for i in (0, 1)]
     assert toolbox.identity()["name"] == "NYU-v2 (toolbox layout)"
+
+
+def test_a_depth_map_without_valid_pixels_stops_the_run_or_is_excluded_and_counted(tmp_path):
+    root = make_sample(tmp_path / "s") / "nyu_v2"
+    bad = root / "testing" / "depths" / "00001.png"
+    Image.fromarray(np.zeros((480, 640), np.uint16)).save(bad)  # 16-bit, every pixel 0 = invalid
+    with pytest.raises(depth_eval.InvalidGroundTruthError, match=r"00001\.png has 0 valid pixels of 307200"):
+        task_for(protocol="srt", root=root, max_images=2).check_data()
+    task = task_for(protocol="srt", root=root, max_images=2, skip_invalid=True, n_visualizations=0)
+    task.check_data()
+    bb = srt.load_backbone("dinov2_vits14", pretrained=False, **TINY_V2)
+    metrics, _ = run_task(task, bb, tmp_path / "run")
+    assert metrics["n_images"] == 1 and metrics["n_excluded"] == 1
+    assert all(math.isfinite(metrics[k]) for k in depth_eval.SRT_METRICS)
+    assert list(task.record_notes()["excluded_images"]) == ["00001"]
+    assert not (tmp_path / "run" / "depth_predictions" / "00001.png").exists()  # not even predicted
+    assert [r.split(",")[0] for r in (tmp_path / "run" / "per_image.csv").read_text().splitlines()] == [
+        "image",
+        "00000",
+    ]
+
+
+def test_the_runner_records_excluded_images_in_metrics_json(tmp_path):
+    """python run.py task=depth task.skip_invalid=true: n_images / n_excluded in the metrics, the excluded ids
+    and why in metrics.json (the summary line shows the counts; the log names each id)."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from tasks import runner
+
+    data = make_sample(tmp_path / "s")
+    Image.fromarray(np.zeros((480, 640), np.uint16)).save(data / "nyu_v2" / "testing" / "depths" / "00000.png")
+    overrides = [
+        "task=depth", "backbone=dinov2_vits14", "backbone.pretrained=false",
+        "backbone.model_kwargs={depth:2,embed_dim:64,num_heads:2}", f"paths.data_root={data}",
+        f"paths.results_root={tmp_path / 'results'}", "task.protocol=srt", "task.head_weights=random",
+        "task.max_images=2", "task.n_visualizations=0", "task.skip_invalid=true", "progress=false", "device=cpu",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    record = runner.execute(cfg, tmp_path / "run")
+    assert record.metrics["n_images"] == 1.0 and record.metrics["n_excluded"] == 1.0
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(stored["excluded_images"]) == ["00000"] and "0 valid pixels" in stored["excluded_images"]["00000"]
+    assert "n_excluded=1" in record.summary_line()

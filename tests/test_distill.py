@@ -302,6 +302,31 @@ def test_a_distilled_pretrained_student_is_the_distill_by_srt_row_of_table_1(tmp
     assert row["rel. gain J&F-Mean %"] == pytest.approx(2.0)  # over the same backbone's pretrained baseline
 
 
+def test_a_checkpoint_is_read_safely_and_checked_against_the_student_before_any_model(tmp_path):
+    """DistillTask.check_run_dir (the runner calls it before building the backbone): a checkpoint of this model
+    passes; one of a deeper or wider model, or one without the keys of a distill checkpoint, is named."""
+    task = distill.DistillTask(distill.DistillConfig(images=str(tmp_path)))
+    task.check_settings(srt.model_info("dino_vits16", **TINY_KW), srt.SRTConfig(level=1).validate())
+    task.check_run_dir(tmp_path)  # no checkpoint: nothing to check
+
+    def write(**kwargs) -> None:
+        student = srt.load_backbone("dino_vits16", pretrained=False, **{**TINY_KW, **kwargs}).model.state_dict()
+        state = dict.fromkeys(distill.CHECKPOINT_KEYS, 0)
+        distill.save_checkpoint(tmp_path / distill.CHECKPOINT, {**state, "student": student})
+
+    write()
+    task.check_run_dir(tmp_path)
+    write(depth=3)
+    with pytest.raises(ValueError, match=r"holds a student of another model \(3 blocks\); .* has 2 blocks, width 64"):
+        task.check_run_dir(tmp_path)
+    write(patch_size=8)
+    with pytest.raises(ValueError, match=r"patch_embed\.proj\.weight \(64, 3, 8, 8\)"):
+        task.check_run_dir(tmp_path)
+    distill.save_checkpoint(tmp_path / distill.CHECKPOINT, {"student": {}})
+    with pytest.raises(ValueError, match=r"lacks \['fingerprint', 'epoch'.* not a checkpoint of task=distill"):
+        task.check_run_dir(tmp_path)
+
+
 def test_the_loss_plot_says_what_was_distilled_and_the_weights():
     history = [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
     title = distill.loss_title(3, "dino_vits16", "random (init_seed=0)")

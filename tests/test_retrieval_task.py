@@ -30,6 +30,7 @@ from tasks.retrieval import (
     image_tensor,
     read_gnd,
     srt_inside,
+    thumbnail_size,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,3 +455,45 @@ def test_sample_gnd_reads_safely_and_lists_existing_images(tmp_path):
     shutil.rmtree(root / "roxford5k" / "jpg")
     with pytest.raises(FileNotFoundError, match="19 of the 19 images"):
         task.check_data()
+
+
+# ----------------------------------------------------------------------------------------------- geometry (issue 20)
+
+
+def test_thumbnail_size_is_pillows_without_decoding():
+    rng = np.random.default_rng(0)
+    for w, h, bound in rng.integers(1, 700, size=(2000, 3)):
+        image = Image.new("1", (int(w), int(h)))
+        image.thumbnail((int(bound), int(bound)))
+        assert thumbnail_size((int(w), int(h)), int(bound)) == image.size, (w, h, bound)
+
+
+def test_a_query_box_over_the_border_is_clipped_and_counted(tmp_path):
+    root = colour_dataset(tmp_path / "data")
+    gnd_path = root / "roxford5k" / "gnd_roxford5k.pkl"
+    gnd = pickle.loads(gnd_path.read_bytes())
+    gnd["gnd"][1]["bbx"] = [-20.0, -5.0, 32.0, 90.0]  # the red half, reaching over three borders
+    gnd_path.write_bytes(pickle.dumps(gnd, protocol=3))
+    task = RetrievalTask.from_config(RetrievalConfig(root=str(root), crop_queries=True).validate())
+    task.check_data()  # clipped, not refused
+    extractor = MeanColour()
+    metrics, _ = run_task(RetrievalConfig(root=str(root), crop_queries=True), extractor, tmp_path / "run")
+    assert metrics["n_clipped_query_boxes"] == 1.0
+    assert extractor.shapes[-1] == (1, 3, 48, 32)  # cropped to the clipped box: the red half, no black border
+    assert metrics["mAP_M"] == pytest.approx(100 * 19 / 24) and metrics["mAP_H"] == pytest.approx(25.0)
+    gnd["gnd"][1]["bbx"] = [64.0, 0.0, 90.0, 48.0]  # right of the image: nothing to crop
+    gnd_path.write_bytes(pickle.dumps(gnd, protocol=3))
+    with pytest.raises(ValueError, match=r"query box \[64\.0, 0\.0, 90\.0, 48\.0\] of image .*q_mixed\.jpg \(64x48\)"):
+        task.check_data()
+
+
+def test_an_image_below_one_patch_at_its_smallest_scale_is_named_before_any_feature(tmp_path):
+    root = colour_dataset(tmp_path / "data")
+    Image.fromarray(flat((0, 1, 0), 20, 64)).save(root / "roxford5k" / "jpg" / "d1.jpg")  # 64x20
+    task = RetrievalTask.from_config(RetrievalConfig(root=str(root)).validate())
+    task.check_settings(srt.model_info("dino_vits16", depth=2, embed_dim=64, num_heads=2), srt.SRTConfig(level=0))
+    task.check_data()  # 20 px >= one patch at scale 1
+    multi = RetrievalTask.from_config(RetrievalConfig(root=str(root), multiscale=True).validate())
+    multi.check_settings(srt.model_info("dino_vits16", depth=2, embed_dim=64, num_heads=2), srt.SRTConfig(level=0))
+    with pytest.raises(ValueError, match=r"d1\.jpg is 64x20 and runs at 32x10 .*smaller than one patch \(16 px\)"):
+        multi.check_data()

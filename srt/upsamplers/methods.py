@@ -480,9 +480,11 @@ class EnsembleFine(FineFeatures):
         return self.ensemble.dense(images, stride)
 
     def cost(self, image_size):
-        return self._plain_cost(
-            self.passes, self.ensemble_cell, image_size, "aggregation O(C H W / s^2) per image (streamed)"
-        )
+        extra = "aggregation O(C H W / s^2) per image (streamed)"
+        if getattr(self.ensemble, "stopping", None) is not None:  # adaptive SRT: passes is the worst case
+            expected = self.ensemble.cost()["passes_expected"]
+            extra += f"; adaptive (srt.tolerance): {self.passes} passes at most, {expected} on average so far"
+        return self._plain_cost(self.passes, self.ensemble_cell, image_size, extra)
 
 
 class InterpolatedFine(FineFeatures):

@@ -318,8 +318,11 @@ def fields_of(
         tokens = fn(x)
         if output not in tokens:
             raise UserError(f"output {output!r} is not among the backbone's outputs {sorted(tokens)}")
-        dense = build_extractor(fn, cfg).dense(x, stride)
+        sr = build_extractor(fn, cfg)
+        dense = sr.dense(x, stride)
     out = {"plain": tokens[output][0].half().cpu(), "srt": dense[output][0].half().cpu()}
+    if cfg.tolerance is not None:  # adaptive SRT: the passes this image took
+        out["passes"] = torch.tensor([float(sr.last_passes[0])])
     if cfg.dispersion:
         out["dispersion"] = dense[f"{output}_dispersion"][0].float().cpu()
     return out
@@ -391,7 +394,7 @@ def backbone_columns(
     image (its plain and SRT fields). ``store``/``keys``: where each image's fields are kept between the fit
     and the rendering (default: in memory; a disk store makes a run resumable per image and holds one image's
     fields at a time). Stats: ``cosine_plain_srt`` (mean per-pixel cosine between the two fields),
-    ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``."""
+    ``pca_explained`` (mean variance fraction the 3 components capture), ``dispersion_mean``, ``passes_mean``."""
     if basis not in ("backbone", "image"):
         raise UserError(f"basis={basis!r} is not valid; expected backbone or image")
     cfg = _shift_config(srt_config)
@@ -403,14 +406,13 @@ def backbone_columns(
         return _fetch(store, keys[i], lambda: fields_of(images01[i], fn, cfg, stride, output))
 
     n = len(images01)
-    if basis == "backbone":
-        groups = [[(i, k) for i in range(n) for k in ("plain", "srt")]]
-    else:
-        groups = [[(i, "plain"), (i, "srt")] for i in range(n)]
-    cosines, dispersions = [], []
+    pairs = [[(i, "plain"), (i, "srt")] for i in range(n)]
+    groups = [[pair for group in pairs for pair in group]] if basis == "backbone" else pairs
+    cosines, dispersions, passes = [], [], []
 
     def visit(i: int, f: dict[str, torch.Tensor]) -> None:
         cosines.append(float(F.cosine_similarity(f["plain"].float(), f["srt"].float(), dim=0).mean()))
+        passes.extend(f["passes"].tolist() if "passes" in f else [])  # adaptive SRT: the passes the image took
         if cfg.dispersion:
             dispersions.append(f["dispersion"])
 
@@ -423,6 +425,7 @@ def backbone_columns(
         rows.append([_panel(b.rgb(f["plain"]), size), _panel(b.rgb(f["srt"]), size)])
     labels = ["plain", f"SRT L={cfg.level}" + (f" step {cfg.step}" if cfg.step > 1 else "")]
     stats = {"cosine_plain_srt": float(np.mean(cosines)), "pca_explained": float(np.mean([b.explained for b in bases]))}
+    stats.update({"passes_mean": float(np.mean(passes))} if passes else {})
     scales = {}
     if cfg.dispersion:
         for row, m in zip(rows, dispersion_rgb(dispersions, quantile)):
