@@ -39,16 +39,16 @@ PROPERTIES = {
 
 
 def find_records(planned: list, out: Path) -> dict[str, Any]:
-    """key -> RunRecord of every finished planned run (matched by its overrides; its run directory otherwise)."""
+    """key -> RunRecord of every finished planned run: the one in its run directory, else one with its overrides."""
     skipped: list = []
     records = read_records(out, skipped) if out.is_dir() else []
     # the shard that completes a run writes its record, with its shard=i/n among the overrides
     by_overrides = {frozenset(o for o in r.overrides if not o.startswith("shard=")): r for _, r in records}
     found = {}
     for p in planned:
-        record = by_overrides.get(frozenset(p.overrides))
-        if record is None and (p.run_dir / "metrics.json").is_file():
-            record = read_record(p.run_dir)
+        # this code's run directory first; a record of the same overrides made by older code otherwise
+        own = p.run_dir / "metrics.json"
+        record = read_record(p.run_dir) if own.is_file() else by_overrides.get(frozenset(p.overrides))
         if record is not None:
             found[p.run.key] = record
     return found
