@@ -1509,9 +1509,9 @@ CASES: list[Case] = [
     Case(
         "memory-visualize-size",
         "runner settings",
-        "`task=visualize task.image_size=6720` (more memory than the machine has)",
+        "`task=visualize task.image_size=8960` (more memory than the machine has)",
         "the estimate by part, the memory available, the setting to reduce, check_memory=false",
-        lambda e: runner(e, ["task=visualize", "task.image_size=6720", "srt.level=1"]),
+        lambda e: runner(e, ["task=visualize", "task.image_size=8960", "srt.level=1", "srt.batch_size=1"]),
         (r"needs an estimated .* GiB \(dense field", r"GiB available", r"reduce task\.stride", r"check_memory=false"),
     ),
     Case(
