@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
-import json, resource, sys
+import json, sys
 import torch
 torch.set_num_threads(1)
 import srt
@@ -28,11 +28,11 @@ from srt.backbones import model_info
 from tasks import memory
 spec = json.loads(sys.argv[1])
 h, w = spec["hw"]
-def rss():
+def status(field):
     with open("/proc/self/status") as f:
         for l in f:
-            if l.startswith("VmRSS:"): return int(l.split()[1]) * 1024
-base = rss()
+            if l.startswith(field + ":"): return int(l.split()[1]) * 1024
+base = status("VmRSS")
 cfg = srt.SRTConfig(**spec.get("srt", {}))
 up = srt.UpsamplerConfig(**spec["up"]) if spec.get("up") else None
 bb = srt.load_backbone(spec.get("name", "dino_vits16"), pretrained=False, outputs=("tokens",))
@@ -42,11 +42,9 @@ else:
     ex = srt.build_extractor(bb, cfg, progress=False)
 x = torch.randn(1, 3, h, w)
 with torch.no_grad():
-    if cfg.output == "dense" and (up is None or up.method == "srt"):
-        out = ex(x)
-    else:
-        out = ex(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ex(x)
+# VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec)
+peak = status("VmHWM")
 est = memory.estimate(model_info(bb.name), cfg, up, (h, w), spec.get("dense_stride"))
 print(json.dumps({"measured": peak - base, "estimate": est.total, "parts": est.parts}))
 
